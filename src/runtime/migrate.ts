@@ -1,0 +1,83 @@
+import { readdir, readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import type pg from 'pg';
+import { quoteQualified } from '../services/sql.js';
+
+/** Folder of numbered migrations, shipped beside dist/ and src/. */
+// src/runtime/migrate.ts and dist/src/runtime/migrate.js sit at different depths below the package root.
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const SQL_DIR = path.resolve(here, here.includes(`${path.sep}dist${path.sep}`) ? '../../../sql' : '../../sql');
+
+const MIGRATION_LOCK = 727_001; // advisory lock key: one migrator at a time across processes
+
+export interface MigrateResult {
+  applied: string[];
+}
+
+/**
+ * Apply every sql/NNN_*.sql not yet recorded in l2flow.schema_migrations, each in its own transaction,
+ * then (re)install the notify trigger on the flag table. Safe to run concurrently and repeatedly.
+ */
+export async function migrate(pool: pg.Pool, opts: { flagTable: string }): Promise<MigrateResult> {
+  const client = await pool.connect();
+  const applied: string[] = [];
+  try {
+    await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
+    await client.query(`create schema if not exists l2flow;
+      create table if not exists l2flow.schema_migrations (
+        version integer primary key, name text not null, applied_at timestamptz not null default now())`);
+    const done = new Set(
+      (await client.query<{ version: number }>('select version from l2flow.schema_migrations')).rows.map((r) => r.version),
+    );
+    const files = (await readdir(SQL_DIR)).filter((f) => /^\d+_.+\.sql$/.test(f)).sort();
+    for (const file of files) {
+      const version = Number.parseInt(file, 10);
+      if (done.has(version)) continue;
+      const text = await readFile(path.join(SQL_DIR, file), 'utf8');
+      await client.query('begin');
+      try {
+        await client.query(text);
+        await client.query('insert into l2flow.schema_migrations (version, name) values ($1, $2)', [version, file]);
+        await client.query('commit');
+      } catch (err) {
+        await client.query('rollback').catch(() => undefined);
+        throw new Error(`migration ${file} failed: ${(err as Error).message}`, { cause: err });
+      }
+      applied.push(file);
+    }
+    await installFlagTrigger(client, opts.flagTable);
+    return { applied };
+  } finally {
+    await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => undefined);
+    client.release();
+  }
+}
+
+/** Install (or replace) the AFTER INSERT OR UPDATE notify trigger on the configured flag table. */
+export async function installFlagTrigger(client: pg.ClientBase, flagTable: string): Promise<void> {
+  const table = quoteQualified(flagTable);
+  await client.query('begin');
+  try {
+    await client.query(`drop trigger if exists l2flow_dwh_flag_notify on ${table}`);
+    await client.query(`create trigger l2flow_dwh_flag_notify after insert or update on ${table}
+      for each row execute function l2flow.notify_dwh_flag()`);
+    await client.query('commit');
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw new Error(`could not install the notify trigger on ${flagTable}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Start-up check: the flag table exists and carries l2flow's notify trigger. Returns a message naming the fix, or null. */
+export async function checkFlagTrigger(pool: pg.Pool, flagTable: string): Promise<string | null> {
+  const { rows } = await pool.query<{ exists: boolean; has_trigger: boolean }>(
+    `select to_regclass($1) is not null as exists,
+            exists (select 1 from pg_trigger where tgrelid = to_regclass($1) and tgname = 'l2flow_dwh_flag_notify') as has_trigger`,
+    [flagTable],
+  );
+  const row = rows[0];
+  if (!row?.exists) return `flag table ${flagTable} does not exist: create it or run \`l2flow migrate\` to create md.dwh_flag`;
+  if (!row.has_trigger) return `flag table ${flagTable} has no l2flow notify trigger: run \`l2flow migrate\` to install it`;
+  return null;
+}

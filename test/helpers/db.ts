@@ -1,0 +1,50 @@
+import pg from 'pg';
+import { randomBytes } from 'node:crypto';
+import { migrate } from '../../src/runtime/migrate.js';
+
+const ADMIN_URI = process.env.L2FLOW_TEST_ADMIN_URI ?? 'postgres://root@127.0.0.1:5432/postgres';
+
+export interface TestDb {
+  name: string;
+  uri: string;
+  pool: pg.Pool;
+  drop(): Promise<void>;
+}
+
+/** A fresh database on the machine's PostgreSQL with l2flow's migrations applied; `drop()` removes it. */
+export async function createTestDb(opts: { migrate?: boolean; flagTable?: string } = {}): Promise<TestDb> {
+  const name = `l2flow_t_${randomBytes(5).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: ADMIN_URI });
+  await admin.connect();
+  try {
+    await admin.query(`create database ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const uri = ADMIN_URI.replace(/\/[^/]*$/, `/${name}`);
+  const pool = new pg.Pool({ connectionString: uri, max: 10, application_name: 'l2flow-test' });
+  if (opts.migrate !== false) await migrate(pool, { flagTable: opts.flagTable ?? 'md.dwh_flag' });
+  return {
+    name,
+    uri,
+    pool,
+    async drop() {
+      await pool.end().catch(() => undefined);
+      const a = new pg.Client({ connectionString: ADMIN_URI });
+      await a.connect();
+      try {
+        await a.query(`drop database if exists ${name} with (force)`);
+      } finally {
+        await a.end();
+      }
+    },
+  };
+}
+
+/** Create the warehouse view the SAP step counts, with `rows` rows. */
+export async function createSegmentationView(pool: pg.Pool, rows: number): Promise<void> {
+  await pool.query(`create schema if not exists wk_export;
+    create table if not exists wk_export.ds_client_segmentation (client_id bigint, segment text);
+    create or replace view wk_export.ds_client_segmentation_last_v as select * from wk_export.ds_client_segmentation;`);
+  await pool.query(`insert into wk_export.ds_client_segmentation select g, 'seg' || (g % 3) from generate_series(1, $1::int) g`, [rows]);
+}

@@ -1,0 +1,26 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDb, type TestDb } from '../helpers/db.js';
+import { checkFlagTrigger, migrate } from '../../src/runtime/migrate.js';
+
+describe('migrations', () => {
+  let db: TestDb;
+  beforeAll(async () => { db = await createTestDb({ migrate: false }); });
+  afterAll(async () => { await db.drop(); });
+
+  it('keeps an existing md table and its rows, applies each file once and installs the flag trigger', async () => {
+    await db.pool.query(`create schema md; create table md.dwh_flag (flag_cd text, bussines_date date, extra text);
+      insert into md.dwh_flag values ('x', '2024-01-01', 'kept')`);
+    expect(await checkFlagTrigger(db.pool, 'md.dwh_flag')).toMatch(/l2flow migrate/);
+    const first = await migrate(db.pool, { flagTable: 'md.dwh_flag' });
+    expect(first.applied).toEqual(['001_l2flow.sql', '002_md.sql']);
+    const again = await migrate(db.pool, { flagTable: 'md.dwh_flag' });
+    expect(again.applied).toEqual([]);
+    const { rows } = await db.pool.query('select extra from md.dwh_flag');
+    expect(rows).toEqual([{ extra: 'kept' }]);
+    expect(await checkFlagTrigger(db.pool, 'md.dwh_flag')).toBeNull();
+  });
+
+  it('names the fix when the flag table is missing', async () => {
+    expect(await checkFlagTrigger(db.pool, 'md.no_such_flag')).toMatch(/does not exist.*l2flow migrate/);
+  });
+});
