@@ -23,6 +23,8 @@ export async function createTestDb(opts: { migrate?: boolean; flagTable?: string
   }
   const uri = ADMIN_URI.replace(/\/[^/]*$/, `/${name}`);
   const pool = new pg.Pool({ connectionString: uri, max: 10, application_name: 'l2flow-test' });
+  // pool.end() resolves before every backend is gone; the forced drop may then kill one mid-close.
+  pool.on('error', () => undefined);
   if (opts.migrate !== false) await migrate(pool, { flagTable: opts.flagTable ?? 'md.dwh_flag' });
   return {
     name,

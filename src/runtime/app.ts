@@ -1,0 +1,185 @@
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { filter, map, type Observable } from 'rxjs';
+import { fromPromise } from 'xstate';
+import { workflowMachine, type WorkflowMachine } from '../machines/workflow.js';
+import { createChildRunner } from '../services/children.js';
+import { createEmailDispatcher, createFailureNotifier, type EmailDispatcher } from '../services/failure-email.js';
+import { createMailer } from '../services/mailer.js';
+import { createMetadata } from '../services/metadata.js';
+import { createPools, type Pools } from '../services/pools.js';
+import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap.js';
+import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL } from '../services/sensors.js';
+import { toErrorInfo } from '../services/errors.js';
+import type { StepContext, StepFn } from '../services/types.js';
+import { STEP_CHILDREN, type Config } from './config.js';
+import type { Logger } from './logger.js';
+import { createNotificationHub, type NotificationHub } from './notification-hub.js';
+import { createSupervisor, type Supervisor } from './supervisor.js';
+
+/**
+ * The host process: builds every service from the configuration, provides them to the machine as named actors,
+ * and runs the supervisor. Data flows one way: runtime → services → machine.provide → actors → snapshots back.
+ */
+
+export interface App {
+  config: Config;
+  pool: pg.Pool;
+  hub: NotificationHub;
+  supervisor: Supervisor;
+  dispatcher: EmailDispatcher;
+  machine: WorkflowMachine;
+  owner: string;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface AppOptions {
+  /** Override polling cadences for tests and benchmarks. */
+  claimIntervalMs?: number;
+  mailPollIntervalMs?: number;
+  mailRetryBaseDelayMs?: number;
+  heartbeatMs?: number;
+}
+
+/** Wrap a plain step function as a named promise actor: the signal is XState's, aborted when the state is left. */
+function actor<I>(fn: StepFn<I, unknown>) {
+  return fromPromise<unknown, I>(({ input, signal }) => fn(input, signal));
+}
+
+/** Every step's implementation, built from the configuration; the runtime's only knowledge of what a step does. */
+export function buildActors(d: {
+  config: Config;
+  pool: pg.Pool;
+  notifications$: Observable<{ channel: string; payload: unknown }>;
+  reconnects$: Observable<void>;
+  pools: Pools;
+  logger: Logger;
+  onMailQueued: () => void;
+}) {
+  const { config, pool, logger } = d;
+  const sensorDeps = { pool, notifications$: d.notifications$, reconnects$: d.reconnects$, logger: logger.child({ module: 'sensor' }) };
+  const metadata = createMetadata({ pool, logger: logger.child({ module: 'metadata' }) });
+  const children = createChildRunner({ pool, children: config.children, logger: logger.child({ module: 'children' }) });
+  const sendToSap = createSapSender({
+    pool,
+    endpoint: parseSapConnection(config.connections.sap),
+    viewName: config.sap.viewName,
+    timezone: config.timezone,
+    connectTimeoutMs: config.sap.connectTimeoutMs,
+    timeoutMs: config.sap.timeoutMs,
+    retry: { maxTries: config.sap.maxTries, baseDelayMs: config.sap.retryBaseDelayMs, maxDelayMs: config.sap.retryMaxDelayMs },
+    logger: logger.child({ module: 'sap' }),
+  });
+  const notifyFailure = createFailureNotifier({
+    pool,
+    recipients: config.email.recipients,
+    logger,
+    onQueued: d.onMailQueued,
+  });
+  const prepareReports = children.run(STEP_CHILDREN.run_wf_data_preparation_for_reports);
+
+  return {
+    waitForL2FullLoad: actor(createFlagSensor({ ...sensorDeps, ...config.flagSensor })),
+    getLoadId: fromPromise<{ loadId: number }, StepContext>(({ input, signal }) => metadata.getLoadId(input, signal)),
+    workflowRegistration: actor(metadata.workflowRegistration),
+    waitForSuccessEnd: actor(
+      createPreviousRunSensor({
+        ...sensorDeps,
+        startDate: config.startDate,
+        executionDeltaDays: config.successEndSensor.executionDeltaDays,
+        pokeIntervalMs: config.successEndSensor.pokeIntervalMs,
+      }),
+    ),
+    runSysKillAllSessionPg: actor(children.run(STEP_CHILDREN.run_sys_kill_all_session_pg)),
+    runWfDataPreparationForReports: actor<StepContext>((input, signal) =>
+      d.pools.withSlot('dwh_l2', signal, () => prepareReports(input, signal), { runId: input.runId, step: 'run_wf_data_preparation_for_reports' }),
+    ),
+    loadDsClientSegmentation: actor(children.run(STEP_CHILDREN.load_ds_client_segmentation)),
+    sendFlgToSap: actor(sendToSap),
+    end: actor(metadata.end),
+    emailOnFailure: actor<Parameters<typeof notifyFailure>[0]>(async (input, signal) => {
+      // The metadata close is best effort: the mail must go out even when the warehouse is what failed.
+      await metadata.recordFailure(input, signal).catch((err: unknown) =>
+        logger.error({ runId: input.runId, err: toErrorInfo(err) }, 'could not record the failure in md tables'),
+      );
+      return notifyFailure(input, signal);
+    }),
+  };
+}
+
+/** Build the runtime from a validated configuration. Nothing connects until `start()`. */
+export function createApp(config: Config, logger: Logger, opts: AppOptions = {}): App {
+  const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+  // application_name starts with l2flow: the builtin session killer never terminates our own connections.
+  const pool = new pg.Pool({ connectionString: config.connections.dwh, max: config.maxActiveRuns + 10, application_name: 'l2flow' });
+  pool.on('error', (err) => logger.warn({ err: toErrorInfo(err) }, 'idle database connection failed; the pool replaces it'));
+  const hub = createNotificationHub({
+    connectionString: config.connections.dwh,
+    channels: [DWH_FLAG_CHANNEL, RUN_CHANNEL],
+    logger,
+    ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
+  });
+  const mailer = createMailer({ smtpUri: config.connections.smtp, from: config.email.from, logger });
+  const dispatcher = createEmailDispatcher({
+    pool,
+    mailer,
+    logger,
+    ...(opts.mailPollIntervalMs ? { pollIntervalMs: opts.mailPollIntervalMs } : {}),
+    ...(opts.mailRetryBaseDelayMs ? { baseDelayMs: opts.mailRetryBaseDelayMs } : {}),
+  });
+  const pools = createPools({ pool, pools: config.pools, logger });
+  const machine = workflowMachine.provide({
+    actors: buildActors({
+      config,
+      pool,
+      notifications$: hub.notifications$,
+      reconnects$: hub.connected$,
+      pools,
+      logger,
+      onMailQueued: () => dispatcher.kick(),
+    }),
+  });
+  const supervisor = createSupervisor({
+    pool,
+    connectionString: config.connections.dwh,
+    machine,
+    workflowId: config.workflowId,
+    owner,
+    maxActiveRuns: config.maxActiveRuns,
+    sensorTimeoutMs: { wait_for_l2_full_load: config.flagSensor.timeoutMs, wait_for_success_end: config.successEndSensor.timeoutMs },
+    runNotifications$: hub.notifications$.pipe(
+      filter((n) => n.channel === RUN_CHANNEL),
+      map((n) => n.payload as { status?: unknown; workflow_id?: unknown }),
+    ),
+    reconnects$: hub.connected$,
+    logger,
+    ...(opts.claimIntervalMs ? { claimIntervalMs: opts.claimIntervalMs } : {}),
+    onRunFailed: () => dispatcher.kick(),
+  });
+  logger.info({ owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)) }, 'l2flow runtime built');
+
+  return {
+    config,
+    pool,
+    hub,
+    supervisor,
+    dispatcher,
+    machine,
+    owner,
+    async start() {
+      await hub.start();
+      dispatcher.start();
+      await supervisor.start();
+    },
+    async stop() {
+      await supervisor.stop();
+      await pools.close();
+      await dispatcher.stop();
+      await hub.stop();
+      await mailer.close();
+      await pool.end();
+    },
+  };
+}

@@ -1,0 +1,60 @@
+import { pino, type DestinationStream, type Logger } from 'pino';
+
+/** Keys whose values never reach a log line, wherever they appear. */
+const REDACT_PATHS = [
+  'password', '*.password', 'pass', '*.pass', 'token', '*.token', 'authorization', '*.authorization',
+  'headers.authorization', '*.headers.authorization', 'connectionString', '*.connectionString', 'uri', '*.uri',
+  'auth', '*.auth',
+];
+
+/**
+ * The process logger: pino JSON, secrets removed twice over — by key (`redact`) and by value: every string
+ * of a log call is scrubbed of the configured secret values (passwords, tokens), whatever key carried them.
+ */
+export function createLogger(opts: { level?: string; secrets?: string[]; destination?: DestinationStream } = {}): Logger {
+  const secrets = (opts.secrets ?? []).filter((s) => s.length >= 3);
+  const scrub = (s: string): string => secrets.reduce((acc, secret) => acc.split(secret).join('***'), s);
+  const scrubDeep = (v: unknown, depth = 0): unknown => {
+    if (typeof v === 'string') return scrub(v);
+    if (depth > 4 || v === null || typeof v !== 'object') return v;
+    if (v instanceof Error) {
+      const copy = Object.assign(new Error(scrub(v.message)), v, { message: scrub(v.message) });
+      if (v.stack) copy.stack = scrub(v.stack);
+      return copy;
+    }
+    if (Array.isArray(v)) return v.map((x) => scrubDeep(x, depth + 1));
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, scrubDeep(x, depth + 1)]));
+  };
+  return pino(
+    {
+      level: opts.level ?? 'info',
+      base: { service: 'l2flow' },
+      redact: { paths: REDACT_PATHS, censor: '***' },
+      hooks: secrets.length
+        ? {
+            logMethod(args, method) {
+              method.apply(this, args.map((a) => scrubDeep(a)) as Parameters<typeof method>);
+            },
+          }
+        : {},
+    },
+    opts.destination ?? pino.destination({ dest: 1, sync: false }),
+  );
+}
+
+/** Password and token values found in connection URIs, for the logger's value scrubbing. */
+export function secretsOf(uris: string[]): string[] {
+  const out: string[] = [];
+  for (const uri of uris) {
+    try {
+      const url = new URL(uri);
+      if (url.password) out.push(url.password, decodeURIComponent(url.password));
+      for (const [k, v] of url.searchParams) if (/token|password|secret|__extra__/i.test(k) && v) out.push(v);
+    } catch {
+      // An unparseable URI is rejected by config validation; nothing to collect.
+    }
+  }
+  return [...new Set(out)];
+}
+
+export type { Logger };

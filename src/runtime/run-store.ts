@@ -1,0 +1,150 @@
+import type pg from 'pg';
+import type { StepId, StepRecord } from '../machines/workflow.js';
+import type { ErrorInfo } from '../services/errors.js';
+
+/** l2flow.run and l2flow.step: the durable record of every run. All SQL about runs lives here. */
+
+export type RunStatus = 'queued' | 'running' | 'success' | 'failed' | 'cancelled';
+export const FINAL_STATUSES: readonly RunStatus[] = ['success', 'failed', 'cancelled'];
+
+export interface RunRow {
+  run_id: string;
+  workflow_id: string;
+  logical_date: string;
+  business_date: string;
+  status: RunStatus;
+  attempt: number;
+  load_id: string | null;
+  current_step: string | null;
+  error: ErrorInfo | null;
+  snapshot: unknown;
+  owner: string | null;
+  triggered_by: string;
+  created_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+}
+
+export interface StepRow {
+  step: string;
+  attempt: number;
+  status: string;
+  started_at: Date;
+  finished_at: Date | null;
+  error: ErrorInfo | null;
+}
+
+const RUN_COLUMNS = `run_id, workflow_id, logical_date::text, business_date::text, status, attempt, load_id::text,
+  current_step, error, snapshot, owner, triggered_by, created_at, started_at, finished_at`;
+
+/** Queue a run for a logical date; an existing run for that date is returned unchanged (`created: false`). */
+export async function createRun(
+  db: pg.Pool | pg.ClientBase,
+  r: { workflowId: string; logicalDate: string; businessDate: string; triggeredBy: 'manual' | 'scheduled' },
+): Promise<{ run: RunRow; created: boolean }> {
+  const inserted = await db.query<RunRow>(
+    `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by)
+     values ($1, $2, $3, $4, $5) on conflict (workflow_id, logical_date) do nothing returning ${RUN_COLUMNS}`,
+    [`${r.triggeredBy}__${r.logicalDate}`, r.workflowId, r.logicalDate, r.businessDate, r.triggeredBy],
+  );
+  if (inserted.rows[0]) return { run: inserted.rows[0], created: true };
+  const existing = await getRunByDate(db, r.workflowId, r.logicalDate);
+  return { run: existing!, created: false };
+}
+
+/** The run of a logical date, or null. */
+export async function getRunByDate(db: pg.Pool | pg.ClientBase, workflowId: string, logicalDate: string): Promise<RunRow | null> {
+  const { rows } = await db.query<RunRow>(`select ${RUN_COLUMNS} from l2flow.run where workflow_id = $1 and logical_date = $2`, [workflowId, logicalDate]);
+  return rows[0] ?? null;
+}
+
+/** The newest runs first. */
+export async function listRuns(db: pg.Pool, workflowId: string, limit = 20): Promise<RunRow[]> {
+  const { rows } = await db.query<RunRow>(
+    `select ${RUN_COLUMNS} from l2flow.run where workflow_id = $1 order by logical_date desc limit $2`,
+    [workflowId, limit],
+  );
+  return rows;
+}
+
+/** Unfinished runs, oldest logical date first: the candidates a supervisor may claim. */
+export async function unfinishedRunIds(db: pg.Pool, workflowId: string): Promise<string[]> {
+  const { rows } = await db.query<{ run_id: string }>(
+    `select run_id from l2flow.run where workflow_id = $1 and status in ('queued', 'running') order by logical_date`,
+    [workflowId],
+  );
+  return rows.map((r) => r.run_id);
+}
+
+/** Mark a locked run as ours and running; null when it finished meanwhile (then it must not be executed). */
+export async function takeRun(db: pg.Pool, runId: string, owner: string): Promise<RunRow | null> {
+  const { rows } = await db.query<RunRow>(
+    `update l2flow.run set owner = $2, status = 'running', started_at = coalesce(started_at, now()), updated_at = now()
+      where run_id = $1 and status in ('queued', 'running') returning ${RUN_COLUMNS}`,
+    [runId, owner],
+  );
+  return rows[0] ?? null;
+}
+
+export interface RunProgress {
+  status: RunStatus;
+  currentStep: string | null;
+  loadId: number | null;
+  error: ErrorInfo | null;
+  snapshot: unknown;
+  attempt: number;
+  steps: Partial<Record<StepId, StepRecord>>;
+}
+
+/**
+ * Write a run's snapshot, status and step history in one statement, only while `owner` still owns the run.
+ * Returns false when the run is no longer ours (another process took it over, or an operator cancelled it).
+ */
+export async function saveProgress(db: pg.Pool, runId: string, owner: string, p: RunProgress): Promise<boolean> {
+  const steps = Object.entries(p.steps).map(([step, rec]) => ({
+    step,
+    status: rec.status,
+    started_at: new Date(rec.startedAt).toISOString(),
+    finished_at: rec.endedAt ? new Date(rec.endedAt).toISOString() : null,
+    error: rec.error ?? null,
+  }));
+  const final = FINAL_STATUSES.includes(p.status);
+  const { rows } = await db.query<{ saved: boolean }>(
+    `with run as (
+       update l2flow.run
+          set status = $3, current_step = $4, load_id = coalesce(load_id, $5), error = $6, snapshot = $7,
+              snapshot_version = snapshot_version + 1, updated_at = now(),
+              finished_at = case when $8 then coalesce(finished_at, now()) else null end
+        where run_id = $1 and owner = $2 and status in ('queued', 'running')
+        returning run_id),
+     steps as (
+       insert into l2flow.step (run_id, step, attempt, status, started_at, finished_at, error)
+       select run.run_id, s.step, $9, s.status, s.started_at, s.finished_at, s.error
+         from run, jsonb_to_recordset($10::jsonb) as s(step text, status text, started_at timestamptz, finished_at timestamptz, error jsonb)
+       on conflict (run_id, step, attempt) do update
+         set status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, error = excluded.error
+       returning 1)
+     select exists (select 1 from run) as saved`,
+    [runId, owner, p.status, p.currentStep, p.loadId, p.error, JSON.stringify(p.snapshot), final, p.attempt, JSON.stringify(steps)],
+  );
+  return rows[0]?.saved ?? false;
+}
+
+/** Close a run that cannot be executed (for example an unreadable snapshot), whoever owned it. */
+export async function failRun(db: pg.Pool, runId: string, error: ErrorInfo): Promise<void> {
+  await db.query(
+    `update l2flow.run set status = 'failed', error = $2, finished_at = now(), updated_at = now()
+      where run_id = $1 and status in ('queued', 'running')`,
+    [runId, error],
+  );
+}
+
+/** Step history of a run's current attempt, in start order. */
+export async function listSteps(db: pg.Pool, runId: string, attempt: number): Promise<StepRow[]> {
+  const { rows } = await db.query<StepRow>(
+    `select step, attempt, status, started_at, finished_at, error from l2flow.step
+      where run_id = $1 and attempt = $2 order by started_at, step`,
+    [runId, attempt],
+  );
+  return rows;
+}

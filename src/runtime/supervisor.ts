@@ -1,0 +1,288 @@
+import pg from 'pg';
+import { Subject, filter, type Observable, type Subscription } from 'rxjs';
+import { createActor, type Actor, type Subscription as ActorSubscription } from 'xstate';
+import {
+  activeSteps,
+  runOutcome,
+  type WorkflowInput,
+  type WorkflowMachine,
+  type WorkflowSnapshot,
+} from '../machines/workflow.js';
+import { toErrorInfo } from '../services/errors.js';
+import type { Logger } from './logger.js';
+import { failRun, saveProgress, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
+
+/**
+ * The one place where runs are started, restored and stopped. A run is executed by whoever holds its session
+ * advisory lock: the lock lives on this process's lock connection, so a crashed process frees its runs with no
+ * timeout logic. After every transition the actor's persisted snapshot is written, newest-wins and in order.
+ */
+
+const RUN_LOCK_SPACE = 727_002;
+
+export interface RunEvent {
+  runId: string;
+  logicalDate: string;
+  type: 'started' | 'restored' | 'transition' | 'finished' | 'released';
+  steps: string[];
+  status: RunStatus;
+  at: number;
+}
+
+export interface SupervisorOptions {
+  pool: pg.Pool;
+  /** Used for the lock connection; the pool is for everything else. */
+  connectionString: string;
+  machine: WorkflowMachine;
+  workflowId: string;
+  owner: string;
+  maxActiveRuns: number;
+  sensorTimeoutMs: WorkflowInput['sensorTimeoutMs'];
+  /** Notifications of channel l2flow_run (queued runs wake the claim loop) and listener reconnects. */
+  runNotifications$: Observable<{ status?: unknown; workflow_id?: unknown }>;
+  reconnects$: Observable<void>;
+  claimIntervalMs?: number;
+  logger: Logger;
+  /** Called after a run ends failed (the failure mail was queued): lets the mail dispatcher deliver at once. */
+  onRunFailed?: (runId: string) => void;
+}
+
+interface LiveRun {
+  row: RunRow;
+  actor: Actor<WorkflowMachine>;
+  sub: ActorSubscription;
+  pending: WorkflowSnapshot | null;
+  writing: Promise<void> | null;
+  log: Logger;
+}
+
+export interface Supervisor {
+  start(): Promise<void>;
+  /** Stop taking work, persist what is pending, stop every actor, release every lock. */
+  stop(): Promise<void>;
+  /** Look for claimable runs now. */
+  claim(): Promise<void>;
+  activeRunIds(): string[];
+  events$: Observable<RunEvent>;
+}
+
+/** Build the supervisor for one process. */
+export function createSupervisor(o: SupervisorOptions): Supervisor {
+  const live = new Map<string, LiveRun>();
+  const events = new Subject<RunEvent>();
+  const subs: Subscription[] = [];
+  let lockClient: pg.Client | null = null;
+  let stopping = false;
+  let claiming: Promise<void> | null = null;
+  let claimAgain = false;
+  let timer: NodeJS.Timeout | null = null;
+
+  const emit = (run: LiveRun, type: RunEvent['type'], snap: WorkflowSnapshot, status: RunStatus) =>
+    events.next({ runId: run.row.run_id, logicalDate: run.row.logical_date, type, steps: activeSteps(snap.value), status, at: Date.now() });
+
+  async function connectLockClient(): Promise<pg.Client> {
+    const client = new pg.Client({ connectionString: o.connectionString, application_name: 'l2flow-locks' });
+    client.on('error', (err) => {
+      // Losing this connection loses every run lock: stop executing them; whoever locks them next resumes them.
+      o.logger.error({ err: toErrorInfo(err) }, 'lock connection lost: releasing all runs of this process');
+      lockClient = null;
+      void releaseAll('lock connection lost').then(() => scheduleClaim(1000));
+    });
+    await client.connect();
+    return client;
+  }
+
+  async function tryLock(runId: string): Promise<boolean> {
+    lockClient ??= await connectLockClient();
+    const { rows } = await lockClient.query<{ ok: boolean }>('select pg_try_advisory_lock($1, hashtext($2)) as ok', [RUN_LOCK_SPACE, runId]);
+    return rows[0]?.ok ?? false;
+  }
+
+  async function unlock(runId: string): Promise<void> {
+    await lockClient?.query('select pg_advisory_unlock($1, hashtext($2))', [RUN_LOCK_SPACE, runId]).catch(() => undefined);
+  }
+
+  function statusOf(snap: WorkflowSnapshot): RunStatus {
+    return runOutcome(snap) ?? 'running';
+  }
+
+  /** Newest-wins persistence: at most one write in flight per run; later snapshots replace queued ones. */
+  function persist(run: LiveRun, snap: WorkflowSnapshot): Promise<void> {
+    run.pending = snap;
+    run.writing ??= (async () => {
+      while (run.pending) {
+        const s = run.pending;
+        run.pending = null;
+        const status = statusOf(s);
+        const failure = s.context.failure;
+        const saved = await saveProgress(o.pool, run.row.run_id, o.owner, {
+          status,
+          currentStep: activeSteps(s.value).join(',') || (status === 'running' ? null : status),
+          loadId: s.context.loadId,
+          error: failure ? { code: failure.code, message: `${failure.step}: ${failure.message}`, details: { step: failure.step } } : null,
+          snapshot: run.actor.getPersistedSnapshot(),
+          attempt: s.context.attempt,
+          steps: s.context.steps,
+        }).catch((err: unknown) => {
+          run.log.error({ err: toErrorInfo(err) }, 'could not persist the run snapshot; it will be retried with the next transition');
+          run.pending ??= s;
+          return null;
+        });
+        if (saved === false) {
+          run.log.warn('run is no longer owned by this process (cancelled or taken over): stopping it here');
+          void drop(run, 'not owner');
+          return;
+        }
+        if (saved === null) {
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+    })().finally(() => {
+      run.writing = null;
+    });
+    return run.writing;
+  }
+
+  /** Stop a live run here without touching its record (it stays resumable), then release its lock. */
+  async function drop(run: LiveRun, why: string): Promise<void> {
+    if (live.get(run.row.run_id) !== run) return;
+    live.delete(run.row.run_id);
+    run.sub.unsubscribe();
+    run.actor.stop();
+    await run.writing?.catch(() => undefined);
+    await unlock(run.row.run_id);
+    events.next({ runId: run.row.run_id, logicalDate: run.row.logical_date, type: 'released', steps: [], status: 'running', at: Date.now() });
+    run.log.info({ why }, 'run released by this process');
+  }
+
+  async function releaseAll(why: string): Promise<void> {
+    await Promise.all([...live.values()].map((r) => drop(r, why)));
+  }
+
+  function launch(row: RunRow): void {
+    const log = o.logger.child({ runId: row.run_id, logicalDate: row.logical_date, ...(row.load_id ? { loadId: row.load_id } : {}) });
+    const input: WorkflowInput = {
+      runId: row.run_id,
+      workflowId: row.workflow_id,
+      logicalDate: row.logical_date,
+      businessDate: row.business_date,
+      attempt: row.attempt,
+      sensorTimeoutMs: o.sensorTimeoutMs,
+    };
+    const restoring = row.snapshot !== null && row.snapshot !== undefined;
+    const actor = restoring
+      ? createActor(o.machine, { snapshot: row.snapshot as never, input })
+      : createActor(o.machine, { input });
+    const run: LiveRun = { row, actor, sub: undefined as never, pending: null, writing: null, log };
+    live.set(row.run_id, run);
+    let last = '';
+    run.sub = actor.subscribe({
+      next: (snap) => {
+        const steps = activeSteps(snap.value).join(',');
+        if (steps !== last) log.info({ steps: steps || statusOf(snap), loadId: snap.context.loadId ?? undefined }, 'run entered %s', steps || statusOf(snap));
+        last = steps;
+        const status = statusOf(snap);
+        emit(run, 'transition', snap, status);
+        void persist(run, snap).then(() => {
+          if (status !== 'running' && live.get(row.run_id) === run) void finish(run, snap, status);
+        });
+      },
+      error: (err) => {
+        // An error nothing in the machine handled: record it so the run is never left half-recorded.
+        log.error({ err: toErrorInfo(err) }, 'run actor crashed');
+        void failRun(o.pool, row.run_id, { code: 'INTERNAL', message: `run actor crashed: ${toErrorInfo(err).message}` }).finally(() => drop(run, 'actor error'));
+      },
+    });
+    actor.start();
+    const snap = actor.getSnapshot();
+    emit(run, restoring ? 'restored' : 'started', snap, statusOf(snap));
+    log.info({ restored: restoring, steps: activeSteps(snap.value) }, restoring ? 'run restored from its snapshot' : 'run started');
+  }
+
+  async function finish(run: LiveRun, snap: WorkflowSnapshot, status: RunStatus): Promise<void> {
+    live.delete(run.row.run_id);
+    run.sub.unsubscribe();
+    await unlock(run.row.run_id);
+    emit(run, 'finished', snap, status);
+    run.log.info({ status, failure: snap.context.failure ?? undefined }, 'run finished %s', status);
+    if (status === 'failed') o.onRunFailed?.(run.row.run_id);
+    scheduleClaim(0);
+  }
+
+  async function claimOnce(): Promise<void> {
+    for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
+      if (stopping || live.size >= o.maxActiveRuns) return;
+      if (live.has(runId)) continue;
+      if (!(await tryLock(runId))) continue;
+      const row = await takeRun(o.pool, runId, o.owner).catch(async (err: unknown) => {
+        await unlock(runId);
+        throw err;
+      });
+      if (!row || stopping) {
+        await unlock(runId);
+        continue;
+      }
+      try {
+        launch(row);
+      } catch (err) {
+        // A snapshot this machine cannot read: fail the run with the reason instead of retrying it forever.
+        live.delete(runId);
+        const info = toErrorInfo(err);
+        o.logger.error({ runId, err: info }, 'cannot start or restore run');
+        await failRun(o.pool, runId, { code: 'RESTORE_FAILED', message: `cannot restore run ${runId}: ${info.message}` });
+        await unlock(runId);
+      }
+    }
+  }
+
+  async function claim(): Promise<void> {
+    if (stopping) return;
+    if (claiming) {
+      claimAgain = true;
+      return claiming;
+    }
+    claiming = (async () => {
+      do {
+        claimAgain = false;
+        await claimOnce().catch((err: unknown) => o.logger.warn({ err: toErrorInfo(err) }, 'claiming runs failed; will retry'));
+      } while (claimAgain && !stopping);
+    })().finally(() => {
+      claiming = null;
+    });
+    return claiming;
+  }
+
+  function scheduleClaim(ms: number): void {
+    if (stopping) return;
+    setTimeout(() => void claim(), ms).unref();
+  }
+
+  return {
+    events$: events.asObservable(),
+    activeRunIds: () => [...live.keys()],
+    claim,
+    async start() {
+      lockClient = await connectLockClient();
+      subs.push(
+        o.runNotifications$
+          .pipe(filter((n) => n.status === 'queued' && (n.workflow_id === undefined || n.workflow_id === o.workflowId)))
+          .subscribe(() => void claim()),
+        o.reconnects$.subscribe(() => void claim()),
+      );
+      const interval = o.claimIntervalMs ?? 5000;
+      timer = setInterval(() => void claim(), interval);
+      timer.unref();
+      await claim();
+    },
+    async stop() {
+      stopping = true;
+      if (timer) clearInterval(timer);
+      for (const s of subs) s.unsubscribe();
+      await claiming?.catch(() => undefined);
+      await releaseAll('shutdown');
+      await lockClient?.end().catch(() => undefined);
+      lockClient = null;
+      events.complete();
+    },
+  };
+}

@@ -1,0 +1,220 @@
+import type pg from 'pg';
+import { StepError, throwIfAborted } from './errors.js';
+import { readMemo, writeMemo } from './step-memo.js';
+import type { Logger, StepContext, StepFn } from './types.js';
+
+/** How a child workflow runs: SQL in the warehouse, or a native builtin. */
+export type ChildConfig =
+  | { kind: 'sql'; statement: string; timeoutMs?: number; transactional?: boolean }
+  | { kind: 'builtin'; name: 'sys_kill_all_session_pg'; idleSeconds?: number; timeoutMs?: number };
+
+export interface ChildResult {
+  child: string;
+  kind: ChildConfig['kind'];
+  durationMs: number;
+  rowCount?: number;
+  terminated?: number;
+  /** True when the result was recorded by an earlier invocation and nothing ran now. */
+  resumed: boolean;
+}
+
+export interface ChildRunner {
+  run(childName: string): StepFn<StepContext, ChildResult>;
+}
+
+// Stale sessions only: idle ones of ordinary roles in this database, never ours, l2flow's, superusers' or replication's.
+// Materialized so every filter is applied before pg_terminate_backend sees a row: the planner may otherwise
+// evaluate quals in any order, and a superuser caller could terminate a superuser's session.
+const KILL_IDLE_SESSIONS = `with stale as materialized (
+    select a.pid, a.usename, a.application_name
+      from pg_stat_activity a
+      join pg_roles r on r.oid = a.usesysid
+     where a.datname = current_database()
+       and a.backend_type = 'client backend'
+       and a.state = 'idle'
+       and a.state_change < now() - make_interval(secs => $1)
+       and a.pid <> pg_backend_pid()
+       and coalesce(a.application_name, '') not like 'l2flow%'
+       and not r.rolsuper and not r.rolreplication)
+  select pid, usename, application_name from stale where pg_terminate_backend(pid)`;
+
+const CANCEL_GRACE_MS = 5_000;
+
+/** The $n a statement references; a heuristic that also counts $n inside literals. */
+function paramsReferenced(statement: string): Set<number> {
+  return new Set([...statement.matchAll(/\$(\d+)(?!\d)/g)].map((m) => Number(m[1])));
+}
+
+/** Check the children config once at start-up, with messages that say what to fix. */
+function validate(children: Record<string, ChildConfig>): void {
+  for (const [name, cfg] of Object.entries(children)) {
+    if (cfg.kind === 'sql') {
+      const extra = [...paramsReferenced(cfg.statement)].filter((n) => n > 2);
+      if (extra.length) {
+        throw new Error(`children.${name}.statement references $${extra[0]}: only $1 (logical date) and $2 (load id) exist`);
+      }
+    }
+  }
+}
+
+/** Runs child workflows from configuration, once per run attempt, cancelling their queries on the server on abort/timeout. */
+export function createChildRunner(opts: {
+  pool: pg.Pool;
+  children: Record<string, ChildConfig>;
+  logger: Logger;
+}): ChildRunner {
+  const { pool, children, logger } = opts;
+  validate(children);
+
+  /**
+   * Run `query` on `client`; on abort or timeout cancel it with pg_cancel_backend from another connection and
+   * wait for the client to settle. Returns the result, or throws ABORTED / CHILD_TIMEOUT / CHILD_FAILED.
+   */
+  async function cancellable(
+    child: string,
+    client: pg.PoolClient,
+    pid: number,
+    query: pg.QueryConfig,
+    timeoutMs: number | undefined,
+    signal: AbortSignal,
+  ): Promise<pg.QueryResult> {
+    throwIfAborted(signal, `child workflow ${child}`); // an already-fired signal never calls its listeners
+    const running = client.query(query);
+    const settled = running.then(() => undefined, () => undefined);
+    let reason: 'abort' | 'timeout' | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const stop = new Promise<void>((resolve) => {
+      const onAbort = () => { reason ??= 'abort'; resolve(); };
+      signal.addEventListener('abort', onAbort, { once: true });
+      if (timeoutMs !== undefined) timer = setTimeout(() => { reason ??= 'timeout'; resolve(); }, timeoutMs);
+      void settled.then(() => { signal.removeEventListener('abort', onAbort); resolve(); });
+    });
+    await stop;
+    clearTimeout(timer);
+    if (reason) {
+      await pool.query('select pg_cancel_backend($1)', [pid]).catch((err: unknown) => {
+        logger.error({ err, child, pid }, 'could not cancel the child query');
+      });
+      const gone = await Promise.race([settled.then(() => true), sleep(CANCEL_GRACE_MS).then(() => false)]);
+      if (!gone) {
+        // A cancel can miss (e.g. arrive between statements); do not leave the work running behind our back.
+        logger.warn({ child, pid }, 'child query ignored the cancel; terminating its backend');
+        await pool.query('select pg_terminate_backend($1)', [pid]).catch(() => undefined);
+        await settled;
+      }
+      const what = reason === 'timeout' ? 'timed out' : 'was cancelled';
+      const after = reason === 'timeout' ? ` after ${(timeoutMs! / 1000).toFixed(1)}s` : '';
+      throw new StepError(reason === 'timeout' ? 'CHILD_TIMEOUT' : 'ABORTED',
+        `child workflow ${child} ${what}: its query was cancelled on the server${after}`,
+        reason === 'abort' ? { cause: signal.reason } : { retryable: true });
+    }
+    try {
+      return await running;
+    } catch (err) {
+      throw childFailed(child, err);
+    }
+  }
+
+  /** Run one child on a dedicated client; a transactional child commits its memo in its own transaction. */
+  async function runOnClient(
+    child: string,
+    cfg: ChildConfig,
+    ctx: StepContext,
+    signal: AbortSignal,
+  ): Promise<ChildResult> {
+    const started = Date.now();
+    const client = await pool.connect();
+    let clientError: Error | undefined;
+    const onError = (err: Error) => { clientError = err; };
+    client.on('error', onError);
+    let destroy = false;
+    try {
+      const pid = (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
+      const transactional = cfg.kind === 'sql' && cfg.transactional !== false;
+      const query = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx) : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds ?? 600] };
+      if (transactional) await client.query('begin');
+      let res: pg.QueryResult;
+      try {
+        res = await cancellable(child, client, pid, query, cfg.timeoutMs, signal);
+      } catch (err) {
+        destroy = true;
+        throw err;
+      }
+      const result: ChildResult = { child, kind: cfg.kind, durationMs: Date.now() - started, resumed: false };
+      if (cfg.kind === 'sql') result.rowCount = res.rowCount ?? 0;
+      else {
+        result.terminated = res.rowCount ?? 0;
+        const sessions = res.rows.map((r: { pid: number; usename: string; application_name: string }) =>
+          ({ pid: r.pid, user: r.usename, application: r.application_name }));
+        logger.info({ child, runId: ctx.runId, sessions }, `terminated ${result.terminated} idle session(s)`);
+      }
+      // Without a transaction (procedures that COMMIT inside, or terminating sessions) a crash between the
+      // statement and this memo re-runs the child: at-least-once for those, exactly-once for transactional ones.
+      const fresh = await writeMemo(client, ctx, memoStep(child), result);
+      if (transactional) await client.query(fresh ? 'commit' : 'rollback');
+      if (!fresh) {
+        const winner = await readMemo<ChildResult>(client, ctx, memoStep(child));
+        return { ...(winner ?? result), resumed: true };
+      }
+      return result;
+    } catch (err) {
+      destroy = true;
+      throw err;
+    } finally {
+      client.off('error', onError);
+      client.release(destroy || clientError ? (clientError ?? true) : undefined);
+    }
+  }
+
+  return {
+    run(childName) {
+      return async (ctx, signal) => {
+        const cfg = children[childName];
+        if (!cfg) {
+          throw new StepError('CHILD_NOT_CONFIGURED',
+            `child workflow ${childName} is not configured: add children.${childName} ` +
+            `({ kind: 'sql', statement: 'CALL …' } or a builtin) to the l2flow config`);
+        }
+        throwIfAborted(signal, `child workflow ${childName}`);
+        const recorded = await readMemo<ChildResult>(pool, ctx, memoStep(childName));
+        if (recorded) {
+          logger.info({ child: childName, runId: ctx.runId }, 'child already completed in this attempt; not run again');
+          return { ...recorded, resumed: true };
+        }
+        logger.info({ child: childName, runId: ctx.runId, kind: cfg.kind }, 'child workflow starting');
+        const result = await runOnClient(childName, cfg, ctx, signal);
+        logger.info({ child: childName, runId: ctx.runId, durationMs: result.durationMs }, 'child workflow finished');
+        return result;
+      };
+    },
+  };
+}
+
+function memoStep(child: string): string {
+  return `child:${child}`;
+}
+
+/** Bind $1 = logical date and $2 = load id, passing only the ones the statement uses. */
+function sqlQuery(statement: string, ctx: StepContext): pg.QueryConfig {
+  const used = paramsReferenced(statement);
+  if (used.has(2) && !used.has(1)) {
+    // PostgreSQL cannot type a parameter the text never mentions, so $2 alone becomes $1.
+    return { text: statement.replace(/\$2(?!\d)/g, '$$1'), values: [ctx.loadId] };
+  }
+  if (used.has(2)) return { text: statement, values: [ctx.logicalDate, ctx.loadId] };
+  if (used.has(1)) return { text: statement, values: [ctx.logicalDate] };
+  return { text: statement };
+}
+
+function childFailed(child: string, err: unknown): StepError {
+  const e = err as { code?: unknown; message?: unknown; detail?: unknown };
+  const sqlstate = typeof e.code === 'string' ? e.code : undefined;
+  const detail = typeof e.detail === 'string' ? ` (${e.detail})` : '';
+  return new StepError('CHILD_FAILED',
+    `child workflow ${child} failed: SQLSTATE ${sqlstate ?? 'unknown'}: ${String(e.message)}${detail}`,
+    { cause: err, details: sqlstate ? { sqlstate } : undefined });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}

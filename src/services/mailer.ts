@@ -1,0 +1,199 @@
+import nodemailer from 'nodemailer';
+import type { SMTPTransportOptions } from 'nodemailer';
+import type { Logger } from './types.js';
+
+/** An SMTP connection read from an Airflow-style URI: nodemailer options plus the optional sender. */
+export interface SmtpConnection {
+  transport: SMTPTransportOptions;
+  from: string | undefined;
+}
+
+/** A mail as the mailer sends it: plain text with an HTML alternative. */
+export interface MailMessage {
+  to: string[];
+  subject: string;
+  text: string;
+  html: string;
+}
+
+/** What the server said about a mail it accepted; `rejected` lists recipients it refused while accepting the others. */
+export interface SendResult {
+  messageId: string;
+  accepted: string[];
+  rejected: string[];
+}
+
+export interface Mailer {
+  send(msg: MailMessage, signal?: AbortSignal): Promise<SendResult>;
+  /** Where mail goes, without secrets: `smtp://user@host:587 (STARTTLS if offered), from …`. */
+  describe(): string;
+  close(): void;
+}
+
+/**
+ * A failed send with nodemailer's stable `code` (EAUTH, ESOCKET, ECONNECTION, EENVELOPE, ETIMEDOUT …) and, when the
+ * server answered, its `responseCode`. The message never contains the password. There is deliberately no `cause`:
+ * pino prints cause messages, and nodemailer's error can carry unscrubbed server text.
+ */
+export class MailError extends Error {
+  override readonly name = 'MailError';
+  readonly code: string;
+  readonly responseCode: number | undefined;
+  /** True when the server refused for good (5xx); retrying the same mail will likely fail the same way. */
+  readonly permanent: boolean;
+  readonly originalCode: string | undefined;
+
+  constructor(code: string, message: string, extra: { responseCode?: number; permanent?: boolean; originalCode?: string } = {}) {
+    super(message);
+    this.code = code;
+    this.responseCode = extra.responseCode;
+    this.permanent = extra.permanent ?? false;
+    this.originalCode = extra.originalCode;
+  }
+}
+
+const URI_HELP = 'write it as smtp://user:password@host:587 or smtps://user:password@host:465 (percent-encode special characters)';
+const QUERY_OPTIONS = ['from', 'from_email', 'secure', 'disable_ssl', 'starttls', 'disable_tls', 'timeout', 'retry_limit'];
+
+function flag(params: URLSearchParams, name: string): boolean | undefined {
+  const v = params.get(name);
+  if (v === null) return undefined;
+  if (/^(true|1|yes)$/i.test(v)) return true;
+  if (/^(false|0|no)$/i.test(v)) return false;
+  throw new Error(`SMTP connection URI: ?${name}= must be true or false`);
+}
+
+function decode(part: string, what: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new Error(`SMTP connection URI: the ${what} is not valid percent-encoding; ${URI_HELP}`);
+  }
+}
+
+/**
+ * Parse an Airflow SMTP connection URI (`smtp://user:pass@host:587`, `smtps://…:465`) into nodemailer options.
+ * Query options: `from` (or Airflow's `from_email`), `secure` (or `disable_ssl`), `starttls` (or `disable_tls`),
+ * `timeout` in seconds; Airflow's `retry_limit` is accepted and ignored (the outbox retries).
+ */
+export function parseSmtpConnection(uri: string): SmtpConnection {
+  let url: URL;
+  try {
+    url = new URL(uri.trim());
+  } catch {
+    // URL's own error repeats the input, password included.
+    throw new Error(`SMTP connection URI is not a valid URL: ${URI_HELP}`);
+  }
+  if (url.protocol !== 'smtp:' && url.protocol !== 'smtps:') {
+    throw new Error(`SMTP connection URI has scheme "${url.protocol.slice(0, 20)}": ${URI_HELP}`);
+  }
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  if (!host) throw new Error(`SMTP connection URI has no host: ${URI_HELP}`);
+  if (url.pathname !== '' && url.pathname !== '/') throw new Error(`SMTP connection URI must not have a path: ${URI_HELP}`);
+
+  const params = url.searchParams;
+  const extra = params.get('__extra__'); // Airflow's form for extras given as JSON
+  if (extra !== null) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(extra);
+    } catch {
+      throw new Error('SMTP connection URI: ?__extra__= must be a JSON object');
+    }
+    if (!parsed || typeof parsed !== 'object') throw new Error('SMTP connection URI: ?__extra__= must be a JSON object');
+    params.delete('__extra__');
+    for (const [k, v] of Object.entries(parsed)) if (!params.has(k)) params.set(k, String(v));
+  }
+  const unknown = [...params.keys()].filter((k) => !QUERY_OPTIONS.includes(k));
+  if (unknown.length > 0) {
+    throw new Error(`SMTP connection URI: unknown option ${unknown.map((k) => `?${k.slice(0, 40)}`).join(', ')}; known: ${QUERY_OPTIONS.join(', ')}`);
+  }
+
+  const disableSsl = flag(params, 'disable_ssl');
+  const secure = flag(params, 'secure') ?? (disableSsl === undefined ? url.protocol === 'smtps:' : !disableSsl);
+  const disableTls = flag(params, 'disable_tls');
+  const starttls = flag(params, 'starttls') ?? (disableTls === undefined ? undefined : !disableTls);
+  const timeout = params.get('timeout');
+  const timeoutS = timeout === null ? undefined : Number(timeout);
+  if (timeoutS !== undefined && !(timeoutS > 0)) throw new Error('SMTP connection URI: ?timeout= must be a positive number of seconds');
+
+  const transport: SMTPTransportOptions = { host, port: url.port ? Number(url.port) : secure ? 465 : 587, secure };
+  if (!secure && starttls === true) transport.requireTLS = true;
+  if (!secure && starttls === false) transport.ignoreTLS = true;
+  if (timeoutS !== undefined) transport.connectionTimeout = timeoutS * 1000;
+  if (url.username) {
+    transport.auth = { user: decode(url.username, 'user name'), pass: decode(url.password, 'password') };
+  } else if (url.password) {
+    throw new Error(`SMTP connection URI has a password but no user name: ${URI_HELP}`);
+  }
+  const from = params.get('from') ?? params.get('from_email') ?? undefined;
+  return { transport, from: from || undefined };
+}
+
+function describeTransport(t: SMTPTransportOptions): string {
+  const user = t.auth?.user ? `${encodeURIComponent(t.auth.user)}@` : '';
+  const tls = t.secure ? 'TLS' : t.requireTLS ? 'STARTTLS required' : t.ignoreTLS ? 'no TLS' : 'STARTTLS if offered';
+  return `${t.secure ? 'smtps' : 'smtp'}://${user}${t.host}:${t.port} (${tls})`;
+}
+
+/** Remove the password in every form it could take on the wire or in a URI. */
+function scrubber(user: string | undefined, pass: string | undefined): (s: string) => string {
+  if (!pass) return (s) => s;
+  const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
+  const forms = [pass, encodeURIComponent(pass), b64(pass), b64(`\0${user ?? ''}\0${pass}`), b64(`${user ?? ''}\0${user ?? ''}\0${pass}`)];
+  const unique = [...new Set(forms)].sort((a, b) => b.length - a.length);
+  return (s) => unique.reduce((acc, f) => acc.split(f).join('***'), s);
+}
+
+function toMailError(err: unknown, where: string, scrub: (s: string) => string): MailError {
+  const e = (err ?? {}) as { code?: unknown; message?: unknown; responseCode?: unknown; permanent?: unknown; originalCode?: unknown };
+  const code = typeof e.code === 'string' ? e.code : 'EMAIL';
+  const originalCode = typeof e.originalCode === 'string' ? e.originalCode : undefined;
+  const message = scrub(typeof e.message === 'string' ? e.message : String(err));
+  const extra: { responseCode?: number; permanent?: boolean; originalCode?: string } = {};
+  if (typeof e.responseCode === 'number') extra.responseCode = e.responseCode;
+  if (typeof e.permanent === 'boolean') extra.permanent = e.permanent;
+  if (originalCode) extra.originalCode = originalCode;
+  return new MailError(code, `${message} (${where})`, extra);
+}
+
+/** A mailer over one SMTP connection URI; every send opens its own connection, so a server restart never leaves a stale one. */
+export function createMailer(opts: {
+  smtpUri: string;
+  /** Sender address; falls back to the URI's `?from=`. */
+  from?: string;
+  logger: Logger;
+  connectionTimeoutMs?: number;
+  socketTimeoutMs?: number;
+}): Mailer {
+  const conn = parseSmtpConnection(opts.smtpUri);
+  const from = opts.from ?? conn.from;
+  if (!from) throw new Error('No sender address for failure mail: pass `from` or add ?from=address to the SMTP connection URI');
+  const connectionTimeout = opts.connectionTimeoutMs ?? conn.transport.connectionTimeout ?? 10_000;
+  const transport = nodemailer.createTransport({
+    ...conn.transport,
+    connectionTimeout,
+    greetingTimeout: connectionTimeout,
+    socketTimeout: opts.socketTimeoutMs ?? 60_000,
+    logger: false,
+  });
+  const where = describeTransport(conn.transport);
+  const scrub = scrubber(conn.transport.auth?.user, conn.transport.auth?.pass);
+  const log = opts.logger.child({ module: 'mailer' });
+  log.debug({ smtp: where }, 'mailer ready');
+
+  return {
+    async send(msg, signal) {
+      if (msg.to.length === 0) throw new MailError('EENVELOPE', 'mail has no recipients');
+      try {
+        const info = await transport.sendMail({ from, to: msg.to, subject: msg.subject, text: msg.text, html: msg.html, signal });
+        const addrs = (xs: unknown[] | undefined) => (xs ?? []).map((x) => (typeof x === 'string' ? x : (x as { address: string }).address));
+        return { messageId: info.messageId, accepted: addrs(info.accepted), rejected: addrs(info.rejected) };
+      } catch (err) {
+        throw toMailError(err, where, scrub);
+      }
+    },
+    describe: () => `${where}, from ${from}`,
+    close: () => transport.close(),
+  };
+}

@@ -1,0 +1,147 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import pino from 'pino';
+import { createTestDb, type TestDb } from '../helpers/db.js';
+import { createChildRunner, type ChildConfig, type ChildRunner } from '../../src/services/children.js';
+import type { StepContext } from '../../src/services/types.js';
+
+const signal = new AbortController().signal;
+const logger = pino({ level: 'silent' });
+let seq = 0;
+const ctx = (loadId: number | null = 42): StepContext => ({
+  runId: `run-${++seq}`, workflowId: 'WF', logicalDate: '2024-03-02', businessDate: '2024-03-01', attempt: 1, loadId,
+});
+
+const children: Record<string, ChildConfig> = {
+  insert_both: { kind: 'sql', statement: 'insert into t (ld, lid) values ($1, $2)' },
+  load_id_only: { kind: 'sql', statement: 'insert into t (lid) values ($2)' },
+  plain: { kind: 'sql', statement: 'select 1' },
+  call_proc: { kind: 'sql', statement: 'CALL p($1::date, $2::bigint)' },
+  call_committing: { kind: 'sql', statement: 'call p_commit($1)', transactional: false },
+  broken: { kind: 'sql', statement: 'select 1 / 0' },
+  slow: { kind: 'sql', statement: 'select pg_sleep(30)', timeoutMs: 300 },
+  slow_no_timeout: { kind: 'sql', statement: 'select pg_sleep(31)' },
+  kill_idle: { kind: 'builtin', name: 'sys_kill_all_session_pg', idleSeconds: 0 },
+  kill_very_idle: { kind: 'builtin', name: 'sys_kill_all_session_pg', idleSeconds: 3600 },
+};
+
+describe('child workflows', () => {
+  let db: TestDb;
+  let runner: ChildRunner;
+  beforeAll(async () => {
+    db = await createTestDb();
+    runner = createChildRunner({ pool: db.pool, children, logger });
+    await db.pool.query(`create table t (ld date, lid bigint);
+      create procedure p(d date, l bigint) language plpgsql as $$ begin insert into t values (d, l); end $$;
+      create procedure p_commit(d date) language plpgsql as $$ begin insert into t (ld) values (d); commit; end $$;`);
+  });
+  afterAll(async () => { await db.drop(); });
+
+  const rowsOfT = async () => (await db.pool.query('select ld::text, lid::int from t order by ld, lid')).rows;
+  const running = async (text: string) =>
+    (await db.pool.query('select count(*)::int as n from pg_stat_activity where query = $1 and pid <> pg_backend_pid()', [text])).rows[0].n;
+
+  it('binds the logical date and load id, passing only the parameters a statement uses', async () => {
+    expect(await runner.run('insert_both')(ctx(7), signal)).toMatchObject({ child: 'insert_both', kind: 'sql', rowCount: 1, resumed: false });
+    await runner.run('load_id_only')(ctx(8), signal);
+    expect(await runner.run('plain')(ctx(), signal)).toMatchObject({ rowCount: 1 });
+    expect(await rowsOfT()).toEqual([{ ld: '2024-03-02', lid: 7 }, { ld: null, lid: 8 }]);
+    await db.pool.query('truncate t');
+  });
+
+  it('calls procedures, inside a transaction or (when they commit themselves) outside one', async () => {
+    await runner.run('call_proc')(ctx(9), signal);
+    await runner.run('call_committing')(ctx(), signal);
+    expect(await rowsOfT()).toEqual([{ ld: '2024-03-02', lid: 9 }, { ld: '2024-03-02', lid: null }]);
+    await db.pool.query('truncate t');
+  });
+
+  it('runs a completed child only once per run attempt', async () => {
+    const c = ctx(5);
+    await runner.run('insert_both')(c, signal);
+    expect(await runner.run('insert_both')(c, signal)).toMatchObject({ rowCount: 1, resumed: true });
+    expect(await rowsOfT()).toEqual([{ ld: '2024-03-02', lid: 5 }]);
+    await runner.run('insert_both')({ ...c, attempt: 2 }, signal);
+    expect(await rowsOfT()).toHaveLength(2);
+    await db.pool.query('truncate t');
+  });
+
+  it('reports an SQL error with the child name, SQLSTATE and server message', async () => {
+    await expect(runner.run('broken')(ctx(), signal)).rejects.toMatchObject({
+      code: 'CHILD_FAILED',
+      message: expect.stringMatching(/broken.*22012.*division by zero/),
+      details: { sqlstate: '22012' },
+    });
+  });
+
+  it('cancels the query on the server when it times out', async () => {
+    const started = Date.now();
+    await expect(runner.run('slow')(ctx(), signal)).rejects.toMatchObject({
+      code: 'CHILD_TIMEOUT', message: expect.stringContaining('cancelled on the server after 0.3s'),
+    });
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(await running('select pg_sleep(30)')).toBe(0);
+  });
+
+  it('cancels the query on the server when the step is aborted', async () => {
+    const ac = new AbortController();
+    const pending = runner.run('slow_no_timeout')(ctx(), ac.signal);
+    await until(async () => (await running('select pg_sleep(31)')) === 1);
+    ac.abort();
+    await expect(pending).rejects.toMatchObject({ code: 'ABORTED' });
+    expect(await running('select pg_sleep(31)')).toBe(0);
+    expect(await db.pool.query('select count(*)::int as n from l2flow.step_memo where step = $1', ['child:slow_no_timeout']))
+      .toMatchObject({ rows: [{ n: 0 }] });
+  });
+
+  it('names the config key to add for an unknown child, and rejects parameters beyond $2', async () => {
+    await expect(runner.run('nope')(ctx(), signal)).rejects.toMatchObject({
+      code: 'CHILD_NOT_CONFIGURED', message: expect.stringContaining('children.nope'),
+    });
+    expect(() => createChildRunner({ pool: db.pool, logger, children: { x: { kind: 'sql', statement: 'select $3' } } }))
+      .toThrow(/children\.x\.statement references \$3/);
+  });
+
+  it('sys_kill_all_session_pg terminates idle ordinary sessions only', async () => {
+    const role = `l2flow_test_victim_${randomBytes(4).toString('hex')}`;
+    await db.pool.query(`create role ${role} login`);
+    const as = (user: string | undefined, application_name: string) => {
+      const url = new URL(db.uri);
+      if (user) url.username = user;
+      const c = new pg.Client({ connectionString: url.toString(), application_name });
+      c.on('error', () => undefined); // the victim's connection is expected to die
+      return c;
+    };
+    const victim = as(role, 'victim');
+    const ownApp = as(role, 'l2flow-x');
+    const superuser = as(undefined, 'su-idle');
+    try {
+      for (const c of [victim, ownApp, superuser]) await c.connect();
+      const pid = async (c: pg.Client) => (await c.query('select pg_backend_pid() as pid')).rows[0].pid as number;
+      const [victimPid, ownPid, suPid] = [await pid(victim), await pid(ownApp), await pid(superuser)];
+      await new Promise((r) => setTimeout(r, 50));
+
+      expect(await runner.run('kill_very_idle')(ctx(), signal)).toMatchObject({ kind: 'builtin', terminated: 0 });
+      const c = ctx();
+      expect(await runner.run('kill_idle')(c, signal)).toMatchObject({ terminated: 1, resumed: false });
+      const alive = async (p: number) =>
+        (await db.pool.query('select count(*)::int as n from pg_stat_activity where pid = $1', [p])).rows[0].n === 1;
+      await until(async () => !(await alive(victimPid)));
+      expect(await alive(ownPid)).toBe(true);
+      expect(await alive(suPid)).toBe(true);
+      expect(await runner.run('kill_idle')(c, signal)).toMatchObject({ terminated: 1, resumed: true });
+    } finally {
+      await Promise.all([victim, ownApp, superuser].map((cl) => cl.end().catch(() => undefined)));
+      await db.pool.query(`drop role if exists ${role}`);
+    }
+  });
+});
+
+async function until(cond: () => Promise<boolean>, timeoutMs = 3_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

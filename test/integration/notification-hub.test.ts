@@ -1,0 +1,164 @@
+import net from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
+import { filter, firstValueFrom, timeout } from 'rxjs';
+import { createNotificationHub, type HubNotification, type NotificationHub } from '../../src/runtime/notification-hub.js';
+import { createTestDb, type TestDb } from '../helpers/db.js';
+
+type LogLine = { level: number; msg: string } & Record<string, unknown>;
+const CHANNELS = ['l2flow_dwh_flag', 'l2flow_run'];
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function captureLogger() {
+  const lines: LogLine[] = [];
+  const logger = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as LogLine) });
+  return { logger, lines };
+}
+
+/** A TCP proxy to PostgreSQL whose existing connections can be frozen: open but silent, like a half-open socket. */
+async function createFreezableProxy(target: URL) {
+  const pairs = new Set<{ frozen: boolean; down: net.Socket; up: net.Socket }>();
+  const server = net.createServer((down) => {
+    const up = net.connect(Number(target.port || 5432), target.hostname);
+    const pair = { frozen: false, down, up };
+    pairs.add(pair);
+    down.on('data', (d) => void (pair.frozen || up.write(d)));
+    up.on('data', (d) => void (pair.frozen || down.write(d)));
+    const close = () => {
+      down.destroy();
+      up.destroy();
+      pairs.delete(pair);
+    };
+    for (const s of [down, up]) s.on('close', close).on('error', close);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const uri = new URL(target);
+  uri.port = String((server.address() as net.AddressInfo).port);
+  return {
+    uri: uri.toString(),
+    freeze: () => pairs.forEach((p) => (p.frozen = true)),
+    close: async () => {
+      pairs.forEach((p) => (p.down.destroy(), p.up.destroy()));
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+describe('notification hub', () => {
+  let db: TestDb;
+  let hub: NotificationHub | undefined;
+  const terminateListener = () =>
+    db.pool.query(`select pg_terminate_backend(pid) from pg_stat_activity
+      where application_name = 'l2flow-listener' and datname = current_database() and pid <> pg_backend_pid()`);
+  const nextOn = (h: NotificationHub, channel: string) =>
+    firstValueFrom(h.notifications$.pipe(filter((n) => n.channel === channel), timeout(3_000)));
+
+  beforeAll(async () => {
+    db = await createTestDb();
+  });
+  afterEach(async () => {
+    await hub?.stop();
+    hub = undefined;
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  it('delivers parsed payloads of every channel to every subscriber, connected$ after start', async () => {
+    const { logger } = captureLogger();
+    hub = createNotificationHub({ connectionString: db.uri, channels: CHANNELS, logger });
+    const connected = firstValueFrom(hub.connected$);
+    await hub.start();
+    await connected;
+    expect(hub.isConnected()).toBe(true);
+
+    const a = nextOn(hub, 'l2flow_dwh_flag');
+    const b = nextOn(hub, 'l2flow_dwh_flag');
+    const run = nextOn(hub, 'l2flow_run');
+    await db.pool.query(`insert into md.dwh_flag (flag_cd, bussines_date) values ('x', '2024-03-01')`);
+    await db.pool.query(`insert into l2flow.run (run_id, workflow_id, logical_date, business_date) values ('r1', 'wf', '2024-03-02', '2024-03-01')`);
+    const expected: HubNotification = { channel: 'l2flow_dwh_flag', payload: { flag_cd: 'x', business_date: '2024-03-01' } };
+    expect(await a).toEqual(expected);
+    expect(await b).toEqual(expected);
+    expect((await run).payload).toMatchObject({ run_id: 'r1', logical_date: '2024-03-02', status: 'queued' });
+  });
+
+  it('drops non-JSON and oversized payloads with at most one warning per channel per minute', async () => {
+    const { logger, lines } = captureLogger();
+    hub = createNotificationHub({ connectionString: db.uri, channels: CHANNELS, logger });
+    await hub.start();
+    const seen: HubNotification[] = [];
+    const sub = hub.notifications$.subscribe((n) => seen.push(n));
+    const valid = nextOn(hub, 'l2flow_run');
+    for (let i = 0; i < 20; i++) await db.pool.query(`select pg_notify('l2flow_dwh_flag', 'not json')`);
+    for (let i = 0; i < 5; i++) await db.pool.query(`select pg_notify('l2flow_dwh_flag', repeat('x', 7000))`);
+    await db.pool.query(`select pg_notify('l2flow_dwh_flag', json_build_object('pad', repeat('x', 7000))::text)`);
+    for (let i = 0; i < 5; i++) await db.pool.query(`select pg_notify('l2flow_run', '{broken')`);
+    await db.pool.query(`select pg_notify('l2flow_run', '{"ok":true}')`);
+    expect((await valid).payload).toEqual({ ok: true });
+    sub.unsubscribe();
+    expect(seen).toEqual([{ channel: 'l2flow_run', payload: { ok: true } }]);
+    const drops = lines.filter((l) => l.level === 40 && /dropped/.test(l.msg));
+    expect(drops.map((l) => l.channel).sort()).toEqual(['l2flow_dwh_flag', 'l2flow_run']);
+  });
+
+  it('reconnects after pg_terminate_backend, logs once per attempt and announces it on connected$', async () => {
+    const { logger, lines } = captureLogger();
+    hub = createNotificationHub({ connectionString: db.uri, channels: CHANNELS, logger });
+    await hub.start();
+    const reconnected = firstValueFrom(hub.connected$.pipe(timeout(5_000)));
+    await terminateListener();
+    await reconnected;
+    expect(hub.isConnected()).toBe(true);
+    const attempts = lines.filter((l) => /reconnect attempt/.test(l.msg));
+    expect(attempts.length).toBeGreaterThanOrEqual(1);
+    expect(attempts.length).toBeLessThanOrEqual(3);
+    const next = nextOn(hub, 'l2flow_run');
+    await db.pool.query(`select pg_notify('l2flow_run', '{"after":"reconnect"}')`);
+    expect((await next).payload).toEqual({ after: 'reconnect' });
+  });
+
+  it('heartbeat forces a reconnect when the connection goes half-open', async () => {
+    const proxy = await createFreezableProxy(new URL(db.uri));
+    try {
+      const { logger, lines } = captureLogger();
+      hub = createNotificationHub({ connectionString: proxy.uri, channels: CHANNELS, logger, heartbeatMs: 150, heartbeatTimeoutMs: 150 });
+      await hub.start();
+      const reconnected = firstValueFrom(hub.connected$.pipe(timeout(5_000)));
+      proxy.freeze();
+      await reconnected;
+      expect(lines.some((l) => /heartbeat query failed/.test(l.msg))).toBe(true);
+      const next = nextOn(hub, 'l2flow_run');
+      await db.pool.query(`select pg_notify('l2flow_run', '{"after":"half-open"}')`);
+      expect((await next).payload).toEqual({ after: 'half-open' });
+    } finally {
+      await hub?.stop();
+      await proxy.close();
+    }
+  });
+
+  it('stop() closes the listener connection and completes its streams', async () => {
+    const { logger } = captureLogger();
+    hub = createNotificationHub({ connectionString: db.uri, channels: CHANNELS, logger });
+    await hub.start();
+    let completed = false;
+    hub.notifications$.subscribe({ complete: () => (completed = true) });
+    await hub.stop();
+    expect(hub.isConnected()).toBe(false);
+    expect(completed).toBe(true);
+    const count = async () =>
+      (await db.pool.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity
+        where application_name = 'l2flow-listener' and datname = current_database()`)).rows[0]?.n;
+    const until = Date.now() + 2_000;
+    while ((await count()) !== 0 && Date.now() < until) await sleep(20);
+    expect(await count()).toBe(0);
+  });
+
+  it('start() fails with a clear message when PostgreSQL is unreachable', async () => {
+    const { logger } = captureLogger();
+    const bad = new URL(db.uri);
+    bad.port = '1'; // nothing listens on port 1
+    hub = createNotificationHub({ connectionString: bad.toString(), channels: CHANNELS, logger });
+    await expect(hub.start()).rejects.toThrow(/could not LISTEN on l2flow_dwh_flag, l2flow_run/);
+  });
+});

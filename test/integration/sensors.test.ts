@@ -1,0 +1,338 @@
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { pino } from 'pino';
+import { NEVER, Subject, firstValueFrom, timeout } from 'rxjs';
+import { createNotificationHub, type NotificationHub } from '../../src/runtime/notification-hub.js';
+import { createConditionWaiter } from '../../src/services/condition-waiter.js';
+import { StepError } from '../../src/services/errors.js';
+import { addDays } from '../../src/services/dates.js';
+import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, createPreviousRunSensor } from '../../src/services/sensors.js';
+import type { SensorInput } from '../../src/services/types.js';
+import { createTestDb, type TestDb } from '../helpers/db.js';
+
+type LogLine = { level: number; msg: string } & Record<string, unknown>;
+const FLAG = 'l1_to_l2_load_successfull';
+const WF = 'WF_MAIN_DATASETS_LOAD_L2_TO_L2';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const lines: LogLine[] = [];
+const logger = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as LogLine) });
+
+let dayCounter = 0;
+const nextDate = () => addDays('2030-01-01', dayCounter++);
+
+function input(businessDate: string, deadlineInMs = 10_000): SensorInput {
+  const logicalDate = addDays(businessDate, 1);
+  return { runId: `run-${logicalDate}`, workflowId: WF, logicalDate, businessDate, attempt: 1, loadId: null, deadline: Date.now() + deadlineInMs };
+}
+
+/** Whether a promise settled within `ms`, without letting its rejection go unhandled. */
+async function stateAfter(p: Promise<unknown>, ms: number): Promise<'pending' | 'resolved' | 'rejected'> {
+  return Promise.race([p.then(() => 'resolved' as const, () => 'rejected' as const), sleep(ms).then(() => 'pending' as const)]);
+}
+
+async function rejection(p: Promise<unknown>): Promise<StepError> {
+  const err = await p.then(() => null, (e: unknown) => e);
+  expect(err).toBeInstanceOf(StepError);
+  return err as StepError;
+}
+
+/** A pool whose flag queries are counted with the number of dates each asked about. */
+function countingPool(pool: pg.Pool, calls: number[]): pg.Pool {
+  return {
+    query: (text: string, values: [string, string[]]) => {
+      calls.push(values[1].length);
+      return pool.query(text, values);
+    },
+  } as unknown as pg.Pool;
+}
+
+describe('sensors', () => {
+  let db: TestDb;
+  let hub: NotificationHub;
+  const signal = new AbortController().signal;
+  const flagSensor = (o: Partial<Parameters<typeof createFlagSensor>[0]> = {}) =>
+    createFlagSensor({ pool: db.pool, notifications$: hub.notifications$, reconnects$: hub.connected$, logger, ...o });
+  const insertFlag = (date: string, code = FLAG, table = 'md.dwh_flag') =>
+    db.pool.query(`insert into ${table} (flag_cd, bussines_date) values ($1, $2)`, [code, date]);
+
+  beforeAll(async () => {
+    db = await createTestDb();
+    hub = createNotificationHub({ connectionString: db.uri, channels: [DWH_FLAG_CHANNEL, RUN_CHANNEL], logger });
+    await hub.start();
+  });
+  afterAll(async () => {
+    await hub?.stop();
+    await db?.drop();
+  });
+
+  it('a flag inserted after the wait started is seen through NOTIFY within ~100 ms (60 s poll)', async () => {
+    const d = nextDate();
+    const p = flagSensor()(input(d), signal);
+    await sleep(30);
+    await insertFlag(d);
+    const committed = performance.now();
+    const out = await p;
+    expect(performance.now() - committed).toBeLessThan(100);
+    expect(out.checks).toBe(2); // at registration, then on the hint
+    expect(Number.isNaN(Date.parse(out.satisfiedAt))).toBe(false);
+  });
+
+  it('a flag present before the wait is seen at once', async () => {
+    const d = nextDate();
+    await insertFlag(d);
+    const t0 = performance.now();
+    const out = await flagSensor()(input(d), signal);
+    expect(performance.now() - t0).toBeLessThan(50);
+    expect(out.checks).toBe(1);
+  });
+
+  it('a flag for another date or another flag code does not satisfy the wait', async () => {
+    const d = nextDate();
+    const ac = new AbortController();
+    const p = flagSensor()(input(d), ac.signal);
+    await insertFlag(addDays(d, 1));
+    await insertFlag(d, 'l1_to_l2_load_failed');
+    expect(await stateAfter(p, 300)).toBe('pending');
+    ac.abort();
+    expect((await rejection(p)).code).toBe('ABORTED');
+  });
+
+  it('a flag that arrives by UPDATE is seen', async () => {
+    const d = nextDate();
+    await insertFlag(d, 'not_yet');
+    const p = flagSensor()(input(d), signal);
+    await sleep(30);
+    await db.pool.query(`update md.dwh_flag set flag_cd = $1 where flag_cd = 'not_yet' and bussines_date = $2`, [FLAG, d]);
+    expect(await stateAfter(p, 100)).toBe('resolved');
+  });
+
+  it('a flag inserted while the listener is down is seen right after the reconnect, not a poll later', async () => {
+    const d = nextDate();
+    const admin = new pg.Client({ connectionString: db.uri.replace(/\/[^/]*$/, '/postgres') });
+    await admin.connect();
+    const held = await db.pool.connect(); // an open connection keeps working while new ones are refused
+    const allow = (yes: boolean) => admin.query(`alter database ${db.name} allow_connections ${yes}`);
+    try {
+      const p = flagSensor()(input(d, 20_000), signal);
+      await sleep(30);
+      const reconnected = firstValueFrom(hub.connected$.pipe(timeout(10_000)));
+      reconnected.catch(() => undefined);
+      // Refusing new connections holds the listener down long enough to insert during the gap.
+      await allow(false);
+      await held.query(`select pg_terminate_backend(pid) from pg_stat_activity
+        where application_name = 'l2flow-listener' and datname = current_database() and pid <> pg_backend_pid()`);
+      const until = Date.now() + 2_000;
+      while (hub.isConnected() && Date.now() < until) await sleep(2);
+      expect(hub.isConnected()).toBe(false);
+      await held.query(`insert into md.dwh_flag (flag_cd, bussines_date) values ($1, $2)`, [FLAG, d]);
+      expect(await stateAfter(p, 300)).toBe('pending');
+      await allow(true);
+      await reconnected;
+      const t = performance.now();
+      await p;
+      expect(performance.now() - t).toBeLessThan(100);
+    } finally {
+      await allow(true);
+      held.release();
+      await admin.end();
+    }
+  });
+
+  it('without notifications (no trigger on the table) the fallback poll finds the flag', async () => {
+    await db.pool.query('create table md.quiet_flag (like md.dwh_flag including defaults)');
+    const d = nextDate();
+    const p = flagSensor({ flagTable: 'md.quiet_flag', pokeIntervalMs: 150 })(input(d), signal);
+    await sleep(30);
+    await insertFlag(d, FLAG, 'md.quiet_flag');
+    const t = performance.now();
+    const out = await p;
+    expect(performance.now() - t).toBeLessThan(400);
+    expect(out.checks).toBeGreaterThanOrEqual(2);
+  });
+
+  it('fails with SENSOR_TIMEOUT at about the deadline, naming the sensor, the date and the wait', async () => {
+    const d = nextDate();
+    const t0 = performance.now();
+    const err = await rejection(flagSensor()(input(d, 300), signal));
+    const took = performance.now() - t0;
+    expect(err.code).toBe('SENSOR_TIMEOUT');
+    expect(took).toBeGreaterThanOrEqual(295);
+    expect(took).toBeLessThan(450);
+    expect(err.message).toMatch(/^wait_for_l2_full_load timed out/);
+    expect(err.message).toContain(`business date ${d}`);
+    expect(err.message).toMatch(/after waiting \d+ ms/);
+    expect(err.message).toContain(`logical date ${addDays(d, 1)}`);
+  });
+
+  it('a deadline already past fails at once after one last check, which can still succeed', async () => {
+    const d = nextDate();
+    const t0 = performance.now();
+    expect((await rejection(flagSensor()(input(d, -1_000), signal))).code).toBe('SENSOR_TIMEOUT');
+    expect(performance.now() - t0).toBeLessThan(50);
+    await insertFlag(d);
+    expect((await flagSensor()(input(d, -1_000), signal)).checks).toBe(1);
+  });
+
+  it('abort rejects with ABORTED at once, before or during the wait', async () => {
+    const ac = new AbortController();
+    const p = flagSensor()(input(nextDate()), ac.signal);
+    await sleep(20);
+    const t0 = performance.now();
+    ac.abort(new Error('run cancelled'));
+    expect((await rejection(p)).code).toBe('ABORTED');
+    expect(performance.now() - t0).toBeLessThan(20);
+    expect((await rejection(flagSensor()(input(nextDate()), ac.signal))).code).toBe('ABORTED');
+  });
+
+  it('200 waiters on different dates cost ONE query per poll interval, and one burst of NOTIFYs a few', async () => {
+    const calls: number[] = [];
+    const sensor = flagSensor({ pool: countingPool(db.pool, calls), pokeIntervalMs: 100 });
+    const dates = Array.from({ length: 200 }, nextDate);
+    const all = Promise.all(dates.map((d) => sensor(input(d), signal)));
+    await sleep(1_050);
+    expect(calls.length).toBeGreaterThanOrEqual(9); // 1 at registration + ~10 polls
+    expect(calls.length).toBeLessThanOrEqual(13);
+    expect(calls.every((n) => n === 200)).toBe(true);
+    calls.length = 0;
+    await db.pool.query(`insert into md.dwh_flag (flag_cd, bussines_date) select $1, unnest($2::date[])`, [FLAG, dates]);
+    await all;
+    expect(calls.length).toBeLessThanOrEqual(5);
+  });
+
+  it('ignores malformed NOTIFY payloads, with a bounded number of warnings', async () => {
+    const calls: number[] = [];
+    const d = nextDate();
+    const p = flagSensor({ pool: countingPool(db.pool, calls) })(input(d), signal);
+    await sleep(30);
+    const bad = [
+      'not json',
+      'x'.repeat(7_000),
+      JSON.stringify({ flag_cd: FLAG, business_date: d, pad: 'x'.repeat(7_000) }),
+      JSON.stringify({ flag_cd: 1, business_date: 2 }),
+      JSON.stringify({ flag_cd: FLAG, business_date: 20300101 }),
+      JSON.stringify({ flag_cd: FLAG, business_date: null }),
+      JSON.stringify({ flag_cd: FLAG }),
+      'null',
+      '[]',
+      '"2030-01-01"',
+    ];
+    for (let i = 0; i < 10; i++) for (const payload of bad) await db.pool.query('select pg_notify($1, $2)', [DWH_FLAG_CHANNEL, payload]);
+    expect(await stateAfter(p, 150)).toBe('pending');
+    expect(calls).toEqual([1]); // nothing but the registration check
+    const warnings = lines.filter((l) => l.level >= 40 && l.channel === DWH_FLAG_CHANNEL);
+    expect(warnings.length).toBe(1);
+    await insertFlag(d);
+    expect(await stateAfter(p, 100)).toBe('resolved');
+  });
+
+  it('a failing check query logs a rate-limited warning and keeps waiting until the deadline', async () => {
+    const before = lines.length;
+    const err = await rejection(flagSensor({ flagTable: 'md.missing_flag', pokeIntervalMs: 50 })(input(nextDate(), 400), signal));
+    expect(err.code).toBe('SENSOR_TIMEOUT');
+    expect(err.message).toMatch(/the last check failed: relation "md.missing_flag" does not exist/);
+    expect((err.details?.checks as number) >= 5).toBe(true);
+    expect(lines.slice(before).filter((l) => /check query failed/.test(l.msg))).toHaveLength(1);
+  });
+
+  describe('previous-run sensor', () => {
+    const runSensor = () =>
+      createPreviousRunSensor({ pool: db.pool, notifications$: hub.notifications$, reconnects$: hub.connected$, startDate: '2023-12-22', logger });
+    const insertRun = (workflowId: string, logicalDate: string, status: string) =>
+      db.pool.query(`insert into l2flow.run (run_id, workflow_id, logical_date, business_date, status) values ($1, $2, $3, $4, $5)`, [
+        `${workflowId}-${logicalDate}`,
+        workflowId,
+        logicalDate,
+        addDays(logicalDate, -1),
+        status,
+      ]);
+
+    it('passes at once when D-1 falls before the start date', async () => {
+      const out = await runSensor()({ ...input('2023-12-21'), logicalDate: '2023-12-22' }, signal);
+      expect(out).toMatchObject({ skipped: true, checks: 0, previousLogicalDate: '2023-12-21' });
+    });
+
+    it('waits for the D-1 run of the same workflow to succeed, woken by the run-table trigger', async () => {
+      const run = input(nextDate()); // logicalDate = businessDate + 1, so D-1 is the business date
+      await insertRun(WF, run.businessDate, 'running');
+      await insertRun('OTHER_WF', run.businessDate, 'success');
+      const p = runSensor()(run, signal);
+      expect(await stateAfter(p, 200)).toBe('pending');
+      await db.pool.query(`update l2flow.run set status = 'success' where workflow_id = $1 and logical_date = $2`, [WF, run.businessDate]);
+      const t = performance.now();
+      const out = await p;
+      expect(performance.now() - t).toBeLessThan(100);
+      expect(out).toMatchObject({ skipped: false, checks: 2, previousLogicalDate: run.businessDate });
+    });
+
+    it('steps back over month ends and leap days in calendar terms, and refuses a date that is none', async () => {
+      await insertRun(WF, '2024-02-29', 'success');
+      const out = await runSensor()({ ...input('2024-02-29'), logicalDate: '2024-03-01' }, signal);
+      expect(out).toMatchObject({ previousLogicalDate: '2024-02-29', skipped: false, checks: 1 });
+      const err = await rejection(runSensor()({ ...input('2024-02-29'), logicalDate: '01.03.2024' }, signal));
+      expect(err.message).toMatch(/logicalDate "01.03.2024" is not a calendar date/);
+    });
+
+    it('passes at once when D-1 already succeeded', async () => {
+      const run = input(nextDate());
+      await insertRun(WF, run.businessDate, 'success');
+      expect(await runSensor()(run, signal)).toMatchObject({ skipped: false, checks: 1 });
+    });
+  });
+});
+
+describe('condition waiter', () => {
+  it('never runs checks concurrently: hints during a check coalesce into one re-run', async () => {
+    let active = 0;
+    let maxActive = 0;
+    const queried: string[][] = [];
+    const hints$ = new Subject<string[]>();
+    const waiter = createConditionWaiter<string>({
+      name: 'test',
+      check: async (keys) => {
+        queried.push(keys);
+        maxActive = Math.max(maxActive, ++active);
+        await sleep(40);
+        active -= 1;
+        return new Set<string>(keys.filter((k) => k === 'b'));
+      },
+      hints$,
+      reconnects$: NEVER,
+      pollIntervalMs: 60_000,
+      logger,
+    });
+    const a = waiter.wait('a', { deadline: Infinity, signal: new AbortController().signal });
+    const b = waiter.wait('b', { deadline: Infinity, signal: new AbortController().signal });
+    await sleep(10);
+    for (let i = 0; i < 100; i++) hints$.next(['a', 'b', 'unknown']);
+    await b;
+    expect(maxActive).toBe(1);
+    expect(queried).toEqual([['a', 'b'], ['a']]); // b held at the first check; a is re-checked once
+    expect(waiter.waiting()).toBe(1);
+    waiter.close();
+    expect((await rejection(a)).code).toBe('ABORTED');
+  });
+
+  it('leaves no timers behind once nothing waits', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    try {
+      const waiter = createConditionWaiter<string>({
+        name: 'test',
+        check: async () => new Set<string>(),
+        hints$: NEVER,
+        reconnects$: NEVER,
+        pollIntervalMs: 10,
+        logger,
+      });
+      const ac = new AbortController();
+      const ps = ['a', 'b', 'c'].map((k) => waiter.wait(k, { deadline: Date.now() + 60_000, signal: ac.signal }).catch(() => undefined));
+      expect(vi.getTimerCount()).toBe(4); // three deadlines and one shared poll
+      ac.abort();
+      await Promise.all(ps);
+      expect(waiter.waiting()).toBe(0);
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
