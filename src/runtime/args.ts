@@ -17,17 +17,17 @@ export function parseFlags(command: string, args: string[], specs: FlagSpec[]): 
   const valid = () => specs.map((s) => `--${s.name}${s.type === 'string' ? ' <value>' : ''}`).join(', ') || 'none';
   for (let i = 0; i < args.length; i++) {
     const arg = args[i]!;
-    if (!arg.startsWith('--')) throw new UsageError(`l2flow ${command}: unexpected argument "${arg}"; flags: ${valid()}`);
+    if (!arg.startsWith('--')) throw new UsageError(`${command}: unexpected argument "${arg}"; flags: ${valid()}`);
     const [rawName, inline] = arg.slice(2).split('=', 2) as [string, string | undefined];
     const spec = specs.find((s) => s.name === rawName);
-    if (!spec) throw new UsageError(`l2flow ${command}: unknown flag --${rawName}; valid flags: ${valid()}`);
+    if (!spec) throw new UsageError(`${command}: unknown flag --${rawName}; valid flags: ${valid()}`);
     if (spec.type === 'boolean') {
-      if (inline !== undefined) throw new UsageError(`l2flow ${command}: --${spec.name} takes no value`);
+      if (inline !== undefined) throw new UsageError(`${command}: --${spec.name} takes no value`);
       out[spec.name] = true;
       continue;
     }
     const value = inline ?? args[++i];
-    if (value === undefined || value.startsWith('--')) throw new UsageError(`l2flow ${command}: --${spec.name} needs a value (${spec.description})`);
+    if (value === undefined || value.startsWith('--')) throw new UsageError(`${command}: --${spec.name} needs a value (${spec.description})`);
     out[spec.name] = value;
   }
   return out;
