@@ -179,11 +179,17 @@ async function cmdRun(config: Config, io: Out): Promise<number> {
   }
   const app = createApp(config, logger);
   let stopping: Promise<void> | null = null;
+  let firstSignalAt = 0;
   const stop = (signal: string) => {
     if (stopping) {
+      // Ctrl-C under `npm start` reaches us twice at once (from the terminal and forwarded by npm): only a
+      // signal sent deliberately later forces the exit.
+      if (Date.now() - firstSignalAt < 500) return;
       logger.warn({ signal }, 'second signal: exiting now');
+      logger.flush();
       process.exit(1);
     }
+    firstSignalAt = Date.now();
     logger.info({ signal }, 'stopping: no new work, persisting runs, closing connections');
     stopping = app.stop();
   };
