@@ -1,0 +1,126 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import { firstValueFrom, filter } from 'rxjs';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createApp, type App } from '../../src/runtime/app.js';
+import { loadConfig } from '../../src/runtime/config.js';
+import { createRun, getRunByDate } from '../../src/runtime/run-store.js';
+import { createSegmentationView, createTestDb, type TestDb } from '../helpers/db.js';
+import { until } from '../helpers/process.js';
+import { startSapServer, type TestSapServer } from '../helpers/sap-server.js';
+import { startSmtpServer, type TestSmtpServer } from '../helpers/smtp.js';
+
+// The supervisor in-process with every real service: start, persist, stop mid-step, restore in a new process.
+
+const WF = 'WF_MAIN_DATASETS_LOAD_L2_TO_L2';
+
+describe('supervisor', () => {
+  let db: TestDb;
+  let sap: TestSapServer;
+  let smtp: TestSmtpServer;
+  const apps: App[] = [];
+  let configFile: string;
+
+  beforeAll(async () => {
+    db = await createTestDb();
+    await createSegmentationView(db.pool, 3);
+    await db.pool.query(`create table public.gate (open boolean not null);
+      insert into public.gate values (false);
+      create table public.child_calls (child text, logical_date date, load_id bigint)`);
+    sap = await startSapServer();
+    smtp = await startSmtpServer();
+    configFile = path.join(mkdtempSync(path.join(tmpdir(), 'l2flow-sup-')), 'l2flow.json');
+    writeFileSync(configFile, JSON.stringify({
+      children: {
+        // The reports child waits until the test opens the gate: it holds the run inside the parallel state.
+        wf_data_preparation_for_reports: {
+          kind: 'sql',
+          statement: 'do $$ begin while not (select open from public.gate) loop perform pg_sleep(0.02); end loop; end $$',
+        },
+        l1_to_l2_p_load_data_ds_client_segmentation_full: {
+          kind: 'sql',
+          statement: "insert into public.child_calls values ('segmentation', $1, $2)",
+        },
+      },
+    }));
+  });
+  afterEach(async () => {
+    await Promise.all(apps.splice(0).map((a) => a.stop().catch(() => undefined)));
+  });
+  afterAll(async () => {
+    await sap.close();
+    await smtp.close();
+    await db.drop();
+  });
+
+  function makeApp(overrides: Record<string, string> = {}): App {
+    const config = loadConfig({
+      L2FLOW_CONN_DWH: db.uri,
+      L2FLOW_CONN_SAP_CONN: `${sap.base}/readiness`,
+      L2FLOW_CONN_SMTP_DEFAULT: smtp.uri(),
+      EMAIL_RECIPIENTS: 'team@bank.example',
+      L2FLOW_START_DATE: '2024-05-01',
+      L2FLOW_CONFIG: configFile,
+      ...overrides,
+    });
+    const app = createApp(config, pino({ level: 'silent' }), { claimIntervalMs: 200 });
+    apps.push(app);
+    return app;
+  }
+
+  it('persists every transition and resumes a stopped run from its snapshot in a new runtime', async () => {
+    const date = '2024-05-01';
+    await db.pool.query(`insert into md.dwh_flag values ('l1_to_l2_load_successfull', '2024-04-30')`);
+    const first = makeApp();
+    await first.start();
+    await createRun(db.pool, { workflowId: WF, logicalDate: date, businessDate: '2024-04-30', triggeredBy: 'manual' });
+    await until('the reports child to be running', async () =>
+      (await db.pool.query(`select 1 from pg_stat_activity where query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount);
+    // SAP is reached in the other region while reports is still held.
+    await until('SAP to be called', async () => sap.requests.length === 1);
+    const before = await until('only reports to be left', async () => {
+      const r = await getRunByDate(db.pool, WF, date);
+      return r?.current_step === 'run_wf_data_preparation_for_reports' ? r : null;
+    });
+    expect(before.status).toBe('running');
+    expect(before.load_id).not.toBeNull();
+
+    await first.stop();
+    apps.splice(apps.indexOf(first), 1);
+    // Stopping cancels the in-flight child on the server, not just abandons it.
+    await until('the held child to be cancelled on the server', async () =>
+      (await db.pool.query(`select 1 from pg_stat_activity where query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount === 0);
+    expect((await getRunByDate(db.pool, WF, date))!.status).toBe('running');
+
+    await db.pool.query(`update public.gate set open = true`);
+    const second = makeApp();
+    const restored = firstValueFrom(second.supervisor.events$.pipe(filter((e) => e.type === 'restored')));
+    await second.start();
+    expect((await restored).steps).toEqual(['run_wf_data_preparation_for_reports']);
+    const done = await until('the run to succeed', async () => {
+      const r = await getRunByDate(db.pool, WF, date);
+      return r?.status === 'success' ? r : null;
+    });
+    expect(done.load_id).toBe(before.load_id);
+    expect(sap.requests).toHaveLength(1);
+    expect((await db.pool.query(`select count(*)::int as n from public.child_calls`)).rows[0].n).toBe(1);
+    expect((await db.pool.query(`select count(*)::int as n from md.session_log`)).rows[0].n).toBe(2);
+    const steps = (await db.pool.query(`select step, status from l2flow.step where run_id = $1`, [done.run_id])).rows;
+    expect(steps).toHaveLength(9);
+    expect(steps.every((s) => s.status === 'success')).toBe(true);
+  });
+
+  it('a run queued while the runtime runs starts within milliseconds through NOTIFY, not the claim poll', async () => {
+    await db.pool.query(`update public.gate set open = true`);
+    const app = makeApp();
+    await app.start();
+    const started = firstValueFrom(app.supervisor.events$.pipe(filter((e) => e.type === 'started')));
+    const t0 = Date.now();
+    await createRun(db.pool, { workflowId: WF, logicalDate: '2024-06-10', businessDate: '2024-06-09', triggeredBy: 'manual' });
+    const ev = await started;
+    expect(ev.logicalDate).toBe('2024-06-10');
+    expect(ev.at - t0).toBeLessThan(150); // the claim poll in this test is 200 ms
+  });
+});
