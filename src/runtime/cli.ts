@@ -7,7 +7,7 @@ import { createApp } from './app.js';
 import { ConfigError, loadConfig, redactUri, type Config } from './config.js';
 import { createLogger, secretsOf } from './logger.js';
 import { checkFlagTrigger, migrate } from './migrate.js';
-import { createRun, getRunByDate, listRuns, listSteps, type RunRow } from './run-store.js';
+import { cancelRun, createRun, getRunByDate, listRuns, listSteps, type RunRow } from './run-store.js';
 
 /** `l2flow <command>`: exit 0 ok, 1 failure, 2 bad usage or configuration. */
 
@@ -18,6 +18,7 @@ commands:
   run                          run the workflow runtime (long-running; SIGTERM/SIGINT stop it gracefully)
   trigger [--date YYYY-MM-DD]  queue a run for a logical date (default: today in the workflow timezone)
   status [--date D] [--json]   show recent runs, or one run with its steps and failure mail
+  cancel --date YYYY-MM-DD     cancel a queued or running run wherever it runs (its warehouse query too; no mail)
 
 configuration: environment variables (see README), optionally L2FLOW_CONFIG=<file.yaml|json>`;
 
@@ -45,6 +46,11 @@ export async function main(argv: string[], io: Out = stdio): Promise<number> {
           { name: 'json', type: 'boolean', description: 'print JSON' },
         ]);
         return await cmdStatus(loadConfig(process.env, { scope: 'dwh' }), f.date as string | undefined, f.json === true, io);
+      }
+      case 'cancel': {
+        const f = parseFlags('cancel', rest, [{ name: 'date', type: 'string', description: 'the logical date of the run to cancel, YYYY-MM-DD' }]);
+        if (f.date === undefined) throw new UsageError('cancel: --date is required, e.g. l2flow cancel --date 2024-03-15');
+        return await cmdCancel(loadConfig(process.env, { scope: 'dwh' }), f.date as string, io);
       }
       case undefined:
       case 'help':
@@ -168,6 +174,21 @@ async function cmdStatus(config: Config, dateFlag: string | undefined, json: boo
     }
     return 0;
   });
+}
+
+async function cmdCancel(config: Config, dateFlag: string, io: Out): Promise<number> {
+  const date = parseDate('date', dateFlag);
+  const result = await withPool(config, (pool) => cancelRun(pool, config.workflowId, date));
+  if (!result) {
+    io.err(`no run for ${date}: nothing to cancel`);
+    return 1;
+  }
+  if (!result.cancelled) {
+    io.err(`the run for ${date} (${result.run.run_id}) is already ${result.run.status}: nothing to cancel`);
+    return 1;
+  }
+  io.out(`cancelled ${result.run.run_id} (was ${result.run.status}${result.run.current_step ? ` in ${result.run.current_step}` : ''})`);
+  return 0;
 }
 
 async function cmdRun(config: Config, io: Out): Promise<number> {

@@ -112,10 +112,11 @@ export async function saveProgress(db: pg.Pool, runId: string, owner: string, p:
   const { rows } = await db.query<{ saved: boolean }>(
     `with run as (
        update l2flow.run
-          set status = $3, current_step = $4, load_id = coalesce(load_id, $5), error = $6, snapshot = $7,
+          set status = $3, current_step = $4, load_id = coalesce(load_id, $5), error = coalesce($6, error), snapshot = $7,
               snapshot_version = snapshot_version + 1, updated_at = now(),
               finished_at = case when $8 then coalesce(finished_at, now()) else null end
-        where run_id = $1 and owner = $2 and status in ('queued', 'running')
+        where run_id = $1 and owner = $2
+          and (status in ('queued', 'running') or (status = 'cancelled' and $3 = 'cancelled'))
         returning run_id),
      steps as (
        insert into l2flow.step (run_id, step, attempt, status, started_at, finished_at, error)
@@ -128,6 +129,31 @@ export async function saveProgress(db: pg.Pool, runId: string, owner: string, p:
     [runId, owner, p.status, p.currentStep, p.loadId, p.error, JSON.stringify(p.snapshot), final, p.attempt, JSON.stringify(steps)],
   );
   return rows[0]?.saved ?? false;
+}
+
+/** Of the given runs, those no longer queued or running (finished elsewhere, or cancelled by an operator). */
+export async function runsNoLongerActive(db: pg.Pool, runIds: string[]): Promise<string[]> {
+  const { rows } = await db.query<{ run_id: string }>(
+    `select run_id from l2flow.run where run_id = any($1) and status not in ('queued', 'running')`,
+    [runIds],
+  );
+  return rows.map((r) => r.run_id);
+}
+
+/**
+ * Cancel the run of a logical date: it is marked `cancelled` at once; the process executing it (notified through
+ * the run trigger) stops its step and cancels its warehouse query. Returns the run as it was before, or null.
+ */
+export async function cancelRun(db: pg.Pool, workflowId: string, logicalDate: string): Promise<{ run: RunRow; cancelled: boolean } | null> {
+  const { rows } = await db.query<RunRow>(
+    `update l2flow.run set status = 'cancelled', finished_at = now(), updated_at = now(),
+            error = jsonb_build_object('code', 'CANCELLED', 'message', 'cancelled by an operator')
+      where workflow_id = $1 and logical_date = $2 and status in ('queued', 'running') returning ${RUN_COLUMNS}`,
+    [workflowId, logicalDate],
+  );
+  if (rows[0]) return { run: rows[0], cancelled: true };
+  const run = await getRunByDate(db, workflowId, logicalDate);
+  return run ? { run, cancelled: false } : null;
 }
 
 /** Close a run that cannot be executed (for example an unreadable snapshot), whoever owned it. */

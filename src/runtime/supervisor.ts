@@ -10,7 +10,7 @@ import {
 } from '../machines/workflow.js';
 import { toErrorInfo } from '../services/errors.js';
 import type { Logger } from './logger.js';
-import { failRun, saveProgress, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
+import { failRun, runsNoLongerActive, saveProgress, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
 
 /**
  * The one place where runs are started, restored and stopped. A run is executed by whoever holds its session
@@ -19,6 +19,8 @@ import { failRun, saveProgress, takeRun, unfinishedRunIds, type RunRow, type Run
  */
 
 const RUN_LOCK_SPACE = 727_002;
+/** max_active_runs across every process: a run holds one of N slot locks beside its own lock. */
+const RUN_SLOT_SPACE = 727_003;
 
 export interface RunEvent {
   runId: string;
@@ -39,7 +41,7 @@ export interface SupervisorOptions {
   maxActiveRuns: number;
   sensorTimeoutMs: WorkflowInput['sensorTimeoutMs'];
   /** Notifications of channel l2flow_run (queued runs wake the claim loop) and listener reconnects. */
-  runNotifications$: Observable<{ status?: unknown; workflow_id?: unknown }>;
+  runNotifications$: Observable<{ status?: unknown; workflow_id?: unknown; run_id?: unknown }>;
   reconnects$: Observable<void>;
   claimIntervalMs?: number;
   logger: Logger;
@@ -49,6 +51,7 @@ export interface SupervisorOptions {
 
 interface LiveRun {
   row: RunRow;
+  slot: number;
   actor: Actor<WorkflowMachine>;
   sub: ActorSubscription;
   pending: WorkflowSnapshot | null;
@@ -98,8 +101,31 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     return rows[0]?.ok ?? false;
   }
 
-  async function unlock(runId: string): Promise<void> {
-    await lockClient?.query('select pg_advisory_unlock($1, hashtext($2))', [RUN_LOCK_SPACE, runId]).catch(() => undefined);
+  async function unlock(runId: string, slot: number | null): Promise<void> {
+    const sql = slot === null
+      ? { text: 'select pg_advisory_unlock($1, hashtext($2))', values: [RUN_LOCK_SPACE, runId] }
+      : { text: 'select pg_advisory_unlock($1, hashtext($2)), pg_advisory_unlock($3, $4)', values: [RUN_LOCK_SPACE, runId, RUN_SLOT_SPACE, slot] };
+    await lockClient?.query(sql).catch(() => undefined);
+  }
+
+  /** Take a free one of the max_active_runs slots shared by every process, or null when all are held. */
+  async function trySlot(): Promise<number | null> {
+    lockClient ??= await connectLockClient();
+    for (let tries = 0; tries < 3; tries++) {
+      const { rows } = await lockClient.query<{ slot: number | null; ok: boolean | null }>(
+        `select s.i as slot, pg_try_advisory_lock($1::int, s.i) as ok
+           from (select i from generate_series(0, $2::int - 1) i
+                  where not exists (select 1 from pg_locks l where l.locktype = 'advisory' and l.classid = $1::int::oid
+                                      and l.objid = i::oid and l.objsubid = 2 and l.granted)
+                  order by i limit 1) s`,
+        [RUN_SLOT_SPACE, o.maxActiveRuns],
+      );
+      const row = rows[0];
+      if (!row) return null;
+      if (row.ok) return row.slot;
+      // Another process took that slot between the look and the lock: look again.
+    }
+    return null;
   }
 
   function statusOf(snap: WorkflowSnapshot): RunStatus {
@@ -150,7 +176,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     run.sub.unsubscribe();
     run.actor.stop();
     await run.writing?.catch(() => undefined);
-    await unlock(run.row.run_id);
+    await unlock(run.row.run_id, run.slot);
     events.next({ runId: run.row.run_id, logicalDate: run.row.logical_date, type: 'released', steps: [], status: 'running', at: Date.now() });
     run.log.info({ why }, 'run released by this process');
   }
@@ -159,7 +185,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     await Promise.all([...live.values()].map((r) => drop(r, why)));
   }
 
-  function launch(row: RunRow): void {
+  function launch(row: RunRow, slot: number): void {
     const log = o.logger.child({ runId: row.run_id, logicalDate: row.logical_date, ...(row.load_id ? { loadId: row.load_id } : {}) });
     const input: WorkflowInput = {
       runId: row.run_id,
@@ -173,7 +199,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     const actor = restoring
       ? createActor(o.machine, { snapshot: row.snapshot as never, input })
       : createActor(o.machine, { input });
-    const run: LiveRun = { row, actor, sub: undefined as never, pending: null, writing: null, log };
+    const run: LiveRun = { row, slot, actor, sub: undefined as never, pending: null, writing: null, log };
     live.set(row.run_id, run);
     let last = '';
     run.sub = actor.subscribe({
@@ -202,7 +228,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   async function finish(run: LiveRun, snap: WorkflowSnapshot, status: RunStatus): Promise<void> {
     live.delete(run.row.run_id);
     run.sub.unsubscribe();
-    await unlock(run.row.run_id);
+    await unlock(run.row.run_id, run.slot);
     emit(run, 'finished', snap, status);
     run.log.info({ status, failure: snap.context.failure ?? undefined }, 'run finished %s', status);
     if (status === 'failed') o.onRunFailed?.(run.row.run_id);
@@ -210,29 +236,50 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   }
 
   async function claimOnce(): Promise<void> {
+    await cancelStale();
     for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
-      if (stopping || live.size >= o.maxActiveRuns) return;
+      if (stopping) return;
       if (live.has(runId)) continue;
       if (!(await tryLock(runId))) continue;
+      const slot = await trySlot();
+      if (slot === null) {
+        // Every max_active_runs slot is taken, here or in another process; a finishing run wakes the claim loop.
+        await unlock(runId, null);
+        return;
+      }
       const row = await takeRun(o.pool, runId, o.owner).catch(async (err: unknown) => {
-        await unlock(runId);
+        await unlock(runId, slot);
         throw err;
       });
       if (!row || stopping) {
-        await unlock(runId);
+        await unlock(runId, slot);
         continue;
       }
       try {
-        launch(row);
+        launch(row, slot);
       } catch (err) {
         // A snapshot this machine cannot read: fail the run with the reason instead of retrying it forever.
         live.delete(runId);
         const info = toErrorInfo(err);
         o.logger.error({ runId, err: info }, 'cannot start or restore run');
         await failRun(o.pool, runId, { code: 'RESTORE_FAILED', message: `cannot restore run ${runId}: ${info.message}` });
-        await unlock(runId);
+        await unlock(runId, slot);
       }
     }
+  }
+
+  /** Runs cancelled by an operator: send CANCEL so the machine aborts the step in flight (and its query). */
+  function cancelLive(runId: string): void {
+    const run = live.get(runId);
+    if (!run) return;
+    run.log.info('cancel requested: stopping the run');
+    run.actor.send({ type: 'CANCEL' });
+  }
+
+  /** Safety net for a missed cancel notification: live runs whose row is no longer queued/running. */
+  async function cancelStale(): Promise<void> {
+    if (live.size === 0) return;
+    for (const runId of await runsNoLongerActive(o.pool, [...live.keys()])) cancelLive(runId);
   }
 
   async function claim(): Promise<void> {
@@ -267,6 +314,9 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
         o.runNotifications$
           .pipe(filter((n) => n.status === 'queued' && (n.workflow_id === undefined || n.workflow_id === o.workflowId)))
           .subscribe(() => void claim()),
+        o.runNotifications$
+          .pipe(filter((n) => n.status === 'cancelled' && typeof n.run_id === 'string'))
+          .subscribe((n) => cancelLive(n.run_id as string)),
         o.reconnects$.subscribe(() => void claim()),
       );
       const interval = o.claimIntervalMs ?? 5000;

@@ -6,7 +6,7 @@ import { firstValueFrom, filter } from 'rxjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createApp, type App } from '../../src/runtime/app.js';
 import { loadConfig } from '../../src/runtime/config.js';
-import { createRun, getRunByDate } from '../../src/runtime/run-store.js';
+import { cancelRun, createRun, getRunByDate } from '../../src/runtime/run-store.js';
 import { createSegmentationView, createTestDb, type TestDb } from '../helpers/db.js';
 import { until } from '../helpers/process.js';
 import { startSapServer, type TestSapServer } from '../helpers/sap-server.js';
@@ -48,6 +48,8 @@ describe('supervisor', () => {
   });
   afterEach(async () => {
     await Promise.all(apps.splice(0).map((a) => a.stop().catch(() => undefined)));
+    // Each test starts with no unfinished run left over by another.
+    await db.pool.query(`update l2flow.run set status = 'cancelled' where status in ('queued', 'running')`);
   });
   afterAll(async () => {
     await sap.close();
@@ -122,5 +124,50 @@ describe('supervisor', () => {
     const ev = await started;
     expect(ev.logicalDate).toBe('2024-06-10');
     expect(ev.at - t0).toBeLessThan(150); // the claim poll in this test is 200 ms
+  });
+
+  it('cancel stops the run where it runs: the warehouse query is cancelled, the run is cancelled, no mail', async () => {
+    const date = '2024-07-01';
+    await db.pool.query(`update public.gate set open = false`);
+    await db.pool.query(`insert into md.dwh_flag values ('l1_to_l2_load_successfull', '2024-06-30')`);
+    const app = makeApp({ L2FLOW_START_DATE: date });
+    await app.start();
+    await createRun(db.pool, { workflowId: WF, logicalDate: date, businessDate: '2024-06-30', triggeredBy: 'manual' });
+    await until('the reports child to be running', async () =>
+      (await db.pool.query(`select 1 from pg_stat_activity where query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount);
+    const cancelled = await cancelRun(db.pool, WF, date);
+    expect(cancelled?.cancelled).toBe(true);
+    await until('the child query to be cancelled on the server', async () =>
+      (await db.pool.query(`select 1 from pg_stat_activity where query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount === 0);
+    await until('the runtime to let the run go', async () => !app.supervisor.activeRunIds().includes(`manual__${date}`));
+    const run = (await getRunByDate(db.pool, WF, date))!;
+    expect(run.status).toBe('cancelled');
+    expect(run.error?.code).toBe('CANCELLED');
+    const steps = (await db.pool.query(`select step, status from l2flow.step where run_id = $1 and status <> 'success'`, [run.run_id])).rows;
+    expect(steps).toEqual(expect.arrayContaining([{ step: 'run_wf_data_preparation_for_reports', status: 'cancelled' }]));
+    expect((await db.pool.query(`select count(*)::int as n from l2flow.email_outbox where run_id = $1`, [run.run_id])).rows[0].n).toBe(0);
+    expect((await cancelRun(db.pool, WF, date))?.cancelled).toBe(false);
+  });
+
+  it('max_active_runs holds across processes: with 1 slot and two runtimes only one run executes at a time', async () => {
+    const a = makeApp({ L2FLOW_MAX_ACTIVE_RUNS: '1', L2FLOW_START_DATE: '2024-08-01' });
+    const b = makeApp({ L2FLOW_MAX_ACTIVE_RUNS: '1', L2FLOW_START_DATE: '2024-08-01' });
+    await a.start();
+    await b.start();
+    // No flag rows for these dates: every started run parks in its sensor.
+    for (const d of ['2024-08-01', '2024-08-02', '2024-08-03']) {
+      await createRun(db.pool, { workflowId: WF, logicalDate: d, businessDate: d, triggeredBy: 'manual' });
+    }
+    await until('one run to start', async () => a.supervisor.activeRunIds().length + b.supervisor.activeRunIds().length === 1);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(a.supervisor.activeRunIds().length + b.supervisor.activeRunIds().length).toBe(1);
+    const statuses = async () => (await db.pool.query(`select status, count(*)::int as n from l2flow.run where logical_date >= '2024-08-01' group by 1 order by 1`)).rows;
+    expect(await statuses()).toEqual([{ status: 'queued', n: 2 }, { status: 'running', n: 1 }]);
+    const [first] = [...a.supervisor.activeRunIds(), ...b.supervisor.activeRunIds()];
+    await db.pool.query(`update l2flow.run set status = 'cancelled' where run_id = $1`, [first]);
+    await until('the next run to take the freed slot', async () => {
+      const ids = [...a.supervisor.activeRunIds(), ...b.supervisor.activeRunIds()];
+      return ids.length === 1 && ids[0] !== first;
+    });
   });
 });
