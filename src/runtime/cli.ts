@@ -56,8 +56,12 @@ export async function main(argv: string[], io: Out = stdio): Promise<number> {
       case 'help':
       case '--help':
       case '-h':
+        if (command === undefined) {
+          io.err(USAGE);
+          return 2;
+        }
         io.out(USAGE);
-        return command === undefined ? 2 : 0;
+        return 0;
       default:
         throw new UsageError(`unknown command "${command}"\n${USAGE}`);
     }
@@ -82,6 +86,11 @@ async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): P
   try {
     return await fn(pool);
   } catch (err) {
+    if (err instanceof UsageError || err instanceof ConfigError) throw err;
+    const code = (err as { code?: unknown }).code;
+    if (code === '42P01' && /l2flow\./.test((err as Error).message)) {
+      throw new UsageError(`l2flow's tables are missing (database ${redactUri(config.connections.dwh)}): run \`l2flow migrate\` first`);
+    }
     // Connection errors must name the server, never the password.
     const info = toErrorInfo(err);
     throw new Error(`${info.message} (database ${redactUri(config.connections.dwh)})`, { cause: err });
@@ -137,8 +146,9 @@ function runJson(r: RunRow) {
 }
 
 async function cmdStatus(config: Config, dateFlag: string | undefined, json: boolean, io: Out): Promise<number> {
+  const date = dateFlag === undefined ? undefined : parseDate('date', dateFlag);
   return withPool(config, async (pool) => {
-    if (dateFlag === undefined) {
+    if (date === undefined) {
       const runs = await listRuns(pool, config.workflowId, 20);
       if (json) io.out(JSON.stringify(runs.map(runJson)));
       else if (runs.length === 0) io.out('no runs yet: queue one with `l2flow trigger --date YYYY-MM-DD`');
@@ -150,7 +160,6 @@ async function cmdStatus(config: Config, dateFlag: string | undefined, json: boo
       }
       return 0;
     }
-    const date = parseDate('date', dateFlag);
     const run = await getRunByDate(pool, config.workflowId, date);
     if (!run) {
       if (json) io.out(JSON.stringify(null));
@@ -216,7 +225,12 @@ async function cmdRun(config: Config, io: Out): Promise<number> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  await app.start();
+  try {
+    await app.start();
+  } catch (err) {
+    await app.stop().catch(() => undefined);
+    throw err;
+  }
   logger.info({ workflowId: config.workflowId, timezone: config.timezone }, 'l2flow running; waiting for runs');
   await new Promise<void>((resolve) => {
     const check = setInterval(() => {
