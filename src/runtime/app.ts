@@ -155,7 +155,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     ),
     reconnects$: hub.connected$,
     logger,
-    ...(opts.claimIntervalMs ? { claimIntervalMs: opts.claimIntervalMs } : {}),
+    claimIntervalMs: opts.claimIntervalMs ?? config.claimIntervalMs,
     onRunFailed: () => dispatcher.kick(),
   });
   logger.info({ owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)) }, 'l2flow runtime built');

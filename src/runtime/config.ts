@@ -84,6 +84,7 @@ const fileSchema = z.strictObject({
       timezone: z.string().optional(),
       startDate: z.string().optional(),
       maxActiveRuns: z.number().int().positive().optional(),
+      claimIntervalSeconds: z.number().positive().max(3600).optional(),
     })
     .optional(),
   connections: z.record(z.string(), z.string()).optional(),
@@ -128,6 +129,8 @@ export interface Config {
   timezone: string;
   startDate: string;
   maxActiveRuns: number;
+  /** How often a process looks for runs to claim: bounds how long a dead process's runs wait for a take-over. */
+  claimIntervalMs: number;
   /** Connection URIs; they may hold secrets: never log them (see describeConfig). */
   connections: { dwh: string; sap: string; smtp: string };
   connectionIds: { dwh: string; sap: string; smtp: string };
@@ -446,6 +449,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { scope?:
     timezone,
     startDate,
     maxActiveRuns,
+    claimIntervalMs: (envNumber(env, 'L2FLOW_CLAIM_INTERVAL_SECONDS', { max: 3600, example: 2 }) ?? file.workflow?.claimIntervalSeconds ?? 2) * 1000,
     connections,
     connectionIds,
     email: { recipients, from: envValue(env, 'EMAIL_FROM') ?? file.email?.from ?? 'l2flow@localhost' },
