@@ -72,6 +72,8 @@ export interface StepInput {
 }
 export interface SensorStepInput extends StepInput {
   deadline: number;
+  /** When the step started (epoch ms), kept across restores: errors report the whole wait. */
+  startedAt?: number;
 }
 export interface FailureStepInput extends StepInput {
   failure: RunFailure;
@@ -95,6 +97,10 @@ function stepInput(c: WorkflowContext): StepInput {
     attempt: c.attempt,
     loadId: c.loadId,
   };
+}
+
+function sensorInput(c: WorkflowContext, step: SensorStep): SensorStepInput {
+  return { ...stepInput(c), deadline: c.deadlines[step]!, startedAt: c.steps[step]?.startedAt };
 }
 
 function errorOf(error: unknown): { code: string; message: string } {
@@ -179,7 +185,7 @@ export const workflowMachine = setup({
       entry: [start('wait_for_l2_full_load'), arm('wait_for_l2_full_load')],
       invoke: {
         src: 'waitForL2FullLoad',
-        input: ({ context }) => ({ ...stepInput(context), deadline: context.deadlines.wait_for_l2_full_load! }),
+        input: ({ context }) => sensorInput(context, 'wait_for_l2_full_load'),
         onDone: { target: 'get_load_id', actions: finish('wait_for_l2_full_load') },
         onError: onStepError('wait_for_l2_full_load'),
       },
@@ -209,7 +215,7 @@ export const workflowMachine = setup({
       entry: [start('wait_for_success_end'), arm('wait_for_success_end')],
       invoke: {
         src: 'waitForSuccessEnd',
-        input: ({ context }) => ({ ...stepInput(context), deadline: context.deadlines.wait_for_success_end! }),
+        input: ({ context }) => sensorInput(context, 'wait_for_success_end'),
         onDone: { target: 'run_sys_kill_all_session_pg', actions: finish('wait_for_success_end') },
         onError: onStepError('wait_for_success_end'),
       },

@@ -5,6 +5,7 @@ import { filter, map, type Observable } from 'rxjs';
 import { fromPromise } from 'xstate';
 import { workflowMachine, type WorkflowMachine } from '../machines/workflow.js';
 import { createChildRunner } from '../services/children.js';
+import { createRateLimitedWarn } from '../services/condition-waiter.js';
 import { createEmailDispatcher, createFailureNotifier, type EmailDispatcher } from '../services/failure-email.js';
 import { createMailer } from '../services/mailer.js';
 import { createMetadata } from '../services/metadata.js';
@@ -114,7 +115,9 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
   const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   // application_name starts with l2flow: the builtin session killer never terminates our own connections.
   const pool = new pg.Pool({ connectionString: config.connections.dwh, max: config.maxActiveRuns + 10, application_name: 'l2flow' });
-  pool.on('error', (err) => logger.warn({ err: toErrorInfo(err) }, 'idle database connection failed; the pool replaces it'));
+  // A restart kills every idle connection at once: one line per outage, not one per connection.
+  const poolWarn = createRateLimitedWarn(logger, 60_000);
+  pool.on('error', (err) => poolWarn('pool', { err: toErrorInfo(err) }, 'idle database connection failed; the pool replaces it'));
   const hub = createNotificationHub({
     connectionString: config.connections.dwh,
     channels: [DWH_FLAG_CHANNEL, RUN_CHANNEL],

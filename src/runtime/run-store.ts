@@ -131,6 +131,12 @@ export async function saveProgress(db: pg.Pool, runId: string, owner: string, p:
   return rows[0]?.saved ?? false;
 }
 
+/** True when the run is still owned by `owner` but an operator cancelled it. */
+export async function cancelledHere(db: pg.Pool, runId: string, owner: string): Promise<boolean> {
+  const { rowCount } = await db.query(`select 1 from l2flow.run where run_id = $1 and owner = $2 and status = 'cancelled'`, [runId, owner]);
+  return (rowCount ?? 0) > 0;
+}
+
 /** Of the given runs, those no longer queued or running (finished elsewhere, or cancelled by an operator). */
 export async function runsNoLongerActive(db: pg.Pool, runIds: string[]): Promise<string[]> {
   const { rows } = await db.query<{ run_id: string }>(

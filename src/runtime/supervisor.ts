@@ -10,7 +10,7 @@ import {
 } from '../machines/workflow.js';
 import { toErrorInfo } from '../services/errors.js';
 import type { Logger } from './logger.js';
-import { failRun, runsNoLongerActive, saveProgress, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
+import { cancelledHere, failRun, runsNoLongerActive, saveProgress, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
 
 /**
  * The one place where runs are started, restored and stopped. A run is executed by whoever holds its session
@@ -52,9 +52,12 @@ export interface SupervisorOptions {
 interface LiveRun {
   row: RunRow;
   slot: number;
+  /** The lock connection that holds this run's locks: once it is gone, unlocking on a newer one would free others' slots. */
+  lockedOn: pg.Client;
   actor: Actor<WorkflowMachine>;
   sub: ActorSubscription;
-  pending: WorkflowSnapshot | null;
+  /** The newest transition not yet written, with its persisted form taken at that transition. */
+  pending: { snap: WorkflowSnapshot; persisted: unknown } | null;
   writing: Promise<void> | null;
   log: Logger;
 }
@@ -72,6 +75,8 @@ export interface Supervisor {
 /** Build the supervisor for one process. */
 export function createSupervisor(o: SupervisorOptions): Supervisor {
   const live = new Map<string, LiveRun>();
+  /** Runs stopped here whose last snapshot is still being written: not claimable until that write settles. */
+  const releasing = new Set<string>();
   const events = new Subject<RunEvent>();
   const subs: Subscription[] = [];
   let lockClient: pg.Client | null = null;
@@ -79,6 +84,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   let claiming: Promise<void> | null = null;
   let claimAgain = false;
   let timer: NodeJS.Timeout | null = null;
+  let claimFailing = false;
 
   const emit = (run: LiveRun, type: RunEvent['type'], snap: WorkflowSnapshot, status: RunStatus) =>
     events.next({ runId: run.row.run_id, logicalDate: run.row.logical_date, type, steps: activeSteps(snap.value), status, at: Date.now() });
@@ -86,6 +92,9 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   async function connectLockClient(): Promise<pg.Client> {
     const client = new pg.Client({ connectionString: o.connectionString, application_name: 'l2flow-locks' });
     client.on('error', (err) => {
+      // pg reports a lost connection twice (the server's FATAL, then the socket's end): act once, and never
+      // on a client that was already replaced.
+      if (lockClient !== client) return;
       // Losing this connection loses every run lock: stop executing them; whoever locks them next resumes them.
       o.logger.error({ err: toErrorInfo(err) }, 'lock connection lost: releasing all runs of this process');
       lockClient = null;
@@ -101,11 +110,12 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     return rows[0]?.ok ?? false;
   }
 
-  async function unlock(runId: string, slot: number | null): Promise<void> {
+  async function unlock(runId: string, slot: number | null, on: pg.Client | null = lockClient): Promise<void> {
+    if (!on || on !== lockClient) return; // the locks died with their connection
     const sql = slot === null
       ? { text: 'select pg_advisory_unlock($1, hashtext($2))', values: [RUN_LOCK_SPACE, runId] }
       : { text: 'select pg_advisory_unlock($1, hashtext($2)), pg_advisory_unlock($3, $4)', values: [RUN_LOCK_SPACE, runId, RUN_SLOT_SPACE, slot] };
-    await lockClient?.query(sql).catch(() => undefined);
+    await on.query(sql).catch(() => undefined);
   }
 
   /** Take a free one of the max_active_runs slots shared by every process, or null when all are held. */
@@ -134,10 +144,14 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
 
   /** Newest-wins persistence: at most one write in flight per run; later snapshots replace queued ones. */
   function persist(run: LiveRun, snap: WorkflowSnapshot): Promise<void> {
-    run.pending = snap;
+    // Taken now, not when the write happens: a write that outlives the actor (a retry during an outage, a release)
+    // would otherwise store the stopped actor's snapshot, which has no step in flight and restores as a dead run.
+    run.pending = { snap, persisted: run.actor.getPersistedSnapshot() };
     run.writing ??= (async () => {
+      let retryMs = 0;
       while (run.pending) {
-        const s = run.pending;
+        const next = run.pending;
+        const s = next.snap;
         run.pending = null;
         const status = statusOf(s);
         const failure = s.context.failure;
@@ -146,21 +160,34 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
           currentStep: activeSteps(s.value).join(',') || (status === 'running' ? null : status),
           loadId: s.context.loadId,
           error: failure ? { code: failure.code, message: `${failure.step}: ${failure.message}`, details: { step: failure.step } } : null,
-          snapshot: run.actor.getPersistedSnapshot(),
+          snapshot: next.persisted,
           attempt: s.context.attempt,
           steps: s.context.steps,
         }).catch((err: unknown) => {
-          run.log.error({ err: toErrorInfo(err) }, 'could not persist the run snapshot; it will be retried with the next transition');
-          run.pending ??= s;
+          // Once per outage, not once per retry.
+          if (retryMs === 0) run.log.error({ err: toErrorInfo(err) }, 'could not persist the run snapshot; retrying with backoff');
+          run.pending ??= next;
           return null;
         });
         if (saved === false) {
-          run.log.warn('run is no longer owned by this process (cancelled or taken over): stopping it here');
+          // A newer snapshot (the CANCEL transition) may be accepted where this one was not.
+          if (run.pending) continue;
+          if (await cancelledHere(o.pool, run.row.run_id, o.owner).catch(() => false)) {
+            // Cancelled by an operator while this write was in flight: let the machine stop its steps and record
+            // the cancelled state, rather than stopping the actor with steps still marked running.
+            cancelLive(run.row.run_id);
+            continue;
+          }
+          run.log.warn('run is no longer owned by this process (taken over or finished elsewhere): stopping it here');
           void drop(run, 'not owner');
           return;
         }
         if (saved === null) {
-          await new Promise((r) => setTimeout(r, 500));
+          retryMs = Math.min(Math.max(500, retryMs * 2), 2_000);
+          await new Promise((r) => setTimeout(r, retryMs));
+        } else if (retryMs > 0) {
+          run.log.info('run snapshot persisted again');
+          retryMs = 0;
         }
       }
     })().finally(() => {
@@ -173,10 +200,15 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   async function drop(run: LiveRun, why: string): Promise<void> {
     if (live.get(run.row.run_id) !== run) return;
     live.delete(run.row.run_id);
+    releasing.add(run.row.run_id);
     run.sub.unsubscribe();
     run.actor.stop();
-    await run.writing?.catch(() => undefined);
-    await unlock(run.row.run_id, run.slot);
+    try {
+      await run.writing?.catch(() => undefined);
+      await unlock(run.row.run_id, run.slot, run.lockedOn);
+    } finally {
+      releasing.delete(run.row.run_id);
+    }
     events.next({ runId: run.row.run_id, logicalDate: run.row.logical_date, type: 'released', steps: [], status: 'running', at: Date.now() });
     run.log.info({ why }, 'run released by this process');
   }
@@ -185,7 +217,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     await Promise.all([...live.values()].map((r) => drop(r, why)));
   }
 
-  function launch(row: RunRow, slot: number): void {
+  function launch(row: RunRow, slot: number, lockedOn: pg.Client): void {
     const log = o.logger.child({ runId: row.run_id, logicalDate: row.logical_date, ...(row.load_id ? { loadId: row.load_id } : {}) });
     const input: WorkflowInput = {
       runId: row.run_id,
@@ -199,7 +231,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     const actor = restoring
       ? createActor(o.machine, { snapshot: row.snapshot as never, input })
       : createActor(o.machine, { input });
-    const run: LiveRun = { row, slot, actor, sub: undefined as never, pending: null, writing: null, log };
+    const run: LiveRun = { row, slot, lockedOn, actor, sub: undefined as never, pending: null, writing: null, log };
     live.set(row.run_id, run);
     let last = '';
     run.sub = actor.subscribe({
@@ -228,7 +260,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   async function finish(run: LiveRun, snap: WorkflowSnapshot, status: RunStatus): Promise<void> {
     live.delete(run.row.run_id);
     run.sub.unsubscribe();
-    await unlock(run.row.run_id, run.slot);
+    await unlock(run.row.run_id, run.slot, run.lockedOn);
     emit(run, 'finished', snap, status);
     run.log.info({ status, failure: snap.context.failure ?? undefined }, 'run finished %s', status);
     if (status === 'failed') o.onRunFailed?.(run.row.run_id);
@@ -239,8 +271,9 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     await cancelStale();
     for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
       if (stopping) return;
-      if (live.has(runId)) continue;
+      if (live.has(runId) || releasing.has(runId)) continue;
       if (!(await tryLock(runId))) continue;
+      const lockedOn = lockClient;
       const slot = await trySlot();
       if (slot === null) {
         // Every max_active_runs slot is taken, here or in another process; a finishing run wakes the claim loop.
@@ -251,12 +284,13 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
         await unlock(runId, slot);
         throw err;
       });
-      if (!row || stopping) {
+      if (!row || stopping || !lockedOn || lockClient !== lockedOn) {
+        // Finished meanwhile, or the lock connection died while we claimed it (it stays resumable).
         await unlock(runId, slot);
         continue;
       }
       try {
-        launch(row, slot);
+        launch(row, slot, lockedOn);
       } catch (err) {
         // A snapshot this machine cannot read: fail the run with the reason instead of retrying it forever.
         live.delete(runId);
@@ -291,7 +325,18 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     claiming = (async () => {
       do {
         claimAgain = false;
-        await claimOnce().catch((err: unknown) => o.logger.warn({ err: toErrorInfo(err) }, 'claiming runs failed; will retry'));
+        await claimOnce().then(
+          () => {
+            if (claimFailing) o.logger.info('claiming runs works again');
+            claimFailing = false;
+          },
+          (err: unknown) => {
+            // An outage would log every claim tick: warn at its start, then only at debug level.
+            if (claimFailing) o.logger.debug({ err: toErrorInfo(err) }, 'claiming runs still fails');
+            else o.logger.warn({ err: toErrorInfo(err) }, 'claiming runs failed; will retry');
+            claimFailing = true;
+          },
+        );
       } while (claimAgain && !stopping);
     })().finally(() => {
       claiming = null;

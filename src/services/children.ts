@@ -40,6 +40,18 @@ const KILL_IDLE_SESSIONS = `with stale as materialized (
 
 const CANCEL_GRACE_MS = 5_000;
 
+/**
+ * Every child connection asks the server to watch its client. A backend busy with a statement does not read its
+ * socket, so if l2flow dies mid-child (SIGKILL, OOM) PostgreSQL would run the orphaned statement to its end: beside
+ * the step resumed by the next process, outside the pool slot (freed with the dead process's connections), and, for a
+ * child that commits inside, committing. With client_connection_check_interval (PostgreSQL 14+) the server polls the
+ * socket while the statement runs and aborts it about a second after the client is gone; older servers skip it.
+ */
+const CLIENT_CHECK_INTERVAL_MS = 1_000;
+const SESSION_SETUP = `select pg_backend_pid() as pid,
+    case when current_setting('server_version_num')::int >= 140000
+         then set_config('client_connection_check_interval', '${CLIENT_CHECK_INTERVAL_MS}', false) end as client_check`;
+
 /** The $n a statement references; a heuristic that also counts $n inside literals. */
 function paramsReferenced(statement: string): Set<number> {
   return new Set([...statement.matchAll(/\$(\d+)(?!\d)/g)].map((m) => Number(m[1])));
@@ -129,7 +141,7 @@ export function createChildRunner(opts: {
     client.on('error', onError);
     let destroy = false;
     try {
-      const pid = (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
+      const pid = (await client.query<{ pid: number }>(SESSION_SETUP)).rows[0]!.pid;
       const transactional = cfg.kind === 'sql' && cfg.transactional !== false;
       const query = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx) : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds ?? 600] };
       if (transactional) await client.query('begin');

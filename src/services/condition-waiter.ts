@@ -27,8 +27,12 @@ export interface ConditionWaiterOptions<K extends string> {
 }
 
 export interface ConditionWaiter<K extends string> {
-  /** Park until the condition for `key` holds; rejects with SENSOR_TIMEOUT at `deadline` (epoch ms) or ABORTED. */
-  wait(key: K, opts: { deadline: number; signal: AbortSignal }): Promise<WaitResult>;
+  /**
+   * Park until the condition for `key` holds; rejects with SENSOR_TIMEOUT at `deadline` (epoch ms) or ABORTED.
+   * `since` (epoch ms, default now) is when the wait began: a step resumed after a restart passes its original
+   * start, so errors report the whole wait, not only the part after the restart.
+   */
+  wait(key: K, opts: { deadline: number; signal: AbortSignal; since?: number | undefined }): Promise<WaitResult>;
   /** Number of parked waiters. */
   waiting(): number;
   /** Stop listening for hints and fail every parked waiter with ABORTED. */
@@ -168,13 +172,13 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
   }
 
   return {
-    wait(key, { deadline, signal }) {
+    wait(key, { deadline, signal, since }) {
       if (closed) return Promise.reject(abortedError(key, Date.now(), new Error(`${opts.name} is closed`)));
       if (signal.aborted) return Promise.reject(abortedError(key, Date.now(), signal.reason));
       return new Promise<WaitResult>((resolve, reject) => {
         const w: Waiter<K> = {
           key,
-          since: Date.now(),
+          since: since !== undefined && Number.isFinite(since) ? Math.min(since, Date.now()) : Date.now(),
           deadline,
           checks: 0,
           expiredAtSeq: null,

@@ -66,3 +66,15 @@ export function toErrorInfo(err: unknown): ErrorInfo {
 export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
   if (signal?.aborted) throw new StepError('ABORTED', `${what} was cancelled`, { cause: signal.reason });
 }
+
+const CONNECTION_SQLSTATE = /^(08|57P0[123])/; // connection exception; admin/crash shutdown, cannot connect now
+const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
+const CONNECTION_MESSAGES = /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error)/;
+
+/** Whether `err` says the database could not be reached (down, restarting, connection lost), not that it refused the work. */
+export function isConnectionError(err: unknown): boolean {
+  if (!err || typeof err !== 'object') return false;
+  const { code, message } = err as { code?: unknown; message?: unknown };
+  if (typeof code === 'string' && (CONNECTION_SQLSTATE.test(code) || CONNECTION_CODES.has(code))) return true;
+  return typeof message === 'string' && CONNECTION_MESSAGES.test(message);
+}

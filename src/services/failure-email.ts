@@ -1,6 +1,7 @@
 import type pg from 'pg';
-import { StepError, throwIfAborted } from './errors.js';
+import { isConnectionError, StepError, throwIfAborted } from './errors.js';
 import type { Mailer } from './mailer.js';
+import { checkout } from './sql.js';
 import type { Logger, RunFailure, StepContext, StepFn } from './types.js';
 
 export interface FailureEmailInput {
@@ -89,39 +90,76 @@ ${steps.slice(1).map((s) => `<li>${e(s)}</li>`).join('\n')}
 /**
  * The `email_on_failure` step: queue the failure mail in l2flow.email_outbox, at most once per run attempt, so the run
  * can be marked failed at once while the dispatcher delivers. `onQueued` lets the host wake its dispatcher.
+ *
+ * The outbox lives in the warehouse, so a failure caused by the warehouse going away (a restart) would otherwise end
+ * the run without any mail: while the database is unreachable the step waits and tries again, with backoff, for up to
+ * `unreachableRetryMs` (or until the run is stopped).
  */
 export function createFailureNotifier(opts: {
   pool: pg.Pool; recipients: string[]; logger: Logger; onQueued?: (outboxId: number) => void;
+  unreachableRetryMs?: number; retryBaseDelayMs?: number; retryMaxDelayMs?: number;
 }): StepFn<StepContext & { failure: RunFailure }, { outboxId: number }> {
   if (opts.recipients.length === 0) throw new Error('Failure mail has no recipients: set EMAIL_RECIPIENTS to at least one address');
   const log = opts.logger.child({ module: 'failure-email' });
+  const { unreachableRetryMs = 15 * 60_000, retryBaseDelayMs = 250, retryMaxDelayMs = 5_000 } = opts;
+
+  async function queue(input: StepContext & { failure: RunFailure }, mail: RenderedEmail): Promise<{ outboxId: number; queued: boolean }> {
+    const key = [input.runId, input.attempt];
+    const inserted = await opts.pool.query<{ id: string }>(
+      `insert into l2flow.email_outbox (run_id, attempt, recipients, subject, text_body, html_body)
+       values ($1, $2, $3, $4, $5, $6) on conflict (run_id, attempt) do nothing returning id`,
+      [...key, opts.recipients, mail.subject, mail.text, mail.html],
+    );
+    // A separate statement: its fresh snapshot sees a row that a concurrent insert committed meanwhile.
+    const row = inserted.rows[0] ?? (await opts.pool.query<{ id: string }>(
+      'select id from l2flow.email_outbox where run_id = $1 and attempt = $2', key)).rows[0];
+    if (!row) throw new Error('the outbox row vanished right after it was written');
+    return { outboxId: Number(row.id), queued: inserted.rows.length === 1 };
+  }
+
   return async (input, signal) => {
     throwIfAborted(signal, 'email_on_failure');
     const mail = renderFailureEmail(input);
-    const key = [input.runId, input.attempt];
-    let outboxId: number;
-    let queued: boolean;
-    try {
-      const inserted = await opts.pool.query<{ id: string }>(
-        `insert into l2flow.email_outbox (run_id, attempt, recipients, subject, text_body, html_body)
-         values ($1, $2, $3, $4, $5, $6) on conflict (run_id, attempt) do nothing returning id`,
-        [...key, opts.recipients, mail.subject, mail.text, mail.html],
-      );
-      // A separate statement: its fresh snapshot sees a row that a concurrent insert committed meanwhile.
-      const row = inserted.rows[0] ?? (await opts.pool.query<{ id: string }>(
-        'select id from l2flow.email_outbox where run_id = $1 and attempt = $2', key)).rows[0];
-      if (!row) throw new Error('the outbox row vanished right after it was written');
-      outboxId = Number(row.id);
-      queued = inserted.rows.length === 1;
-    } catch (err) {
-      throw new StepError('DB_ERROR', `email_on_failure for ${input.logicalDate} could not queue the failure mail: ${(err as Error).message}. Check the l2flow database; the step is safe to re-run.`,
-        { retryable: true, cause: err });
+    const since = Date.now();
+    let result: { outboxId: number; queued: boolean };
+    for (let tries = 1; ; tries++) {
+      try {
+        result = await queue(input, mail);
+        if (tries > 1) log.info({ runId: input.runId, tries }, 'database reachable again; queueing the failure mail');
+        break;
+      } catch (err) {
+        const waitMs = Math.min(retryMaxDelayMs, retryBaseDelayMs * 2 ** Math.min(tries - 1, 20));
+        if (!isConnectionError(err) || Date.now() - since + waitMs > unreachableRetryMs) {
+          throw new StepError('DB_ERROR', `email_on_failure for ${input.logicalDate} could not queue the failure mail: ${(err as Error).message}. Check the l2flow database; the step is safe to re-run.`,
+            { retryable: true, cause: err });
+        }
+        if (tries === 1) {
+          log.warn({ runId: input.runId, logicalDate: input.logicalDate, err: { message: (err as Error).message, code: (err as { code?: unknown }).code } },
+            'database unreachable: the failure mail will be queued once it is back');
+        }
+        await abortableSleep(waitMs, signal);
+        throwIfAborted(signal, 'email_on_failure');
+      }
     }
+    const { outboxId, queued } = result;
     log.info({ runId: input.runId, logicalDate: input.logicalDate, loadId: input.loadId, outboxId, step: input.failure.step },
       queued ? 'failure mail queued' : 'failure mail was already queued');
     opts.onQueued?.(outboxId);
     return { outboxId };
   };
+}
+
+function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve(); // a fired signal never calls a listener added later
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
 }
 
 interface OutboxRow {
@@ -172,8 +210,9 @@ export function createEmailDispatcher(opts: {
 
   /** Claim one due row not yet tried in this drain, send it and record the outcome in the same transaction. */
   async function deliverOne(tried: string[]): Promise<'none' | 'sent' | 'failed'> {
-    const client = await pool.connect();
-    let broken: Error | undefined;
+    const c = await checkout(pool); // the server may restart while a mail is on its way
+    const client = c.client;
+    let broken: unknown;
     try {
       await client.query('begin');
       const { rows } = await client.query<OutboxRow>(
@@ -212,11 +251,11 @@ export function createEmailDispatcher(opts: {
       await client.query('commit');
       return outcome;
     } catch (err) {
-      broken = err as Error;
+      broken = err;
       await client.query('rollback').catch(() => undefined);
       throw err;
     } finally {
-      client.release(broken); // a failed connection is discarded, not returned to the pool
+      c.release(broken); // a failed connection is discarded, not returned to the pool
     }
   }
 

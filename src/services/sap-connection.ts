@@ -108,6 +108,20 @@ export function describeSapEndpoint(ep: SapEndpoint): string {
   return `${sapUrlForHumans(ep)} (${auth})`;
 }
 
+/**
+ * Remove the endpoint's credentials, in every form they travel (as written, percent-encoded, the Basic header's
+ * base64), from text that came back from SAP: an error body may echo the Authorization header or the token.
+ */
+export function credentialScrubber(auth: SapAuth): (text: string) => string {
+  const raw = auth.kind === 'bearer' ? [auth.token] : auth.kind === 'basic' ? [auth.password] : [];
+  const header = authorizationHeader(auth)?.replace(/^\S+\s+/, '');
+  // Very short values would blank out ordinary text; the logger applies the same floor.
+  const forms = [...new Set([...raw, ...raw.map(encodeURIComponent), ...(header ? [header] : [])])]
+    .filter((f) => f.length >= 3)
+    .sort((a, b) => b.length - a.length);
+  return (text) => forms.reduce((acc, f) => acc.split(f).join('***'), text);
+}
+
 /** The value of the Authorization header, or undefined when the endpoint has no authentication. */
 export function authorizationHeader(auth: SapAuth): string | undefined {
   if (auth.kind === 'bearer') return `Bearer ${auth.token}`;

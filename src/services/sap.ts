@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { Agent, request } from 'undici';
 import { StepError, throwIfAborted } from './errors.js';
-import { authorizationHeader, sapUrlForHumans, type SapEndpoint } from './sap-connection.js';
+import { authorizationHeader, credentialScrubber, sapUrlForHumans, type SapEndpoint } from './sap-connection.js';
 import { quoteQualified } from './sql.js';
 import type { Logger, StepContext, StepFn } from './types.js';
 
@@ -133,6 +133,8 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
   const { pool, endpoint, retry } = deps;
   const where = sapUrlForHumans(endpoint);
   const authorization = authorizationHeader(endpoint.auth);
+  // SAP's answer ends up in the run error, the failure mail and l2flow.sap_send: never with our credentials in it.
+  const scrub = credentialScrubber(endpoint.auth);
   const agent = new Agent({ connect: { timeout: deps.connectTimeoutMs }, headersTimeout: deps.timeoutMs, bodyTimeout: deps.timeoutMs });
 
   async function readRow(key: string): Promise<SendRow | undefined> {
@@ -195,7 +197,7 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
         kind: 'http',
         status: res.statusCode,
         statusText: STATUS_CODES[res.statusCode] ?? res.statusText ?? '',
-        excerpt: Buffer.concat(chunks).toString('utf8'),
+        excerpt: scrub(Buffer.concat(chunks).toString('utf8')),
         retryAfterMs: retryAfterMs(res.headers['retry-after'], Date.now()),
       };
     } catch (err) {
@@ -205,7 +207,7 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
         return { kind: 'timeout', detail: `no answer within ${deps.timeoutMs} ms` };
       }
       const message = err instanceof Error ? err.message : String(err);
-      return { kind: 'unreachable', detail: code && !message.includes(code) ? `${code} ${message}` : message };
+      return { kind: 'unreachable', detail: scrub(code && !message.includes(code) ? `${code} ${message}` : message) };
     } finally {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);

@@ -58,7 +58,7 @@ export function createFlagSensor(
   return async (input, signal) => {
     assertDate(input.businessDate, 'businessDate');
     const { checks } = await waiter
-      .wait(input.businessDate, { deadline: input.deadline, signal })
+      .wait(input.businessDate, { deadline: input.deadline, signal, since: input.startedAt })
       .catch(inRun(input, `load L1 to L2 for ${input.businessDate} (or set the flag), then re-run the step`));
     return { satisfiedAt: new Date().toISOString(), checks };
   };
@@ -96,7 +96,7 @@ export function createPreviousRunSensor(
       return { satisfiedAt: new Date().toISOString(), checks: 0, previousLogicalDate, skipped: true };
     }
     const { checks } = await waiter
-      .wait(runKey(input.workflowId, previousLogicalDate), { deadline: input.deadline, signal })
+      .wait(runKey(input.workflowId, previousLogicalDate), { deadline: input.deadline, signal, since: input.startedAt })
       .catch(inRun(input, `finish (or mark successful) the run of ${previousLogicalDate}, then re-run the step`));
     return { satisfiedAt: new Date().toISOString(), checks, previousLogicalDate, skipped: false };
   };

@@ -1,18 +1,54 @@
 import type pg from 'pg';
 
+export interface CheckedOutClient {
+  client: pg.PoolClient;
+  /** The error the connection died of while checked out, if it did. */
+  broken(): Error | undefined;
+  /** Return the client; a broken one (or one released with an error) is discarded, never reused. */
+  release(err?: unknown): void;
+}
+
+/**
+ * Check out a pool client that can be held across a server restart. The pool removes its own 'error' listener
+ * on checkout, and pg emits 'error' on a client whose connection ends (a restart, pg_terminate_backend) even
+ * when a query already got the error: with no listener, that event would crash the process.
+ */
+export async function checkout(pool: pg.Pool): Promise<CheckedOutClient> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  const onError = (err: Error) => {
+    broken ??= err;
+  };
+  client.on('error', onError);
+  let released = false;
+  return {
+    client,
+    broken: () => broken,
+    release(err) {
+      if (released) return;
+      released = true;
+      const reason = broken ?? (err === undefined ? undefined : err instanceof Error ? err : new Error(String(err)));
+      // Released with an error, the pool ends the connection: pg then emits nothing more, so the listener can go.
+      client.release(reason);
+      client.off('error', onError);
+    },
+  };
+}
+
 /** Run `fn` inside a transaction on a client from the pool; rolls back on any error. */
 export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
+  const c = await checkout(pool);
+  let failed: unknown;
   try {
-    await client.query('begin');
-    const result = await fn(client);
-    await client.query('commit');
+    await c.client.query('begin');
+    const result = await fn(c.client);
+    await c.client.query('commit');
     return result;
   } catch (err) {
-    await client.query('rollback').catch(() => undefined);
+    await c.client.query('rollback').catch((e: unknown) => (failed = e));
     throw err;
   } finally {
-    client.release();
+    c.release(failed);
   }
 }
 

@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { checkout } from './sql.js';
 import type { StepContext } from './types.js';
 
 /** Anything that can run a query: a pool or a client. */
@@ -39,8 +40,9 @@ export async function memoized<O>(
 ): Promise<{ output: O; resumed: boolean }> {
   const recorded = await readMemo<O>(pool, ctx, step);
   if (recorded !== undefined) return { output: recorded, resumed: true };
-  const client = await pool.connect();
-  let broken: Error | undefined;
+  const c = await checkout(pool);
+  const client = c.client;
+  let broken: unknown;
   try {
     await client.query('begin');
     const output = await work(client);
@@ -54,10 +56,10 @@ export async function memoized<O>(
     return { output: winner, resumed: true };
   } catch (err) {
     await client.query('rollback').catch((e: unknown) => {
-      broken = e instanceof Error ? e : new Error(String(e));
+      broken = e;
     });
     throw err;
   } finally {
-    client.release(broken);
+    c.release(broken);
   }
 }

@@ -17,6 +17,8 @@ export interface StepContext {
 /** Input of a sensor: the run plus its absolute deadline (epoch ms), kept in context so it survives restarts. */
 export interface SensorInput extends StepContext {
   deadline: number;
+  /** When the step started (epoch ms); a step resumed after a restart keeps its original start. */
+  startedAt?: number;
 }
 
 /** A step implementation: plain async function, idempotent, honours the signal. */

@@ -160,6 +160,16 @@ describe('SAP sender', () => {
     expect(await sendRows(ctx.runId)).toMatchObject([{ status: 'failed', tries: 1, http_status: 400 }]);
   });
 
+  it('removes basic credentials that SAP echoes in its answer from the error and the stored excerpt', async () => {
+    const header = `Basic ${Buffer.from('ops:pw-echo%secret').toString('base64')}`;
+    const sap = await startSap((res) => reply(res, 403, `denied for "${header}" (password pw-echo%secret, pw-echo%25secret)`));
+    const ctx = context();
+    const err = await rejection(sender(parseSapConnection(`${sap.base.replace('//', '//ops:pw-echo%25secret@')}/flag`))(ctx, live));
+    expect(sap.requests[0]?.headers.authorization).toBe(header);
+    expect(err.message).toContain('denied for "Basic ***" (password ***, ***)');
+    expect(JSON.stringify(await sendRows(ctx.runId))).not.toMatch(/pw-echo|b3BzOnB3LWVjaG8lc2VjcmV0/);
+  });
+
   it('reports SAP_TIMEOUT when SAP never answers', async () => {
     const sap = await startSap(() => undefined);
     const port = new URL(sap.base).port;

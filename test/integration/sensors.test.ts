@@ -165,6 +165,15 @@ describe('sensors', () => {
     expect(err.message).toContain(`logical date ${addDays(d, 1)}`);
   });
 
+  it('a sensor resumed after a restart reports the whole wait since the step started, not since the restart', async () => {
+    const d = nextDate();
+    const resumed = { ...input(d, 200), startedAt: Date.now() - 3_000 };
+    const err = await rejection(flagSensor()(resumed, signal));
+    expect(err.code).toBe('SENSOR_TIMEOUT');
+    expect(err.message).toMatch(/after waiting 3 s/);
+    expect(err.details?.waitedMs).toBeGreaterThanOrEqual(3_000);
+  });
+
   it('a deadline already past fails at once after one last check, which can still succeed', async () => {
     const d = nextDate();
     const t0 = performance.now();

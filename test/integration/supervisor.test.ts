@@ -79,7 +79,7 @@ describe('supervisor', () => {
     await first.start();
     await createRun(db.pool, { workflowId: WF, logicalDate: date, businessDate: '2024-04-30', triggeredBy: 'manual' });
     await until('the reports child to be running', async () =>
-      (await db.pool.query(`select 1 from pg_stat_activity where query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount);
+      (await db.pool.query(`select 1 from pg_stat_activity where datname = current_database() and query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount);
     // SAP is reached in the other region while reports is still held.
     await until('SAP to be called', async () => sap.requests.length === 1);
     const before = await until('only reports to be left', async () => {
@@ -93,7 +93,7 @@ describe('supervisor', () => {
     apps.splice(apps.indexOf(first), 1);
     // Stopping cancels the in-flight child on the server, not just abandons it.
     await until('the held child to be cancelled on the server', async () =>
-      (await db.pool.query(`select 1 from pg_stat_activity where query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount === 0);
+      (await db.pool.query(`select 1 from pg_stat_activity where datname = current_database() and query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount === 0);
     expect((await getRunByDate(db.pool, WF, date))!.status).toBe('running');
 
     await db.pool.query(`update public.gate set open = true`);
@@ -134,11 +134,11 @@ describe('supervisor', () => {
     await app.start();
     await createRun(db.pool, { workflowId: WF, logicalDate: date, businessDate: '2024-06-30', triggeredBy: 'manual' });
     await until('the reports child to be running', async () =>
-      (await db.pool.query(`select 1 from pg_stat_activity where query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount);
+      (await db.pool.query(`select 1 from pg_stat_activity where datname = current_database() and query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount);
     const cancelled = await cancelRun(db.pool, WF, date);
     expect(cancelled?.cancelled).toBe(true);
     await until('the child query to be cancelled on the server', async () =>
-      (await db.pool.query(`select 1 from pg_stat_activity where query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount === 0);
+      (await db.pool.query(`select 1 from pg_stat_activity where datname = current_database() and query like 'do $$ begin while not%' and pid <> pg_backend_pid()`)).rowCount === 0);
     await until('the runtime to let the run go', async () => !app.supervisor.activeRunIds().includes(`manual__${date}`));
     const run = (await getRunByDate(db.pool, WF, date))!;
     expect(run.status).toBe('cancelled');

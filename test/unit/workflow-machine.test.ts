@@ -175,6 +175,9 @@ describe('workflow machine', () => {
     const a2 = createActor(second.machine, { snapshot: persisted, input }).start();
     expect(second.calls[0]!.step).toBe('wait_for_l2_full_load');
     expect(second.calls[0]!.input.deadline).toBe(deadline);
+    // The original start goes with it, so a timeout reports the whole wait.
+    expect(first.calls[0]!.input.startedAt).toBe(persisted.context.steps.wait_for_l2_full_load.startedAt);
+    expect(second.calls[0]!.input.startedAt).toBe(first.calls[0]!.input.startedAt);
     a2.stop();
   });
 });
