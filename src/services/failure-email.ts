@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { abortableSleep } from './sleep.js';
 import { isConnectionError, StepError, throwIfAborted } from './errors.js';
 import type { Mailer } from './mailer.js';
 import { checkout } from './sql.js';
@@ -147,19 +148,6 @@ export function createFailureNotifier(opts: {
     opts.onQueued?.(outboxId);
     return { outboxId };
   };
-}
-
-function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve(); // a fired signal never calls a listener added later
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 interface OutboxRow {

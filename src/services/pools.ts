@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { StepError } from './errors.js';
+import { abortableSleep } from './sleep.js';
 import type { Logger } from './types.js';
 
 export interface PoolsOptions {
@@ -107,7 +108,7 @@ export function createPools(opts: PoolsOptions): Pools {
         logger.info(ctx, `waiting for a slot of pool ${poolName} (${cfg.slots} slot(s), all taken)`);
         logged = true;
       }
-      await sleep(pollMs, stop);
+      await abortableSleep(pollMs, stop);
     }
     if (stop.aborted) {
       await release(poolName, held, ctx);
@@ -129,14 +130,3 @@ export function createPools(opts: PoolsOptions): Pools {
   };
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
-}

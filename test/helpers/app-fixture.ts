@@ -4,12 +4,11 @@ import path from 'node:path';
 import pg from 'pg';
 import { expect } from 'vitest';
 import { createApp, type App, type AppOptions } from '../../src/runtime/app.js';
-import { main } from '../../src/runtime/cli.js';
 import { loadConfig } from '../../src/runtime/config.js';
 import { createLogger, secretsOf } from '../../src/runtime/logger.js';
 import { addDays } from '../../src/services/dates.js';
 import { createSegmentationView, createTestDb, type TestDb } from './db.js';
-import { until } from './process.js';
+import { runMain, until } from './process.js';
 import { startSapServer, type SapHandler, type SapRequest, type TestSapServer } from './sap-server.js';
 import { startSmtpServer, type ReceivedMail, type TestSmtpServer } from './smtp.js';
 
@@ -91,7 +90,6 @@ export interface Fixture {
   close(): Promise<void>;
 }
 
-const CONFIG_ENV = /^(L2FLOW_(?!TEST_)|AIRFLOW_CONN_|DWH_CONN_ID$|SAP_CONN_ID$|SMTP_CONN_ID$|EMAIL_)/;
 
 /** The forms a secret can take in text: as is, percent-encoded, base64 (Basic auth, AUTH PLAIN). */
 function forms(secret: string): string[] {
@@ -140,20 +138,11 @@ export async function createFixture(): Promise<Fixture> {
   };
 
   async function cli(argv: string[]): Promise<CliOutput> {
-    const saved = { ...process.env };
-    for (const k of Object.keys(process.env)) if (CONFIG_ENV.test(k)) delete process.env[k];
-    process.env.L2FLOW_CONN_DWH = dwhUri;
-    const out: string[] = [];
-    const err: string[] = [];
-    try {
-      const code = await main(argv, { out: (s) => out.push(s), err: (s) => err.push(s) });
-      printed.push(...out, ...err);
-      return { code, out: out.join('\n'), err: err.join('\n') };
-    } finally {
-      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
-      Object.assign(process.env, saved);
-    }
+    const r = await runMain(argv, { L2FLOW_CONN_DWH: dwhUri });
+    printed.push(r.out, r.err);
+    return r;
   }
+
 
   async function run(date: string): Promise<RunView | undefined> {
     const { rows } = await db.pool.query<RunView>(

@@ -1,4 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { main } from '../../src/runtime/cli.js';
 import { existsSync, statSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -90,5 +91,24 @@ export async function until<T>(what: string, fn: () => Promise<T | null | undefi
     if (v) return v;
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** Environment keys that configure l2flow: cleared around an in-process CLI call so only the given ones count. */
+const CONFIG_ENV = /^(L2FLOW_(?!TEST_)|AIRFLOW_CONN_|DWH_CONN_ID$|SAP_CONN_ID$|SMTP_CONN_ID$|EMAIL_)/;
+
+/** `main(argv)` in this process with exactly `env` as its configuration; process.env is restored afterwards. */
+export async function runMain(argv: string[], env: Record<string, string>): Promise<{ code: number; out: string; err: string }> {
+  const saved = { ...process.env };
+  for (const k of Object.keys(process.env)) if (CONFIG_ENV.test(k)) delete process.env[k];
+  Object.assign(process.env, env);
+  const out: string[] = [];
+  const err: string[] = [];
+  try {
+    const code = await main(argv, { out: (s) => out.push(s), err: (s) => err.push(s) });
+    return { code, out: out.join('\n'), err: err.join('\n') };
+  } finally {
+    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
   }
 }

@@ -2,10 +2,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/runtime/cli.js';
 import { dateInZone } from '../../src/services/dates.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
-import { ensureBuilt, runCli } from '../helpers/process.js';
+import { ensureBuilt, runCli, runMain } from '../helpers/process.js';
 
 
 // The test server trusts local connections, so this password is sent nowhere; it only must never be printed.
@@ -36,9 +35,6 @@ function runEnv(dwhUri: string, over: Record<string, string | undefined> = {}): 
   return Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined));
 }
 
-/** Settings main() reads from process.env; cleared around each in-process call so the host's own never leak in. */
-const CONFIG_ENV = /^(L2FLOW_(?!TEST_)|AIRFLOW_CONN_|DWH_CONN_ID$|SAP_CONN_ID$|SMTP_CONN_ID$|EMAIL_)/;
-
 interface Result {
   code: number;
   out: string;
@@ -48,21 +44,11 @@ interface Result {
 /** Every line any CLI call printed, to check that no secret ever appears. */
 const printed: string[] = [];
 
-/** `main(argv)` in this process with exactly `env` as its configuration; process.env is restored afterwards. */
+/** `main(argv)` in this process with exactly `env` as its configuration. */
 async function cli(argv: string[], env: Record<string, string>): Promise<Result> {
-  const saved = { ...process.env };
-  for (const k of Object.keys(process.env)) if (CONFIG_ENV.test(k)) delete process.env[k];
-  Object.assign(process.env, env);
-  const out: string[] = [];
-  const err: string[] = [];
-  try {
-    const code = await main(argv, { out: (s) => out.push(s), err: (s) => err.push(s) });
-    printed.push(...out, ...err);
-    return { code, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
-    Object.assign(process.env, saved);
-  }
+  const r = await runMain(argv, env);
+  printed.push(r.out, r.err);
+  return r;
 }
 
 /** `node bin/l2flow.js argv` with exactly `env` (plus PATH) as its environment. */
