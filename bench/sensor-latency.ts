@@ -1,81 +1,56 @@
 /**
- * How long after a flag row is committed does l2flow notice it, compared with a bare LISTEN client?
- * Run: `npm run build && node dist/bench/sensor-latency.js [--samples 300]`.
+ * How long after a flag row is committed does a real l2flow run leave wait_for_l2_full_load, compared with a
+ * bare LISTEN client (the trigger-to-NOTIFY round trip) measured in the same process, interleaved?
+ * Run: `npm run bench:sensor` (builds, then `node dist/bench/sensor-latency.js [--samples 300]`).
  * Uses a fresh database on 127.0.0.1 (dropped afterwards) unless L2FLOW_BENCH_DB_URI names one.
+ * See BENCHMARKS.md for what the figures mean.
  */
 import { randomBytes } from 'node:crypto';
-import { performance } from 'node:perf_hooks';
+import os from 'node:os';
+import { PerformanceObserver, performance } from 'node:perf_hooks';
 import pg from 'pg';
-import { pino } from 'pino';
 import { migrate } from '../src/runtime/migrate.js';
-import { createNotificationHub } from '../src/runtime/notification-hub.js';
+import { parseFlags } from '../src/runtime/args.js';
 import { addDays } from '../src/services/dates.js';
-import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor } from '../src/services/sensors.js';
-import type { SensorInput } from '../src/services/types.js';
+import { FLAG, bareSensor, rawListener, sleep, type Marks, type Observer } from './observers.js';
+import { memory, report, type Memory, type Sample } from './report.js';
+import { runObserver } from './run-observer.js';
 
-const FLAG = 'l1_to_l2_load_successfull';
 const ADMIN_URI = 'postgres://root@127.0.0.1:5432/postgres';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Pause between arming and inserting, the same for every observer: an idle connection is slower than a hot one. */
 const SETTLE_MS = 5;
+/** Pause after each sample, so the tail of one (a run's last writes, the claim loop) does not overlap the next. */
+const QUIET_MS = 10;
+const TARGET_MS = 5;
+const round2 = (x: number) => Math.round(x * 100) / 100;
 
-/**
- * Something that notices a flag for a business date. `arm` starts the wait; within SETTLE_MS after it returns
- * the observer must be parked (first check done). `seen` resolves with performance.now() at the moment it
- * noticed. Swap in e.g. a whole actor here, resolving `seen` when it leaves the sensor's state.
- */
-export interface Observer {
-  name: string;
-  arm(businessDate: string): Promise<{ seen: Promise<number> }>;
-  close(): Promise<void>;
+interface Options {
+  samples: number;
+  warmup: number;
+  logLevel: string;
+  appLog: string;
+  bare: boolean;
 }
 
-interface Sample {
-  fromSend: number;
-  fromAck: number;
-}
-
-/** A bare pg client LISTENing on the flag channel: the floor any event-driven sensor can reach. */
-async function rawListener(uri: string): Promise<Observer> {
-  const client = new pg.Client({ connectionString: uri, application_name: 'l2flow-bench-raw' });
-  await client.connect();
-  const expected = new Map<string, (t: number) => void>();
-  client.on('notification', (n) => {
-    const t = performance.now();
-    const date = (JSON.parse(n.payload ?? '{}') as { business_date?: string }).business_date ?? '';
-    expected.get(date)?.(t);
-    expected.delete(date);
-  });
-  await client.query(`listen ${DWH_FLAG_CHANNEL}`);
-  return {
-    name: 'raw LISTEN',
-    arm: async (date) => ({ seen: new Promise<number>((resolve) => expected.set(date, resolve)) }),
-    close: () => client.end(),
+function options(argv: string[]): Options {
+  const f = parseFlags('bench:sensor', argv, [
+    { name: 'samples', type: 'string', description: 'measured samples per observer, default 300' },
+    { name: 'warmup', type: 'string', description: 'unmeasured samples per observer first, default 20' },
+    { name: 'log-level', type: 'string', description: "the runtime's log level, default info (as in production)" },
+    { name: 'app-log', type: 'string', description: "file the runtime's log goes to, default /dev/null" },
+    { name: 'no-bare', type: 'boolean', description: 'skip the sensor-alone observer' },
+  ]);
+  const int = (name: string, dflt: number, min: number) => {
+    const v = f[name] === undefined ? dflt : Number(f[name]);
+    if (!Number.isInteger(v) || v < min) throw new Error(`--${name} wants an integer >= ${min}`);
+    return v;
   };
-}
-
-/** l2flow's path: notification hub → flag sensor (60 s poll, so only NOTIFY can be this fast). */
-async function l2flowSensor(uri: string, pool: pg.Pool): Promise<Observer> {
-  const logger = pino({ level: 'warn' }, pino.destination(2));
-  const hub = createNotificationHub({ connectionString: uri, channels: [DWH_FLAG_CHANNEL, RUN_CHANNEL], logger });
-  await hub.start();
-  const sensor = createFlagSensor({ pool, notifications$: hub.notifications$, reconnects$: hub.connected$, logger, pokeIntervalMs: 60_000 });
-  const signal = new AbortController().signal;
   return {
-    name: 'l2flow sensor',
-    async arm(date) {
-      const input: SensorInput = {
-        runId: `bench-${date}`,
-        workflowId: 'WF_MAIN_DATASETS_LOAD_L2_TO_L2',
-        logicalDate: addDays(date, 1),
-        businessDate: date,
-        attempt: 1,
-        loadId: null,
-        deadline: Date.now() + 60_000,
-      };
-      return { seen: sensor(input, signal).then(() => performance.now()) };
-    },
-    close: () => hub.stop(),
+    samples: int('samples', 300, 1),
+    warmup: int('warmup', 20, 0),
+    logLevel: (f['log-level'] as string | undefined) ?? 'info',
+    appLog: (f['app-log'] as string | undefined) ?? '/dev/null',
+    bare: f['no-bare'] !== true,
   };
 }
 
@@ -96,90 +71,105 @@ async function openDatabase(): Promise<{ uri: string; drop(): Promise<void> }> {
   return { uri: ADMIN_URI.replace(/\/[^/]*$/, `/${name}`), drop: () => admin(`drop database if exists ${name} with (force)`) };
 }
 
-function percentiles(values: number[]) {
-  const s = [...values].sort((a, b) => a - b);
-  const at = (p: number) => s[Math.max(0, Math.ceil((p / 100) * s.length) - 1)] ?? Number.NaN;
-  const r = (x: number) => Math.round(x * 1000) / 1000;
-  return { p50: r(at(50)), p90: r(at(90)), p99: r(at(99)), max: r(s[s.length - 1] ?? Number.NaN) };
+/** Round r visits every observer once; the order rotates and flips so machine drift hits all alike. */
+function order<T>(items: T[], r: number): T[] {
+  const k = items.length;
+  const rotated = items.map((_, i) => items[(i + r) % k]!);
+  return Math.floor(r / k) % 2 ? rotated.reverse() : rotated;
 }
 
-type Stats = ReturnType<typeof percentiles>;
-
-function main(): Promise<void> {
-  const i = process.argv.indexOf('--samples');
-  const samples = i > 0 ? Number(process.argv[i + 1]) : 300;
-  if (!Number.isInteger(samples) || samples < 1) throw new Error('--samples wants a positive integer');
-  return run(samples);
-}
-
-async function run(samples: number): Promise<void> {
+async function main(): Promise<void> {
+  const opt = options(process.argv.slice(2));
+  const started = performance.now();
+  const loadStart = os.loadavg()[0]!;
+  // Every GC pause of this process (runtime and observers share it), to attribute the tail.
+  const gcs: { start: number; end: number }[] = [];
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) gcs.push({ start: e.startTime, end: e.startTime + e.duration });
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
   const db = await openDatabase();
-  const pool = new pg.Pool({ connectionString: db.uri, max: 4, application_name: 'l2flow-bench' });
+  const pool = new pg.Pool({ connectionString: db.uri, max: 2, application_name: 'l2flow-bench' });
+  // pool.end() resolves before every backend is gone; the forced drop may then kill one mid-close.
+  pool.on('error', () => undefined);
   const observers: Observer[] = [];
+  let inserter: pg.Client | undefined;
   try {
     await migrate(pool, { flagTable: 'md.dwh_flag' });
-    const inserter = new pg.Client({ connectionString: db.uri, application_name: 'l2flow-bench-insert' });
-    await inserter.connect();
-    observers.push(await rawListener(db.uri), await l2flowSensor(db.uri, pool));
-    const results = new Map<string, Sample[]>(observers.map((o) => [o.name, []]));
     const { rows } = await pool.query<{ version: string }>(`select current_setting('server_version') as version`);
+    inserter = new pg.Client({ connectionString: db.uri, application_name: 'l2flow-bench-insert' });
+    await inserter.connect();
+    // Disjoint date ranges: one observer's flag must never satisfy another's wait.
+    observers.push(await rawListener(db.uri, '2001-01-01'));
+    if (opt.bare) observers.push(await bareSensor(db.uri, '2011-01-01'));
+    const run = await runObserver({ uri: db.uri, firstDate: '2021-01-01', logLevel: opt.logLevel, logFile: opt.appLog });
+    observers.push(run);
+    const results = new Map<string, Sample[]>(observers.map((o) => [o.name, []]));
 
-    const warmup = 20;
-    let day = 0;
-    for (let n = 0; n < 2 * (samples + warmup); n++) {
-      // Interleaved, and the order flips every pair, so drift in the machine's load hits both alike.
-      const observer = observers[(n + (Math.floor(n / 2) % 2)) % 2]!;
-      const date = addDays('2001-01-01', day++);
-      const { seen } = await observer.arm(date);
-      await sleep(SETTLE_MS);
-      const sent = performance.now();
-      await inserter.query('insert into md.dwh_flag (flag_cd, bussines_date) values ($1, $2)', [FLAG, date]);
-      const acked = performance.now();
-      const at = await seen;
-      if (n >= 2 * warmup) results.get(observer.name)!.push({ fromSend: at - sent, fromAck: at - acked });
+    let afterWarmup: Memory = memory();
+    const rounds = opt.warmup + opt.samples;
+    for (let r = 0; r < rounds; r++) {
+      if (r === opt.warmup) afterWarmup = memory();
+      for (const o of order(observers, r)) {
+        const date = addDays(o.firstDate, r);
+        const armed = await o.arm(date);
+        await sleep(SETTLE_MS);
+        const sent = performance.now();
+        await inserter.query('insert into md.dwh_flag (flag_cd, bussines_date) values ($1, $2)', [FLAG, date]);
+        const acked = performance.now();
+        const at = await armed.seen;
+        const m = armed.marks?.() ?? {};
+        await armed.done?.();
+        if (r >= opt.warmup) {
+          const marks: Marks = {};
+          for (const k of Object.keys(m) as (keyof Marks)[]) if (m[k] !== undefined) marks[k] = m[k] - acked;
+          results.get(o.name)!.push({ fromSend: at - sent, fromAck: at - acked, marks, window: [sent, at], gcMs: 0 });
+        }
+        await sleep(QUIET_MS);
+      }
     }
-    await inserter.end();
-    report(samples, rows[0]?.version ?? '?', observers, results);
+    const end = memory();
+    await sleep(50); // GC entries are delivered asynchronously
+    gcObserver.disconnect();
+    for (const list of results.values()) {
+      for (const smp of list) {
+        const [from, to] = smp.window;
+        smp.gcMs = gcs.reduce((sum, g) => sum + Math.max(0, Math.min(to, g.end) - Math.max(from, g.start)), 0);
+      }
+    }
+    const cpus = os.cpus();
+    const ok = report(
+      {
+        samples: opt.samples,
+        warmup: opt.warmup,
+        postgres: rows[0]?.version ?? '?',
+        node: process.version,
+        cpus: cpus.length,
+        cpuModel: cpus[0]?.model.trim() ?? '?',
+        logLevel: opt.logLevel,
+        targetMs: TARGET_MS,
+        baseline: observers[0]!.name,
+        subject: run.name,
+        memory: { afterWarmup, end },
+        runs: run.counts(),
+        durationS: Math.round((performance.now() - started) / 100) / 10,
+        gc: {
+          pauses: gcs.length,
+          totalMs: round2(gcs.reduce((t, g) => t + g.end - g.start, 0)),
+          longestMs: round2(Math.max(0, ...gcs.map((g) => g.end - g.start))),
+        },
+        load: { start: round2(loadStart), end: round2(os.loadavg()[0]!) },
+      },
+      observers.map((o) => o.name),
+      results,
+    );
+    if (!ok) process.exitCode = 3;
   } finally {
-    for (const o of observers) await o.close().catch(() => undefined);
+    await inserter?.end().catch(() => undefined);
+    for (const o of observers) await o.close().catch((err: unknown) => console.error(`closing ${o.name}:`, err));
     await pool.end();
     await db.drop();
   }
-}
-
-function report(samples: number, version: string, observers: Observer[], results: Map<string, Sample[]>): void {
-  const stats = new Map<string, { fromSend: Stats; fromAck: Stats }>();
-  for (const o of observers) {
-    const r = results.get(o.name) ?? [];
-    stats.set(o.name, { fromSend: percentiles(r.map((s) => s.fromSend)), fromAck: percentiles(r.map((s) => s.fromAck)) });
-  }
-  const [base, subject] = observers.map((o) => stats.get(o.name)!);
-  const diff = (k: 'fromSend' | 'fromAck') => {
-    const out = {} as Stats;
-    for (const p of ['p50', 'p90', 'p99', 'max'] as const) out[p] = Math.round((subject![k][p] - base![k][p]) * 1000) / 1000;
-    return out;
-  };
-  const row = (label: string, s: Stats) =>
-    `${label.padEnd(42)}${[s.p50, s.p90, s.p99, s.max].map((v) => v.toFixed(3).padStart(9)).join('')}`;
-  const lines = [
-    `sensor latency: ${samples} samples each, interleaved, PostgreSQL ${version} on 127.0.0.1 (ms)`,
-    `${''.padEnd(42)}${['p50', 'p90', 'p99', 'max'].map((h) => h.padStart(9)).join('')}`,
-  ];
-  for (const o of observers) {
-    lines.push(row(`${o.name}, from INSERT sent`, stats.get(o.name)!.fromSend));
-    lines.push(row(`${o.name}, from commit ack`, stats.get(o.name)!.fromAck));
-  }
-  lines.push(row(`difference, from INSERT sent`, diff('fromSend')), row(`difference, from commit ack`, diff('fromAck')));
-  console.log(lines.join('\n'));
-  console.log(
-    JSON.stringify({
-      bench: 'sensor-latency',
-      samples,
-      postgres: version,
-      observers: Object.fromEntries(stats),
-      difference: { fromSend: diff('fromSend'), fromAck: diff('fromAck') },
-    }),
-  );
 }
 
 main().catch((err: unknown) => {

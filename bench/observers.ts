@@ -1,0 +1,183 @@
+/**
+ * The observers the sensor benchmark compares, and the probes they share. An observer notices the flag row of
+ * a business date; the benchmark times it from the INSERT.
+ */
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import { pino } from 'pino';
+import { filter, type Observable } from 'rxjs';
+import { createNotificationHub } from '../src/runtime/notification-hub.js';
+import { addDays } from '../src/services/dates.js';
+import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor } from '../src/services/sensors.js';
+import type { SensorInput } from '../src/services/types.js';
+
+export const FLAG = 'l1_to_l2_load_successfull';
+
+/** Points on an observer's way from NOTIFY to "seen", as performance.now() values. */
+export interface Marks {
+  /** The notification reached the observer's LISTEN connection (the hub). */
+  notified?: number;
+  /** The sensor's confirming check query was sent / answered. */
+  checkSent?: number;
+  checked?: number;
+}
+
+export interface Armed {
+  /** Resolves with performance.now() at the moment the observer noticed the flag. */
+  seen: Promise<number>;
+  /** Read after `seen`: where the time went. */
+  marks?: () => Marks;
+  /** After `seen`: resolves once the observer is at rest again (a run: finished); rejects if it did not succeed. */
+  done?: () => Promise<void>;
+}
+
+/**
+ * Something that notices a flag for a business date. `arm` starts the wait and returns once the observer is
+ * parked (its first check done); the benchmark then pauses SETTLE_MS and inserts the flag.
+ */
+export interface Observer {
+  name: string;
+  /** Business date of the first sample; sample i uses firstDate + i days (ranges of observers never overlap). */
+  firstDate: string;
+  arm(businessDate: string): Promise<Armed>;
+  close(): Promise<void>;
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Reject with a message naming what did not happen if `p` takes longer than `ms`. */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`benchmark: ${what} did not happen within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Watch a pool from outside: queries in flight, and when the flag sensor's check (recognised by its SQL) last
+ * went out and came back for each business date. Replaces `pool.query` on this instance only.
+ */
+export interface PoolProbe {
+  /** Resolves once a flag check covering `date` has been answered and no query of the pool is in flight. */
+  quiet(date: string, timeoutMs: number): Promise<void>;
+  lastCheck(date: string): { sent: number; done: number | undefined } | undefined;
+  forget(date: string): void;
+}
+
+export function probePool(pool: pg.Pool): PoolProbe {
+  const target = pool as unknown as { query: (...args: unknown[]) => unknown };
+  const original = target.query.bind(pool);
+  const checks = new Map<string, { sent: number; done: number | undefined }>();
+  let inflight = 0;
+  const waiters: (() => void)[] = [];
+  target.query = (...args: unknown[]) => {
+    const sent = performance.now();
+    const out = original(...args);
+    if (!(out instanceof Promise)) return out; // callback form: not used by l2flow
+    const first = args[0] as string | { text?: string; values?: unknown[] };
+    const text = typeof first === 'string' ? first : (first?.text ?? '');
+    const values = (Array.isArray(args[1]) ? args[1] : typeof first === 'object' ? first?.values : undefined) ?? [];
+    const dates = text.includes('bussines_date = any(') && Array.isArray(values[1]) ? (values[1] as string[]) : [];
+    const recs = dates.map((d) => {
+      const rec = { sent, done: undefined as number | undefined };
+      checks.set(d, rec);
+      return rec;
+    });
+    inflight += 1;
+    // Registered before the caller's await, so this runs first: `done` is when the answer arrived.
+    const settle = () => {
+      const t = performance.now();
+      for (const rec of recs) rec.done = t;
+      inflight -= 1;
+      for (const w of waiters.splice(0)) w();
+    };
+    out.then(settle, settle);
+    return out;
+  };
+  return {
+    async quiet(date, timeoutMs) {
+      const ready = () => checks.get(date)?.done !== undefined && inflight === 0;
+      const wait = (async () => {
+        while (!ready()) await new Promise<void>((r) => waiters.push(r));
+      })();
+      await within(wait, timeoutMs, `the first flag check for ${date} (recognised by its SQL "bussines_date = any(") with the pool idle`);
+    },
+    lastCheck: (date) => checks.get(date),
+    forget: (date) => void checks.delete(date),
+  };
+}
+
+/** performance.now() of the first flag notification per business date seen on a hub's stream. */
+export function noteFlagNotifications(notifications$: Observable<{ channel: string; payload: unknown }>) {
+  const at = new Map<string, number>();
+  const sub = notifications$.pipe(filter((n) => n.channel === DWH_FLAG_CHANNEL)).subscribe((n) => {
+    const t = performance.now();
+    const date = (n.payload as { business_date?: unknown } | null)?.business_date;
+    if (typeof date === 'string' && !at.has(date)) at.set(date, t);
+  });
+  return { at, stop: () => sub.unsubscribe() };
+}
+
+/** A bare pg client LISTENing on the flag channel: the floor any event-driven sensor can reach. */
+export async function rawListener(uri: string, firstDate: string): Promise<Observer> {
+  const client = new pg.Client({ connectionString: uri, application_name: 'l2flow-bench-raw' });
+  await client.connect();
+  const expected = new Map<string, (t: number) => void>();
+  client.on('notification', (n) => {
+    const t = performance.now();
+    const date = (JSON.parse(n.payload ?? '{}') as { business_date?: string }).business_date ?? '';
+    expected.get(date)?.(t);
+    expected.delete(date);
+  });
+  await client.query(`listen ${DWH_FLAG_CHANNEL}`);
+  return {
+    name: 'raw LISTEN',
+    firstDate,
+    arm: async (date) => ({ seen: new Promise<number>((resolve) => expected.set(date, resolve)) }),
+    close: () => client.end(),
+  };
+}
+
+/** The flag sensor alone: notification hub → condition waiter → check query (60 s poll, so only NOTIFY is fast). */
+export async function bareSensor(uri: string, firstDate: string): Promise<Observer> {
+  const pool = new pg.Pool({ connectionString: uri, max: 4, application_name: 'l2flow-bench-sensor' });
+  pool.on('error', () => undefined); // see the bench pool in sensor-latency.ts
+  const probe = probePool(pool);
+  const logger = pino({ level: 'warn' }, pino.destination(2));
+  const hub = createNotificationHub({ connectionString: uri, channels: [DWH_FLAG_CHANNEL, RUN_CHANNEL], logger });
+  await hub.start();
+  const notified = noteFlagNotifications(hub.notifications$);
+  const sensor = createFlagSensor({ pool, notifications$: hub.notifications$, reconnects$: hub.connected$, logger, pokeIntervalMs: 60_000 });
+  const signal = new AbortController().signal;
+  return {
+    name: 'l2flow sensor alone',
+    firstDate,
+    async arm(date) {
+      const input: SensorInput = {
+        runId: `bench-${date}`,
+        workflowId: 'WF_MAIN_DATASETS_LOAD_L2_TO_L2',
+        logicalDate: addDays(date, 1),
+        businessDate: date,
+        attempt: 1,
+        loadId: null,
+        deadline: Date.now() + 60_000,
+      };
+      const seen = sensor(input, signal).then(() => performance.now());
+      await probe.quiet(date, 10_000);
+      return {
+        seen,
+        marks: () => ({ notified: notified.at.get(date), checkSent: probe.lastCheck(date)?.sent, checked: probe.lastCheck(date)?.done }),
+        done: async () => {
+          notified.at.delete(date);
+          probe.forget(date);
+        },
+      };
+    },
+    async close() {
+      notified.stop();
+      await hub.stop();
+      await pool.end();
+    },
+  };
+}
