@@ -49,10 +49,14 @@ export interface WorkflowInput {
   attempt: number;
   /** Sensor timeouts in ms (Airflow's default is 7 days). */
   sensorTimeoutMs: Record<SensorStep, number>;
+  /** Whole-run timeout in ms (Airflow's dagrun_timeout); null for none. */
+  runTimeoutMs?: number | null;
 }
 
 export interface WorkflowContext extends WorkflowInput {
   loadId: number | null;
+  /** Absolute run deadline (epoch ms) fixed when the run starts; the host sends RUN_TIMEOUT when it passes. */
+  runDeadline: number | null;
   /** Absolute sensor deadlines (epoch ms): XState does not persist `after` timers, a timestamp survives restore. */
   deadlines: Partial<Record<SensorStep, number>>;
   steps: Partial<Record<StepId, StepRecord>>;
@@ -79,7 +83,7 @@ export interface FailureStepInput extends StepInput {
   failure: RunFailure;
 }
 
-export type WorkflowEvent = { type: 'CANCEL'; reason?: string };
+export type WorkflowEvent = { type: 'CANCEL'; reason?: string } | { type: 'RUN_TIMEOUT' };
 
 // Placeholders that say which actor was not provided; the runtime replaces every one of them.
 function notProvided<O, I>(name: string) {
@@ -161,6 +165,15 @@ export const workflowMachine = setup({
     armDeadline: assign(({ context }, { step }: { step: SensorStep }) => ({
       deadlines: { ...context.deadlines, [step]: Date.now() + context.sensorTimeoutMs[step] },
     })),
+    timeOutRun: assign(({ context }) => {
+      const running = STEP_IDS.filter((id) => context.steps[id]?.status === 'running');
+      const step = running[0] ?? 'run';
+      const error = {
+        code: 'RUN_TIMEOUT',
+        message: `the run exceeded its timeout of ${Math.round((context.runTimeoutMs ?? 0) / 1000)} s while in ${running.join(', ') || 'no step'}`,
+      };
+      return { failure: { step, ...error }, steps: closeRunning(context.steps, 'cancelled', running[0] ? { step: running[0], error } : undefined) };
+    }),
     failStep: assign(({ context, event }, { step }: { step: StepId }) => {
       const error = errorOf((event as { error?: unknown }).error);
       return { failure: { step, ...error }, steps: closeRunning(context.steps, 'cancelled', { step, error }) };
@@ -171,6 +184,7 @@ export const workflowMachine = setup({
   context: ({ input }) => ({
     ...input,
     loadId: null,
+    runDeadline: input.runTimeoutMs ? Date.now() + input.runTimeoutMs : null,
     deadlines: {},
     steps: {},
     failure: null,
@@ -179,6 +193,8 @@ export const workflowMachine = setup({
   initial: 'wait_for_l2_full_load',
   on: {
     CANCEL: { target: '.cancelled', actions: assign({ steps: ({ context }) => closeRunning(context.steps, 'cancelled') }) },
+    // A run already failing (in email_on_failure) keeps its first failure.
+    RUN_TIMEOUT: { guard: ({ context }) => context.failure === null, target: '.email_on_failure', actions: 'timeOutRun' },
   },
   states: {
     wait_for_l2_full_load: {

@@ -152,6 +152,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     owner,
     maxActiveRuns: config.maxActiveRuns,
     sensorTimeoutMs: { wait_for_l2_full_load: config.flagSensor.timeoutMs, wait_for_success_end: config.successEndSensor.timeoutMs },
+    runTimeoutMs: config.runTimeoutMs,
     runNotifications$: hub.notifications$.pipe(
       filter((n) => n.channel === RUN_CHANNEL),
       map((n) => n.payload as { status?: unknown; workflow_id?: unknown }),

@@ -85,6 +85,7 @@ const fileSchema = z.strictObject({
       startDate: z.string().optional(),
       maxActiveRuns: z.number().int().positive().optional(),
       claimIntervalSeconds: z.number().positive().max(3600).optional(),
+      runTimeoutSeconds: z.number().positive().max(MAX_TIMER_MS / 1000).optional(),
     })
     .optional(),
   connections: z.record(z.string(), z.string()).optional(),
@@ -131,6 +132,8 @@ export interface Config {
   maxActiveRuns: number;
   /** How often a process looks for runs to claim: bounds how long a dead process's runs wait for a take-over. */
   claimIntervalMs: number;
+  /** Whole-run timeout (Airflow's dagrun_timeout); null: none, as in the original DAG. */
+  runTimeoutMs: number | null;
   /** Connection URIs; they may hold secrets: never log them (see describeConfig). */
   connections: { dwh: string; sap: string; smtp: string };
   connectionIds: { dwh: string; sap: string; smtp: string };
@@ -449,6 +452,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { scope?:
     timezone,
     startDate,
     maxActiveRuns,
+    runTimeoutMs: ((t) => (t === undefined ? null : t * 1000))(
+      envNumber(env, 'L2FLOW_RUN_TIMEOUT_SECONDS', { max: Math.floor(MAX_TIMER_MS / 1000), example: 86400 }) ?? file.workflow?.runTimeoutSeconds,
+    ),
     claimIntervalMs: (envNumber(env, 'L2FLOW_CLAIM_INTERVAL_SECONDS', { max: 3600, example: 2 }) ?? file.workflow?.claimIntervalSeconds ?? 2) * 1000,
     connections,
     connectionIds,

@@ -40,6 +40,8 @@ export interface SupervisorOptions {
   owner: string;
   maxActiveRuns: number;
   sensorTimeoutMs: WorkflowInput['sensorTimeoutMs'];
+  /** Whole-run timeout (Airflow's dagrun_timeout), or null. */
+  runTimeoutMs?: number | null;
   /** Notifications of channel l2flow_run (queued runs wake the claim loop) and listener reconnects. */
   runNotifications$: Observable<{ status?: unknown; workflow_id?: unknown; run_id?: unknown }>;
   reconnects$: Observable<void>;
@@ -56,6 +58,8 @@ interface LiveRun {
   lockedOn: pg.Client;
   actor: Actor<WorkflowMachine>;
   sub: ActorSubscription;
+  /** Fires RUN_TIMEOUT at the run's deadline; re-armed from the snapshot's deadline after a restore. */
+  deadlineTimer: NodeJS.Timeout | null;
   /** The newest transition not yet written, with its persisted form taken at that transition. */
   pending: { snap: WorkflowSnapshot; persisted: unknown } | null;
   writing: Promise<void> | null;
@@ -201,6 +205,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     if (live.get(run.row.run_id) !== run) return;
     live.delete(run.row.run_id);
     releasing.add(run.row.run_id);
+    if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
     run.sub.unsubscribe();
     run.actor.stop();
     try {
@@ -226,12 +231,13 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
       businessDate: row.business_date,
       attempt: row.attempt,
       sensorTimeoutMs: o.sensorTimeoutMs,
+      runTimeoutMs: o.runTimeoutMs ?? null,
     };
     const restoring = row.snapshot !== null && row.snapshot !== undefined;
     const actor = restoring
       ? createActor(o.machine, { snapshot: row.snapshot as never, input })
       : createActor(o.machine, { input });
-    const run: LiveRun = { row, slot, lockedOn, actor, sub: undefined as never, pending: null, writing: null, log };
+    const run: LiveRun = { row, slot, lockedOn, actor, sub: undefined as never, deadlineTimer: null, pending: null, writing: null, log };
     live.set(row.run_id, run);
     let last = '';
     run.sub = actor.subscribe({
@@ -252,6 +258,14 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
       },
     });
     actor.start();
+    const deadline = actor.getSnapshot().context.runDeadline;
+    if (deadline !== null && deadline !== undefined) {
+      run.deadlineTimer = setTimeout(() => {
+        run.log.warn('run timeout reached: failing the run');
+        actor.send({ type: 'RUN_TIMEOUT' });
+      }, Math.min(Math.max(0, deadline - Date.now()), 2_147_483_647));
+      run.deadlineTimer.unref();
+    }
     const snap = actor.getSnapshot();
     emit(run, restoring ? 'restored' : 'started', snap, statusOf(snap));
     log.info({ restored: restoring, steps: activeSteps(snap.value) }, restoring ? 'run restored from its snapshot' : 'run started');
@@ -259,6 +273,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
 
   async function finish(run: LiveRun, snap: WorkflowSnapshot, status: RunStatus): Promise<void> {
     live.delete(run.row.run_id);
+    if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
     run.sub.unsubscribe();
     await unlock(run.row.run_id, run.slot, run.lockedOn);
     emit(run, 'finished', snap, status);

@@ -170,4 +170,28 @@ describe('supervisor', () => {
       return ids.length === 1 && ids[0] !== first;
     });
   });
+
+  it('a run timeout fails the run at its original deadline, also across a restart of the runtime', async () => {
+    const date = '2024-10-01';
+    // No flag: the run waits in its sensor until the 2 s run timeout.
+    const first = makeApp({ L2FLOW_START_DATE: date, L2FLOW_RUN_TIMEOUT_SECONDS: '2' });
+    await first.start();
+    await createRun(db.pool, { workflowId: WF, logicalDate: date, businessDate: '2024-09-30', triggeredBy: 'manual' });
+    await until('the run to wait for its flag', async () => (await getRunByDate(db.pool, WF, date))?.current_step === 'wait_for_l2_full_load');
+    await new Promise((r) => setTimeout(r, 1000));
+    await first.stop();
+    apps.splice(apps.indexOf(first), 1);
+    const second = makeApp({ L2FLOW_START_DATE: date, L2FLOW_RUN_TIMEOUT_SECONDS: '2' });
+    await second.start();
+    const done = await until('the run to time out', async () => {
+      const r = await getRunByDate(db.pool, WF, date);
+      return r?.status === 'failed' ? r : null;
+    });
+    expect(done.error?.message).toMatch(/wait_for_l2_full_load: the run exceeded its timeout of 2 s/);
+    const elapsed = done.finished_at!.getTime() - done.started_at!.getTime();
+    // A timer re-armed from scratch by the restart would fire at about 3 s.
+    expect(elapsed).toBeGreaterThanOrEqual(1900);
+    expect(elapsed).toBeLessThan(2800);
+    expect((await db.pool.query(`select count(*)::int as n from l2flow.email_outbox where run_id = $1`, [done.run_id])).rows[0].n).toBe(1);
+  });
 });

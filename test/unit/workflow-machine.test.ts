@@ -180,4 +180,32 @@ describe('workflow machine', () => {
     expect(second.calls[0]!.input.startedAt).toBe(first.calls[0]!.input.startedAt);
     a2.stop();
   });
+
+  it('RUN_TIMEOUT fails the run from whatever steps are running, with one mail, and fixes the deadline at creation', async () => {
+    const before = Date.now();
+    const f = fakes({ run_wf_data_preparation_for_reports: 'hang', load_ds_client_segmentation: 'hang' });
+    const actor = createActor(f.machine, { input: { ...input, runTimeoutMs: 3_600_000 } }).start();
+    const deadline = actor.getSnapshot().context.runDeadline!;
+    expect(deadline).toBeGreaterThanOrEqual(before + 3_600_000);
+    await waitFor(actor, (s) => activeSteps(s.value).length === 2);
+    actor.send({ type: 'RUN_TIMEOUT' });
+    const snap = await waitFor(actor, (s) => s.status === 'done', { timeout: 2000 });
+    expect(runOutcome(snap)).toBe('failed');
+    expect(snap.context.failure).toMatchObject({ step: 'run_wf_data_preparation_for_reports', code: 'RUN_TIMEOUT' });
+    expect(snap.context.failure?.message).toMatch(/3600 s while in run_wf_data_preparation_for_reports, load_ds_client_segmentation/);
+    expect(f.calls.find((c) => c.step === 'load_ds_client_segmentation')!.signal.aborted).toBe(true);
+    expect(f.calls.find((c) => c.step === 'run_wf_data_preparation_for_reports')!.signal.aborted).toBe(true);
+    expect(f.invoked().filter((s) => s === 'email_on_failure')).toHaveLength(1);
+    expect(snap.context.runDeadline).toBe(deadline);
+  });
+
+  it('ignores RUN_TIMEOUT once the run is already failing', async () => {
+    const f = fakes({ get_load_id: 'fail', email_on_failure: 'hang' });
+    const actor = createActor(f.machine, { input: { ...input, runTimeoutMs: 1000 } }).start();
+    await waitFor(actor, (s) => s.matches('email_on_failure'));
+    actor.send({ type: 'RUN_TIMEOUT' });
+    expect(actor.getSnapshot().context.failure?.code).toBe('BOOM');
+    expect(f.invoked().filter((s) => s === 'email_on_failure')).toHaveLength(1);
+    actor.stop();
+  });
 });
