@@ -151,10 +151,16 @@ export async function runsNoLongerActive(db: pg.Pool, runIds: string[]): Promise
  * the run trigger) stops its step and cancels its warehouse query. Returns the run as it was before, or null.
  */
 export async function cancelRun(db: pg.Pool, workflowId: string, logicalDate: string): Promise<{ run: RunRow; cancelled: boolean } | null> {
+  // The row as it was before the update, so the caller can say what was cancelled.
   const { rows } = await db.query<RunRow>(
-    `update l2flow.run set status = 'cancelled', finished_at = now(), updated_at = now(),
-            error = jsonb_build_object('code', 'CANCELLED', 'message', 'cancelled by an operator')
-      where workflow_id = $1 and logical_date = $2 and status in ('queued', 'running') returning ${RUN_COLUMNS}`,
+    `with before as (
+       select ${RUN_COLUMNS} from l2flow.run
+        where workflow_id = $1 and logical_date = $2 and status in ('queued', 'running') for update),
+     cancelled as (
+       update l2flow.run r set status = 'cancelled', finished_at = now(), updated_at = now(),
+              error = jsonb_build_object('code', 'CANCELLED', 'message', 'cancelled by an operator')
+         from before where r.run_id = before.run_id)
+     select * from before`,
     [workflowId, logicalDate],
   );
   if (rows[0]) return { run: rows[0], cancelled: true };

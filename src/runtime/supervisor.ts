@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { Subject, filter, type Observable, type Subscription } from 'rxjs';
+import { BehaviorSubject, Subject, filter, type Observable, type Subscription } from 'rxjs';
 import { createActor, type Actor, type Subscription as ActorSubscription } from 'xstate';
 import {
   activeSteps,
@@ -21,6 +21,8 @@ import { cancelledHere, failRun, runsNoLongerActive, saveProgress, takeRun, unfi
 const RUN_LOCK_SPACE = 727_002;
 /** max_active_runs across every process: a run holds one of N slot locks beside its own lock. */
 const RUN_SLOT_SPACE = 727_003;
+/** One leader per workflow across processes: the only one that may create scheduled runs. */
+const LEADER_SPACE = 727_004;
 
 export interface RunEvent {
   runId: string;
@@ -74,6 +76,10 @@ export interface Supervisor {
   claim(): Promise<void>;
   activeRunIds(): string[];
   events$: Observable<RunEvent>;
+  /** True while this process holds the workflow's leader lock (the one process that may create scheduled runs). */
+  isLeader(): boolean;
+  /** Emits on every change of leadership of this process. */
+  leadership$: Observable<boolean>;
 }
 
 /** Build the supervisor for one process. */
@@ -82,6 +88,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   /** Runs stopped here whose last snapshot is still being written: not claimable until that write settles. */
   const releasing = new Set<string>();
   const events = new Subject<RunEvent>();
+  const leadership = new BehaviorSubject<boolean>(false);
   const subs: Subscription[] = [];
   let lockClient: pg.Client | null = null;
   let stopping = false;
@@ -102,6 +109,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
       // Losing this connection loses every run lock: stop executing them; whoever locks them next resumes them.
       o.logger.error({ err: toErrorInfo(err) }, 'lock connection lost: releasing all runs of this process');
       lockClient = null;
+      setLeader(false);
       void releaseAll('lock connection lost').then(() => scheduleClaim(1000));
     });
     await client.connect();
@@ -282,7 +290,21 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     scheduleClaim(0);
   }
 
+  function setLeader(leader: boolean): void {
+    if (leadership.value === leader) return;
+    o.logger.info({ owner: o.owner }, leader ? 'this process is now the leader (the one that creates scheduled runs)' : 'this process is no longer the leader');
+    leadership.next(leader);
+  }
+
+  /** Leadership is a session advisory lock on the lock connection: it dies with the process that holds it. */
+  async function tryLead(): Promise<void> {
+    if (leadership.value || !lockClient) return;
+    const { rows } = await lockClient.query<{ ok: boolean }>('select pg_try_advisory_lock($1, hashtext($2)) as ok', [LEADER_SPACE, o.workflowId]);
+    if (rows[0]?.ok) setLeader(true);
+  }
+
   async function claimOnce(): Promise<void> {
+    await tryLead();
     await cancelStale();
     for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
       if (stopping) return;
@@ -366,6 +388,8 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
 
   return {
     events$: events.asObservable(),
+    leadership$: leadership.asObservable(),
+    isLeader: () => leadership.value,
     activeRunIds: () => [...live.keys()],
     claim,
     async start() {
@@ -392,6 +416,8 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
       await releaseAll('shutdown');
       await lockClient?.end().catch(() => undefined);
       lockClient = null;
+      setLeader(false);
+      leadership.complete();
       events.complete();
     },
   };

@@ -183,6 +183,21 @@ describe('trigger and status', () => {
     expect((await runsOf(db, "logical_date = '2024-03-10'"))[0]!.status).toBe('failed');
   });
 
+  it('cancel marks a queued run cancelled; cancelling again, or a date without a run, exits 1', async () => {
+    await cli(['trigger', '--date', '2024-04-20'], env);
+    const r = await cli(['cancel', '--date', '2024-04-20'], env);
+    expect(r.code).toBe(0);
+    expect(r.out).toBe('cancelled manual__2024-04-20 (was queued)');
+    expect((await runsOf(db, "logical_date = '2024-04-20'"))[0]!.status).toBe('cancelled');
+    const again = await cli(['cancel', '--date', '2024-04-20'], env);
+    expect(again.code).toBe(1);
+    expect(again.err).toMatch(/already cancelled: nothing to cancel/);
+    const none = await cli(['cancel', '--date', '2024-04-21'], env);
+    expect(none.code).toBe(1);
+    expect(none.err).toMatch(/no run for 2024-04-21/);
+    expect((await cli(['cancel'], env)).code).toBe(2);
+  });
+
   it('without --date queues today in the workflow timezone', async () => {
     const before = dateInZone('Asia/Tashkent');
     const r = await cli(['trigger'], { ...env, L2FLOW_TIMEZONE: 'Asia/Tashkent' });

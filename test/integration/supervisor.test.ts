@@ -194,4 +194,20 @@ describe('supervisor', () => {
     expect(elapsed).toBeLessThan(2800);
     expect((await db.pool.query(`select count(*)::int as n from l2flow.email_outbox where run_id = $1`, [done.run_id])).rows[0].n).toBe(1);
   });
+
+  it('exactly one of several processes is the leader; when it stops another takes over', async () => {
+    const trio = [makeApp(), makeApp(), makeApp()];
+    for (const app of trio) await app.start();
+    await until('a leader', async () => trio.some((a) => a.supervisor.isLeader()));
+    await new Promise((r) => setTimeout(r, 400)); // two more claim rounds: nobody else may lead
+    expect(trio.filter((a) => a.supervisor.isLeader())).toHaveLength(1);
+    const leader = trio.find((a) => a.supervisor.isLeader())!;
+    const stoppedAt = Date.now();
+    await leader.stop();
+    apps.splice(apps.indexOf(leader), 1);
+    const rest = trio.filter((a) => a !== leader);
+    await until('a new leader', async () => rest.some((a) => a.supervisor.isLeader()), 3000, 10);
+    expect(Date.now() - stoppedAt).toBeLessThan(1000); // the claim interval in this test is 200 ms
+    expect(rest.filter((a) => a.supervisor.isLeader())).toHaveLength(1);
+  });
 });
