@@ -49,7 +49,20 @@ export function secretsOf(uris: string[]): string[] {
     try {
       const url = new URL(uri);
       if (url.password) out.push(url.password, decodeURIComponent(url.password));
-      for (const [k, v] of url.searchParams) if (/token|password|secret|__extra__/i.test(k) && v) out.push(v);
+      for (const [k, v] of url.searchParams) {
+        if (!/token|password|secret|__extra__/i.test(k) || !v) continue;
+        out.push(v);
+        // Airflow's __extra__ is JSON: its token alone may be logged, not only the whole parameter.
+        if (k === '__extra__') {
+          try {
+            for (const [ek, ev] of Object.entries(JSON.parse(v) as Record<string, unknown>)) {
+              if (/token|password|secret|key/i.test(ek) && typeof ev === 'string' && ev) out.push(ev);
+            }
+          } catch {
+            // not JSON: the whole value is already collected
+          }
+        }
+      }
     } catch {
       // An unparseable URI is rejected by config validation; nothing to collect.
     }
