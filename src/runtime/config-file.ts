@@ -1,0 +1,252 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+/** The L2FLOW_CONFIG file: its schema, and reading it with messages that name the key and the fix. */
+
+/** A setting an operator must fix; `key` names it as the operator writes it. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(
+    readonly key: string,
+    readonly problem: string,
+    /** The file the key was read from, when it came from L2FLOW_CONFIG. */
+    readonly source?: string,
+  ) {
+    super(`configuration error: ${key}${source ? ` (in ${source})` : ''}: ${problem}`);
+  }
+}
+
+export const DAY_S = 24 * 3600;
+
+/** Longest delay a Node timer takes; setTimeout/setInterval fire at once for anything longer. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
+/** A positive number of `what`; `timer` caps it at the longest delay a Node timer takes (for values that end up in one). */
+const positive = (what: 'seconds' | 'milliseconds', opts: { timer?: boolean } = {}) => {
+  const n = z.number().positive({
+    error: `must be greater than 0 ${what}`,
+  });
+  if (!opts.timer) return n;
+  const max = what === 'seconds' ? Math.floor(MAX_TIMER_MS / 1000) : MAX_TIMER_MS;
+  return n.max(max, { error: `must be at most ${max} ${what} (about 24 days, the longest timer Node.js supports)` });
+};
+
+/** `$n` placeholders a statement references (a heuristic that also counts `$n` inside literals). */
+function paramsReferenced(statement: string): number[] {
+  return [...new Set([...statement.matchAll(/\$(\d+)(?!\d)/g)].map((m) => Number(m[1])))];
+}
+
+const childSchema = z.discriminatedUnion(
+  'kind',
+  [
+    z.strictObject({
+      kind: z.literal('sql'),
+      statement: z
+        .string({ error: 'must be a SQL statement, e.g. "call l2.my_proc($1::date, $2::bigint)"' })
+        .trim()
+        .min(1, { error: 'must be a SQL statement, e.g. "call l2.my_proc($1::date, $2::bigint)"' })
+        .refine((st) => paramsReferenced(st).every((n) => n >= 1 && n <= 2), {
+          error: 'may reference only $1 (the logical date) and $2 (the load id): remove the other $n placeholders',
+        }),
+      timeoutSeconds: positive('seconds', { timer: true }).optional(),
+      transactional: z.boolean({ error: 'must be true or false' }).optional(),
+    }),
+    z.strictObject({
+      kind: z.literal('builtin'),
+      name: z.literal('sys_kill_all_session_pg', { error: 'must be sys_kill_all_session_pg, the only builtin child' }),
+      idleSeconds: z.number({ error: 'must be a whole number of seconds, e.g. 300' }).int({ error: 'must be a whole number of seconds, e.g. 300' }).nonnegative({ error: 'must be 0 or more seconds' }).optional(),
+      timeoutSeconds: positive('seconds', { timer: true }).optional(),
+    }),
+  ],
+  {
+    error: (iss) =>
+      `${iss.input && typeof iss.input === 'object' && 'kind' in iss.input ? `unknown child kind ${quote((iss.input as { kind: unknown }).kind)}` : 'kind is missing'}: write kind: sql (with statement: "call ...", run in the warehouse) or kind: builtin (with name: sys_kill_all_session_pg)`,
+  },
+);
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const fileSchema = z.strictObject({
+  workflow: z
+    .strictObject({
+      timezone: z.string().optional(),
+      startDate: z.string().optional(),
+      maxActiveRuns: z.number().int().positive().optional(),
+      claimIntervalSeconds: z.number().positive().max(3600).optional(),
+      runTimeoutSeconds: z.number().positive().max(MAX_TIMER_MS / 1000).optional(),
+    })
+    .optional(),
+  connections: z.record(z.string(), z.string()).optional(),
+  email: z.strictObject({ recipients: z.array(z.string()).optional(), from: z.string().optional() }).optional(),
+  sensors: z
+    .strictObject({
+      wait_for_l2_full_load: z
+        .strictObject({
+          flagTable: z.string().optional(),
+          flagCode: z.string().min(1).optional(),
+          pokeIntervalSeconds: positive('seconds', { timer: true }).optional(),
+          timeoutSeconds: positive('seconds').optional(),
+        })
+        .optional(),
+      wait_for_success_end: z
+        .strictObject({
+          pokeIntervalSeconds: positive('seconds', { timer: true }).optional(),
+          timeoutSeconds: positive('seconds').optional(),
+          executionDeltaDays: z.number().int().positive().optional(),
+        })
+        .optional(),
+    })
+    .optional(),
+  children: z.record(z.string(), childSchema).optional(),
+  pools: z.record(z.string(), z.strictObject({ slots: z.number().int().positive() })).optional(),
+  sap: z
+    .strictObject({
+      viewName: z.string().optional(),
+      connectTimeoutSeconds: positive('seconds', { timer: true }).optional(),
+      timeoutSeconds: positive('seconds', { timer: true }).optional(),
+      maxTries: z.number().int().positive().optional(),
+      retryBaseDelayMs: positive('milliseconds', { timer: true }).optional(),
+      retryMaxDelayMs: positive('milliseconds', { timer: true }).optional(),
+    })
+    .optional(),
+  logLevel: z.enum(LOG_LEVELS).optional(),
+});
+export type FileConfig = z.infer<typeof fileSchema>;
+
+/** A short, quoted rendering of a value an operator wrote (never used for connection URIs, which may hold secrets). */
+export function quote(v: unknown): string {
+  const s = typeof v === 'string' ? v : JSON.stringify(v) ?? String(v);
+  return JSON.stringify(s.length > 60 ? `${s.slice(0, 57)}...` : s);
+}
+
+function typeName(v: unknown): string {
+  if (v === undefined) return 'missing';
+  if (v === null) return 'empty (null)';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  return `a ${typeof v} (${quote(v)})`;
+}
+
+const EXPECTED: Record<string, string> = {
+  number: 'a number (unquoted)',
+  int: 'a whole number (unquoted)',
+  string: 'a text value',
+  boolean: 'true or false',
+  object: 'a mapping of settings (key: value)',
+  record: 'a mapping of settings (key: value)',
+  array: 'a list',
+};
+
+/** Messages for the file schema's issues that carry no message of their own: say what is wrong and what to write. */
+const fileErrorMap: z.core.$ZodErrorMap = (iss) => {
+  switch (iss.code) {
+    case 'invalid_type': {
+      const want = EXPECTED[iss.expected] ?? iss.expected;
+      if (iss.input === undefined) return `is required: write ${want}`;
+      if ((iss.expected === 'number' || iss.expected === 'int') && typeof iss.input === 'number') return `must be ${want}, not ${iss.input}`;
+      const unquote = (iss.expected === 'number' || iss.expected === 'int') && typeof iss.input === 'string' && Number.isFinite(Number(iss.input));
+      return `must be ${want}, not ${typeName(iss.input)}${unquote ? ': remove the quotes' : ''}`;
+    }
+    case 'too_small':
+      if (iss.origin === 'number' || iss.origin === 'int') return `must be ${iss.inclusive ? 'at least' : 'greater than'} ${String(iss.minimum)}`;
+      if (iss.origin === 'string') return 'must not be empty';
+      return `must hold at least ${String(iss.minimum)} item(s)`;
+    case 'too_big':
+      return `must be at most ${String(iss.maximum)}`;
+    case 'invalid_value':
+      return `must be ${iss.values.length === 1 ? '' : 'one of '}${iss.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    default:
+      return undefined;
+  }
+};
+
+/** The keys a strict object accepts at `at` (a path into the file), for "did you mean" help; [] when unknown. */
+function validKeysAt(schema: z.ZodType, at: PropertyKey[], raw: unknown): string[] {
+  let s: z.ZodType = schema;
+  let value: unknown = raw;
+  const unwrap = () => {
+    for (;;) {
+      if (s instanceof z.ZodOptional) s = s.unwrap() as z.ZodType;
+      else if (s instanceof z.ZodDiscriminatedUnion) {
+        const disc: string = s.def.discriminator;
+        const kind = value && typeof value === 'object' ? (value as Record<string, unknown>)[disc] : undefined;
+        const option = (s.options as z.ZodType[]).find((o) => o instanceof z.ZodObject && (o.shape as Record<string, z.ZodType>)[disc]?.safeParse(kind).success);
+        if (!option) return;
+        s = option;
+      } else return;
+    }
+  };
+  for (const part of at) {
+    unwrap();
+    value = value && typeof value === 'object' ? (value as Record<PropertyKey, unknown>)[part] : undefined;
+    if (s instanceof z.ZodObject) s = (s.shape as Record<string, z.ZodType>)[String(part)] ?? z.never();
+    else if (s instanceof z.ZodRecord) s = s.valueType as z.ZodType;
+    else return [];
+  }
+  unwrap();
+  return s instanceof z.ZodObject ? Object.keys(s.shape) : [];
+}
+
+export function readFileConfig(file: string): FileConfig {
+  const name = path.basename(file);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'it is a directory' : code === 'EACCES' ? 'permission denied' : code;
+    throw new ConfigError('L2FLOW_CONFIG', `cannot read ${file} (${why}): point L2FLOW_CONFIG at an existing YAML or JSON file, or unset it`);
+  }
+  const json = /\.json$/i.test(file);
+  let raw: unknown;
+  try {
+    raw = json ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    // Parser messages can quote the file's text, and the file may hold connection passwords: give the position only.
+    throw new ConfigError('L2FLOW_CONFIG', `${file} is not valid ${json ? 'JSON' : 'YAML'} (${parseErrorWhere(text, err)}): fix the syntax there`);
+  }
+  const parsed = fileSchema.safeParse(raw ?? {}, { error: fileErrorMap });
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    if (issue.code === 'unrecognized_keys') {
+      const where = issue.path.join('.');
+      const valid = validKeysAt(fileSchema, issue.path, raw);
+      throw new ConfigError(
+        issue.keys.map((k) => (where ? `${where}.${k}` : k)).join(', '),
+        `unknown setting: remove it or check its spelling${valid.length ? `; valid settings${where ? ` under ${where}` : ''}: ${valid.join(', ')}` : ''}`,
+        name,
+      );
+    }
+    throw new ConfigError(issue.path.join('.') || '(top level)', issue.message, name);
+  }
+  return parsed.data;
+}
+
+/** "line L, column C" of a JSON or YAML syntax error, without quoting the text. */
+function parseErrorWhere(text: string, err: unknown): string {
+  const linePos = (err as { linePos?: [{ line: number; col: number }] }).linePos; // yaml's YAMLParseError
+  if (linePos?.[0]) return `line ${linePos[0].line}, column ${linePos[0].col}`;
+  const message = (err as Error).message ?? '';
+  const at = (offset: number) => {
+    const before = text.slice(0, offset);
+    return `line ${before.split('\n').length}, column ${offset - before.lastIndexOf('\n')}`;
+  };
+  const pos = /at position (\d+)/.exec(message);
+  if (pos) return at(Number(pos[1]));
+  // V8's `Unexpected token 'x', ..."<about 10 characters either side>"... is not valid JSON`: find that excerpt.
+  const excerpt = /^Unexpected token .*?, (\.\.\.)?"(.*)"(\.\.\.)? is not valid JSON$/s.exec(message);
+  if (excerpt?.[2]) {
+    const i = text.indexOf(excerpt[2]);
+    if (i >= 0) return at(i + (excerpt[1] ? 10 : 0));
+  }
+  // JSON is YAML: the YAML parser can locate what JSON.parse only quoted.
+  try {
+    parseYaml(text);
+  } catch (yamlErr) {
+    const lp = (yamlErr as { linePos?: [{ line: number; col: number }] }).linePos;
+    if (lp?.[0]) return `line ${lp[0].line}, column ${lp[0].col}`;
+  }
+  return /end of JSON input/i.test((err as Error).message ?? '') ? 'the file ends too early' : 'syntax error';
+}
