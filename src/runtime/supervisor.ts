@@ -1,4 +1,4 @@
-import pg from 'pg';
+import type pg from 'pg';
 import { BehaviorSubject, Subject, filter, type Observable, type Subscription } from 'rxjs';
 import { createActor, type Actor, type Subscription as ActorSubscription } from 'xstate';
 import {
@@ -10,6 +10,7 @@ import {
 } from '../machines/workflow.js';
 import { toErrorInfo } from '../services/errors.js';
 import type { Logger } from './logger.js';
+import { createRunLocks, type LockEpoch } from './run-locks.js';
 import { cancelledHere, failRun, runsNoLongerActive, saveProgress, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
 
 /**
@@ -18,11 +19,6 @@ import { cancelledHere, failRun, runsNoLongerActive, saveProgress, takeRun, unfi
  * timeout logic. After every transition the actor's persisted snapshot is written, newest-wins and in order.
  */
 
-const RUN_LOCK_SPACE = 727_002;
-/** max_active_runs across every process: a run holds one of N slot locks beside its own lock. */
-const RUN_SLOT_SPACE = 727_003;
-/** One leader per workflow across processes: the only one that may create scheduled runs. */
-const LEADER_SPACE = 727_004;
 
 export interface RunEvent {
   runId: string;
@@ -57,7 +53,7 @@ interface LiveRun {
   row: RunRow;
   slot: number;
   /** The lock connection that holds this run's locks: once it is gone, unlocking on a newer one would free others' slots. */
-  lockedOn: pg.Client;
+  lockedOn: LockEpoch;
   actor: Actor<WorkflowMachine>;
   sub: ActorSubscription;
   /** Fires RUN_TIMEOUT at the run's deadline; re-armed from the snapshot's deadline after a restore. */
@@ -90,7 +86,6 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   const events = new Subject<RunEvent>();
   const leadership = new BehaviorSubject<boolean>(false);
   const subs: Subscription[] = [];
-  let lockClient: pg.Client | null = null;
   let stopping = false;
   let claiming: Promise<void> | null = null;
   let claimAgain = false;
@@ -100,58 +95,17 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   const emit = (run: LiveRun, type: RunEvent['type'], snap: WorkflowSnapshot, status: RunStatus) =>
     events.next({ runId: run.row.run_id, logicalDate: run.row.logical_date, type, steps: activeSteps(snap.value), status, at: Date.now() });
 
-  async function connectLockClient(): Promise<pg.Client> {
-    const client = new pg.Client({ connectionString: o.connectionString, application_name: 'l2flow-locks' });
-    client.on('error', (err) => {
-      // pg reports a lost connection twice (the server's FATAL, then the socket's end): act once, and never
-      // on a client that was already replaced.
-      if (lockClient !== client) return;
-      // Losing this connection loses every run lock: stop executing them; whoever locks them next resumes them.
+  const locks = createRunLocks({
+    connectionString: o.connectionString,
+    maxActiveRuns: o.maxActiveRuns,
+    workflowId: o.workflowId,
+    onLost: (err) => {
+      // Losing the lock connection loses every run lock: stop executing them; whoever locks them next resumes them.
       o.logger.error({ err: toErrorInfo(err) }, 'lock connection lost: releasing all runs of this process');
-      lockClient = null;
       setLeader(false);
       void releaseAll('lock connection lost').then(() => scheduleClaim(1000));
-    });
-    await client.connect();
-    // The server must notice a vanished host (no FIN) to free this process's run locks: without these settings
-    // that takes the OS default of two hours and more; with them about 25 s. Unix sockets ignore them.
-    await client.query('set tcp_keepalives_idle = 10; set tcp_keepalives_interval = 5; set tcp_keepalives_count = 3');
-    return client;
-  }
-
-  async function tryLock(runId: string): Promise<boolean> {
-    lockClient ??= await connectLockClient();
-    const { rows } = await lockClient.query<{ ok: boolean }>('select pg_try_advisory_lock($1, hashtext($2)) as ok', [RUN_LOCK_SPACE, runId]);
-    return rows[0]?.ok ?? false;
-  }
-
-  async function unlock(runId: string, slot: number | null, on: pg.Client | null = lockClient): Promise<void> {
-    if (!on || on !== lockClient) return; // the locks died with their connection
-    const sql = slot === null
-      ? { text: 'select pg_advisory_unlock($1, hashtext($2))', values: [RUN_LOCK_SPACE, runId] }
-      : { text: 'select pg_advisory_unlock($1, hashtext($2)), pg_advisory_unlock($3, $4)', values: [RUN_LOCK_SPACE, runId, RUN_SLOT_SPACE, slot] };
-    await on.query(sql).catch(() => undefined);
-  }
-
-  /** Take a free one of the max_active_runs slots shared by every process, or null when all are held. */
-  async function trySlot(): Promise<number | null> {
-    lockClient ??= await connectLockClient();
-    for (let tries = 0; tries < 3; tries++) {
-      const { rows } = await lockClient.query<{ slot: number | null; ok: boolean | null }>(
-        `select s.i as slot, pg_try_advisory_lock($1::int, s.i) as ok
-           from (select i from generate_series(0, $2::int - 1) i
-                  where not exists (select 1 from pg_locks l where l.locktype = 'advisory' and l.classid = $1::int::oid
-                                      and l.objid = i::oid and l.objsubid = 2 and l.granted)
-                  order by i limit 1) s`,
-        [RUN_SLOT_SPACE, o.maxActiveRuns],
-      );
-      const row = rows[0];
-      if (!row) return null;
-      if (row.ok) return row.slot;
-      // Another process took that slot between the look and the lock: look again.
-    }
-    return null;
-  }
+    },
+  });
 
   function statusOf(snap: WorkflowSnapshot): RunStatus {
     return runOutcome(snap) ?? 'running';
@@ -221,7 +175,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     run.actor.stop();
     try {
       await run.writing?.catch(() => undefined);
-      await unlock(run.row.run_id, run.slot, run.lockedOn);
+      await locks.unlock(run.row.run_id, run.slot, run.lockedOn);
     } finally {
       releasing.delete(run.row.run_id);
     }
@@ -233,7 +187,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     await Promise.all([...live.values()].map((r) => drop(r, why)));
   }
 
-  function launch(row: RunRow, slot: number, lockedOn: pg.Client): void {
+  function launch(row: RunRow, slot: number, lockedOn: LockEpoch): void {
     const log = o.logger.child({ runId: row.run_id, logicalDate: row.logical_date, ...(row.load_id ? { loadId: row.load_id } : {}) });
     const input: WorkflowInput = {
       runId: row.run_id,
@@ -286,7 +240,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     live.delete(run.row.run_id);
     if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
     run.sub.unsubscribe();
-    await unlock(run.row.run_id, run.slot, run.lockedOn);
+    await locks.unlock(run.row.run_id, run.slot, run.lockedOn);
     emit(run, 'finished', snap, status);
     run.log.info({ status, failure: snap.context.failure ?? undefined }, 'run finished %s', status);
     if (status === 'failed') o.onRunFailed?.(run.row.run_id);
@@ -301,9 +255,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
 
   /** Leadership is a session advisory lock on the lock connection: it dies with the process that holds it. */
   async function tryLead(): Promise<void> {
-    if (leadership.value || !lockClient) return;
-    const { rows } = await lockClient.query<{ ok: boolean }>('select pg_try_advisory_lock($1, hashtext($2)) as ok', [LEADER_SPACE, o.workflowId]);
-    if (rows[0]?.ok) setLeader(true);
+    if (!leadership.value && (await locks.tryLead())) setLeader(true);
   }
 
   async function claimOnce(): Promise<void> {
@@ -312,21 +264,21 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
       if (stopping) return;
       if (live.has(runId) || releasing.has(runId)) continue;
-      if (!(await tryLock(runId))) continue;
-      const lockedOn = lockClient;
-      const slot = await trySlot();
+      if (!(await locks.tryLockRun(runId))) continue;
+      const lockedOn = locks.epoch();
+      const slot = await locks.trySlot();
       if (slot === null) {
         // Every max_active_runs slot is taken, here or in another process; a finishing run wakes the claim loop.
-        await unlock(runId, null);
+        await locks.unlock(runId, null);
         return;
       }
       const row = await takeRun(o.pool, runId, o.owner).catch(async (err: unknown) => {
-        await unlock(runId, slot);
+        await locks.unlock(runId, slot);
         throw err;
       });
-      if (!row || stopping || !lockedOn || lockClient !== lockedOn) {
+      if (!row || stopping || !lockedOn || locks.epoch() !== lockedOn) {
         // Finished meanwhile, or the lock connection died while we claimed it (it stays resumable).
-        await unlock(runId, slot);
+        await locks.unlock(runId, slot);
         continue;
       }
       try {
@@ -337,7 +289,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
         const info = toErrorInfo(err);
         o.logger.error({ runId, err: info }, 'cannot start or restore run');
         await failRun(o.pool, runId, { code: 'RESTORE_FAILED', message: `cannot restore run ${runId}: ${info.message}` });
-        await unlock(runId, slot);
+        await locks.unlock(runId, slot);
       }
     }
   }
@@ -396,7 +348,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     activeRunIds: () => [...live.keys()],
     claim,
     async start() {
-      lockClient = await connectLockClient();
+      await locks.connect();
       subs.push(
         o.runNotifications$
           .pipe(filter((n) => n.status === 'queued' && (n.workflow_id === undefined || n.workflow_id === o.workflowId)))
@@ -417,8 +369,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
       for (const s of subs) s.unsubscribe();
       await claiming?.catch(() => undefined);
       await releaseAll('shutdown');
-      await lockClient?.end().catch(() => undefined);
-      lockClient = null;
+      await locks.end();
       setLeader(false);
       leadership.complete();
       events.complete();
