@@ -1,17 +1,12 @@
 import type pg from 'pg';
 import { BehaviorSubject, Subject, filter, type Observable, type Subscription } from 'rxjs';
 import { createActor, type Actor, type Subscription as ActorSubscription } from 'xstate';
-import {
-  activeSteps,
-  runOutcome,
-  type WorkflowInput,
-  type WorkflowMachine,
-  type WorkflowSnapshot,
-} from '../machines/workflow.js';
+import { activeSteps, type WorkflowInput, type WorkflowMachine, type WorkflowSnapshot } from '../machines/workflow.js';
 import { toErrorInfo } from '../services/errors.js';
 import type { Logger } from './logger.js';
 import { createRunLocks, type LockEpoch } from './run-locks.js';
-import { cancelledHere, failRun, runsNoLongerActive, saveProgress, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
+import { failRun, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
+import { createSnapshotWriter, statusOf, type SnapshotWriter } from './snapshot-writer.js';
 
 /**
  * The one place where runs are started, restored and stopped. A run is executed by whoever holds its session
@@ -58,9 +53,7 @@ interface LiveRun {
   sub: ActorSubscription;
   /** Fires RUN_TIMEOUT at the run's deadline; re-armed from the snapshot's deadline after a restore. */
   deadlineTimer: NodeJS.Timeout | null;
-  /** The newest transition not yet written, with its persisted form taken at that transition. */
-  pending: { snap: WorkflowSnapshot; persisted: unknown } | null;
-  writing: Promise<void> | null;
+  writer: SnapshotWriter;
   log: Logger;
 }
 
@@ -107,64 +100,6 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     },
   });
 
-  function statusOf(snap: WorkflowSnapshot): RunStatus {
-    return runOutcome(snap) ?? 'running';
-  }
-
-  /** Newest-wins persistence: at most one write in flight per run; later snapshots replace queued ones. */
-  function persist(run: LiveRun, snap: WorkflowSnapshot): Promise<void> {
-    // Taken now, not when the write happens: a write that outlives the actor (a retry during an outage, a release)
-    // would otherwise store the stopped actor's snapshot, which has no step in flight and restores as a dead run.
-    run.pending = { snap, persisted: run.actor.getPersistedSnapshot() };
-    run.writing ??= (async () => {
-      let retryMs = 0;
-      while (run.pending) {
-        const next = run.pending;
-        const s = next.snap;
-        run.pending = null;
-        const status = statusOf(s);
-        const failure = s.context.failure;
-        const saved = await saveProgress(o.pool, run.row.run_id, o.owner, {
-          status,
-          currentStep: activeSteps(s.value).join(',') || (status === 'running' ? null : status),
-          loadId: s.context.loadId,
-          error: failure ? { code: failure.code, message: `${failure.step}: ${failure.message}`, details: { step: failure.step } } : null,
-          snapshot: next.persisted,
-          attempt: s.context.attempt,
-          steps: s.context.steps,
-        }).catch((err: unknown) => {
-          // Once per outage, not once per retry.
-          if (retryMs === 0) run.log.error({ err: toErrorInfo(err) }, 'could not persist the run snapshot; retrying with backoff');
-          run.pending ??= next;
-          return null;
-        });
-        if (saved === false) {
-          // A newer snapshot (the CANCEL transition) may be accepted where this one was not.
-          if (run.pending) continue;
-          if (await cancelledHere(o.pool, run.row.run_id, o.owner).catch(() => false)) {
-            // Cancelled by an operator while this write was in flight: let the machine stop its steps and record
-            // the cancelled state, rather than stopping the actor with steps still marked running.
-            cancelLive(run.row.run_id);
-            continue;
-          }
-          run.log.warn('run is no longer owned by this process (taken over or finished elsewhere): stopping it here');
-          void drop(run, 'not owner');
-          return;
-        }
-        if (saved === null) {
-          retryMs = Math.min(Math.max(500, retryMs * 2), 2_000);
-          await new Promise((r) => setTimeout(r, retryMs));
-        } else if (retryMs > 0) {
-          run.log.info('run snapshot persisted again');
-          retryMs = 0;
-        }
-      }
-    })().finally(() => {
-      run.writing = null;
-    });
-    return run.writing;
-  }
-
   /** Stop a live run here without touching its record (it stays resumable), then release its lock. */
   async function drop(run: LiveRun, why: string): Promise<void> {
     if (live.get(run.row.run_id) !== run) return;
@@ -174,7 +109,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     run.sub.unsubscribe();
     run.actor.stop();
     try {
-      await run.writing?.catch(() => undefined);
+      await run.writer.flushed();
       await locks.unlock(run.row.run_id, run.slot, run.lockedOn);
     } finally {
       releasing.delete(run.row.run_id);
@@ -202,7 +137,15 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     const actor = restoring
       ? createActor(o.machine, { snapshot: row.snapshot as never, input })
       : createActor(o.machine, { input });
-    const run: LiveRun = { row, slot, lockedOn, actor, sub: undefined as never, deadlineTimer: null, pending: null, writing: null, log };
+    const writer = createSnapshotWriter({
+      pool: o.pool,
+      runId: row.run_id,
+      owner: o.owner,
+      log,
+      onCancelled: () => cancelLive(row.run_id),
+      onNotOwner: () => void drop(run, 'not owner'),
+    });
+    const run: LiveRun = { row, slot, lockedOn, actor, sub: undefined as never, deadlineTimer: null, writer, log };
     live.set(row.run_id, run);
     let last = '';
     run.sub = actor.subscribe({
@@ -212,7 +155,9 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
         last = steps;
         const status = statusOf(snap);
         emit(run, 'transition', snap, status);
-        void persist(run, snap).then(() => {
+        // Taken now, not when the write happens: a write that outlives the actor (a retry during an outage, a
+        // release) would otherwise store the stopped actor's snapshot, which restores as a dead run.
+        void run.writer.write(snap, actor.getPersistedSnapshot()).then(() => {
           if (status !== 'running' && live.get(row.run_id) === run) void finish(run, snap, status);
         });
       },

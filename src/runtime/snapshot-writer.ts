@@ -1,0 +1,94 @@
+import type pg from 'pg';
+import { activeSteps, runOutcome, type WorkflowSnapshot } from '../machines/workflow.js';
+import { toErrorInfo } from '../services/errors.js';
+import { abortableSleep } from '../services/sleep.js';
+import type { Logger } from './logger.js';
+import { cancelledHere, saveProgress, type RunStatus } from './run-store.js';
+
+/**
+ * Writes one run's snapshots to l2flow.run, newest wins: at most one write in flight, and a snapshot queued behind
+ * it is replaced by a newer one, so the stored state never goes back in time. A failed write is retried with
+ * backoff (logged once per outage). A write refused because the run is no longer ours ends the writer.
+ */
+export interface SnapshotWriter {
+  /** Queue the snapshot of a transition with its persisted form, taken at that transition. */
+  write(snap: WorkflowSnapshot, persisted: unknown): Promise<void>;
+  /** Resolves once nothing is queued or in flight. */
+  flushed(): Promise<void>;
+}
+
+/** The status a snapshot gives its run. */
+export function statusOf(snap: WorkflowSnapshot): RunStatus {
+  return runOutcome(snap) ?? 'running';
+}
+
+/** Build the writer of one run; `onCancelled` and `onNotOwner` say why a write was refused. */
+export function createSnapshotWriter(o: {
+  pool: pg.Pool;
+  runId: string;
+  owner: string;
+  log: Logger;
+  /** The run was cancelled by an operator: the host should send CANCEL so the cancelled state gets written. */
+  onCancelled: () => void;
+  /** The run was taken over or finished elsewhere: the host should stop executing it. */
+  onNotOwner: () => void;
+}): SnapshotWriter {
+  let pending: { snap: WorkflowSnapshot; persisted: unknown } | null = null;
+  let writing: Promise<void> | null = null;
+
+  async function drain(): Promise<void> {
+    let retryMs = 0;
+    while (pending) {
+      const next = pending;
+      const s = next.snap;
+      pending = null;
+      const status = statusOf(s);
+      const failure = s.context.failure;
+      const saved = await saveProgress(o.pool, o.runId, o.owner, {
+        status,
+        currentStep: activeSteps(s.value).join(',') || (status === 'running' ? null : status),
+        loadId: s.context.loadId,
+        error: failure ? { code: failure.code, message: `${failure.step}: ${failure.message}`, details: { step: failure.step } } : null,
+        snapshot: next.persisted,
+        attempt: s.context.attempt,
+        steps: s.context.steps,
+      }).catch((err: unknown) => {
+        // Once per outage, not once per retry.
+        if (retryMs === 0) o.log.error({ err: toErrorInfo(err) }, 'could not persist the run snapshot; retrying with backoff');
+        pending ??= next;
+        return null;
+      });
+      if (saved === false) {
+        // A newer snapshot (the CANCEL transition) may be accepted where this one was not.
+        if (pending) continue;
+        if (await cancelledHere(o.pool, o.runId, o.owner).catch(() => false)) {
+          // Cancelled while this write was in flight: the machine must stop its steps and record the cancelled
+          // state, rather than the actor being stopped with steps still marked running.
+          o.onCancelled();
+          continue;
+        }
+        o.log.warn('run is no longer owned by this process (taken over or finished elsewhere): stopping it here');
+        o.onNotOwner();
+        return;
+      }
+      if (saved === null) {
+        retryMs = Math.min(Math.max(500, retryMs * 2), 2_000);
+        await abortableSleep(retryMs);
+      } else if (retryMs > 0) {
+        o.log.info('run snapshot persisted again');
+        retryMs = 0;
+      }
+    }
+  }
+
+  return {
+    write(snap, persisted) {
+      pending = { snap, persisted };
+      writing ??= drain().finally(() => {
+        writing = null;
+      });
+      return writing;
+    },
+    flushed: () => writing?.catch(() => undefined) ?? Promise.resolve(),
+  };
+}
