@@ -2,7 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { Agent, request } from 'undici';
-import { StepError, throwIfAborted } from './errors.js';
+import { StepError, throwIfAborted, toErrorInfo, type StepErrorCode } from './errors.js';
 import { authorizationHeader, credentialScrubber, sapUrlForHumans, type SapEndpoint } from './sap-connection.js';
 import { quoteQualified } from './sql.js';
 import type { Logger, StepContext, StepFn } from './types.js';
@@ -14,6 +14,9 @@ const DEFAULT_VIEW = 'wk_export.ds_client_segmentation_last_v';
 const READ_CAP_BYTES = 4096;
 const STORED_EXCERPT_CHARS = 1000;
 const MESSAGE_EXCERPT_CHARS = 200;
+/** Appended to a failure replayed from l2flow.sap_send instead of sending again. */
+const REPLAY_NOTE = ' (recorded before a restart; clear the step to send again)';
+const SAP_ERROR_CODES: ReadonlySet<string> = new Set<StepErrorCode>(['SAP_HTTP_ERROR', 'SAP_TIMEOUT', 'SAP_UNREACHABLE', 'SAP_BAD_RESPONSE']);
 /** SPEC field order; jsonb does not keep key order, so the body is always rebuilt in this order. */
 const PAYLOAD_FIELDS = ['calc_ended', 'calc_date', 'calc_rows', 'logical_date', 'source_sys_cd', 'code_flg'] as const;
 
@@ -46,7 +49,7 @@ export interface SapSendResult {
 
 type TryOutcome =
   | { kind: 'http'; status: number; statusText: string; excerpt: string; retryAfterMs: number | undefined }
-  | { kind: 'timeout'; detail: string }
+  | { kind: 'timeout'; ms: number; detail: string }
   | { kind: 'unreachable'; detail: string };
 
 interface SendRow {
@@ -54,6 +57,17 @@ interface SendRow {
   status: 'sending' | 'sent' | 'failed';
   tries: number;
   http_status: number | null;
+  response_excerpt: string | null;
+  /** The error a 'failed' row ended with (sql/003); null on rows failed before that migration. */
+  error: unknown;
+}
+
+/** The `error` column of a 'failed' row: what the step threw, without the replay note. */
+interface RecordedError {
+  code: StepErrorCode;
+  message: string;
+  retryable: boolean;
+  details?: Record<string, unknown>;
 }
 
 /** The Idempotency-Key of one run attempt: stable across crash-resumes, new when an operator re-runs the step. */
@@ -109,6 +123,31 @@ function errorCode(err: unknown): string | undefined {
   return undefined;
 }
 
+/** Whether a retry could change this outcome: no answer, a 5xx, or 429. */
+function retryableOutcome(outcome: TryOutcome): boolean {
+  return outcome.kind !== 'http' || outcome.status >= 500 || outcome.status === 429;
+}
+
+function recordedError(value: unknown): RecordedError | undefined {
+  if (!value || typeof value !== 'object' || Array.isArray(value)) return undefined;
+  const { code, message, retryable, details } = value as Record<string, unknown>;
+  if (typeof code !== 'string' || !SAP_ERROR_CODES.has(code) || typeof message !== 'string') return undefined;
+  const known = details !== null && typeof details === 'object' && !Array.isArray(details);
+  return { code: code as StepErrorCode, message, retryable: retryable === true, ...(known ? { details: details as Record<string, unknown> } : {}) };
+}
+
+/** The last outcome of a row failed before sql/003, as far as http_status and response_excerpt tell it. */
+function legacyOutcome(row: SendRow): TryOutcome {
+  const excerpt = row.response_excerpt ?? '';
+  if (row.http_status !== null) {
+    return { kind: 'http', status: row.http_status, statusText: STATUS_CODES[row.http_status] ?? '', excerpt, retryAfterMs: undefined };
+  }
+  // record() stores a non-HTTP outcome as `<kind>: <detail>`.
+  const timeout = /^timeout: (no answer within (\d+) ms)$/.exec(excerpt);
+  if (timeout) return { kind: 'timeout', ms: Number(timeout[2]), detail: timeout[1]! };
+  return { kind: 'unreachable', detail: excerpt.replace(/^unreachable: /, '') || 'no answer recorded' };
+}
+
 function aborted(signal: AbortSignal): StepError {
   return new StepError('ABORTED', `${STEP} was cancelled`, { cause: signal.reason });
 }
@@ -139,7 +178,7 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
 
   async function readRow(key: string): Promise<SendRow | undefined> {
     const { rows } = await pool.query<SendRow>(
-      'select payload, status, tries, http_status from l2flow.sap_send where idempotency_key = $1',
+      'select payload, status, tries, http_status, response_excerpt, error from l2flow.sap_send where idempotency_key = $1',
       [key],
     );
     return rows[0];
@@ -162,13 +201,15 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
     );
   }
 
-  async function record(key: string, outcome: TryOutcome, status: SendRow['status']): Promise<void> {
+  /** Record a try's outcome; a 'failed' row keeps the error thrown, so a resumed step can throw it again. */
+  async function record(key: string, outcome: TryOutcome, status: SendRow['status'], error?: StepError): Promise<void> {
     const excerpt = outcome.kind === 'http' ? outcome.excerpt : `${outcome.kind}: ${outcome.detail}`;
+    const stored = error ? JSON.stringify({ ...toErrorInfo(error), retryable: error.retryable }) : null;
     await pool.query(
-      `update l2flow.sap_send set http_status = $2, response_excerpt = $3, status = $4,
+      `update l2flow.sap_send set http_status = $2, response_excerpt = $3, status = $4, error = $5::jsonb,
               sent_at = case when $4 = 'sent' then now() else sent_at end
         where idempotency_key = $1`,
-      [key, outcome.kind === 'http' ? outcome.status : null, excerpt.slice(0, STORED_EXCERPT_CHARS), status],
+      [key, outcome.kind === 'http' ? outcome.status : null, excerpt.slice(0, STORED_EXCERPT_CHARS), status, stored],
     );
   }
 
@@ -204,7 +245,7 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
       if (signal.aborted) throw aborted(signal);
       const code = errorCode(err);
       if (timedOut || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
-        return { kind: 'timeout', detail: `no answer within ${deps.timeoutMs} ms` };
+        return { kind: 'timeout', ms: deps.timeoutMs, detail: `no answer within ${deps.timeoutMs} ms` };
       }
       const message = err instanceof Error ? err.message : String(err);
       return { kind: 'unreachable', detail: scrub(code && !message.includes(code) ? `${code} ${message}` : message) };
@@ -222,9 +263,26 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
       return new StepError('SAP_HTTP_ERROR', `SAP answered ${text}: ${excerptOf(outcome.excerpt, MESSAGE_EXCERPT_CHARS)} (POST ${where}; ${after})`, { retryable, details });
     }
     if (outcome.kind === 'timeout') {
-      return new StepError('SAP_TIMEOUT', `SAP gave no answer within ${deps.timeoutMs} ms (POST ${where}; ${after})`, { retryable, details });
+      return new StepError('SAP_TIMEOUT', `SAP gave no answer within ${outcome.ms} ms (POST ${where}; ${after})`, { retryable, details });
     }
     return new StepError('SAP_UNREACHABLE', `SAP is unreachable at ${where}: ${outcome.detail} (${after})`, { retryable, details });
+  }
+
+  /**
+   * The failure a 'failed' row recorded, thrown again instead of repeating a request SAP already refused. Rows
+   * failed before sql/003 have no stored error; it is rebuilt from their last answer.
+   */
+  function recordedFailure(row: SendRow, key: string): StepError {
+    let stored = recordedError(row.error);
+    if (!stored) {
+      const outcome = legacyOutcome(row);
+      const err = failure(outcome, key, row.tries, retryableOutcome(outcome));
+      stored = { code: err.code, message: err.message, retryable: err.retryable, ...(err.details ? { details: err.details } : {}) };
+    }
+    return new StepError(stored.code, `${scrub(stored.message)}${REPLAY_NOTE}`, {
+      retryable: stored.retryable,
+      ...(stored.details ? { details: stored.details } : {}),
+    });
   }
 
   async function pause(ms: number, signal: AbortSignal): Promise<void> {
@@ -252,6 +310,11 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
       row = await readRow(key);
       if (!row) throw new StepError('INTERNAL', `the l2flow.sap_send row for ${key} vanished right after it was written`);
     }
+    if (row.status === 'failed') {
+      const err = recordedFailure(row, key);
+      log.warn({ code: err.code, httpStatus: row.http_status, tries: row.tries }, 'this flag failed before a restart; failing again without sending');
+      throw err;
+    }
     const calcRows = Number(row.payload.calc_rows);
     if (row.status === 'sent') {
       log.info({ httpStatus: row.http_status, tries: row.tries }, 'SAP already has this flag; not sending again');
@@ -277,10 +340,11 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
         await record(key, outcome, 'sent');
         return { idempotencyKey: key, httpStatus: outcome.status, calcRows, tries, resumed };
       }
-      const retryable = outcome.kind !== 'http' || outcome.status >= 500 || outcome.status === 429;
+      const retryable = retryableOutcome(outcome);
       if (!retryable || n >= retry.maxTries) {
-        await record(key, outcome, 'failed');
-        throw failure(outcome, key, n, retryable);
+        const err = failure(outcome, key, n, retryable);
+        await record(key, outcome, 'failed', err);
+        throw err;
       }
       await record(key, outcome, 'sending');
       const asked = outcome.kind === 'http' ? outcome.retryAfterMs : undefined;

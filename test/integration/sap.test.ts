@@ -99,7 +99,9 @@ describe('SAP sender', () => {
 
   async function sendRows(runId: string) {
     const { rows } = await db.pool.query('select * from l2flow.sap_send where run_id = $1 order by idempotency_key', [runId]);
-    return rows as Array<{ idempotency_key: string; status: string; tries: number; http_status: number | null; response_excerpt: string | null; sent_at: Date | null }>;
+    return rows as Array<{
+      idempotency_key: string; status: string; tries: number; http_status: number | null; response_excerpt: string | null; sent_at: Date | null; error: unknown;
+    }>;
   }
 
   it('posts the exact SPEC payload with a bearer token and Idempotency-Key, logging no secret', async () => {
@@ -236,6 +238,89 @@ describe('SAP sender', () => {
     expect(second).toMatchObject({ idempotencyKey: first.idempotencyKey.replace(/:1$/, ':2'), resumed: false });
     expect(sap.requests.map((r) => r.headers['idempotency-key'])).toEqual([first.idempotencyKey, second.idempotencyKey]);
     expect(await sendRows(ctx.runId)).toHaveLength(2);
+  });
+
+  const REPLAYED = ' (recorded before a restart; clear the step to send again)';
+
+  it('fails a resumed step again with the recorded 400, without sending', async () => {
+    const sap = await startSap((res) => reply(res, 400, '{"error":"calc_rows must be numeric"}'));
+    const endpoint = parseSapConnection(`${sap.base}/flag?token=tok-secret-3`);
+    const ctx = context();
+    const first = await rejection(sender(endpoint)(ctx, live));
+    expect(sap.requests).toHaveLength(1);
+    const [row] = await sendRows(ctx.runId);
+    expect(row).toMatchObject({ status: 'failed', tries: 1, error: { code: 'SAP_HTTP_ERROR', message: first.message, retryable: false, details: first.details } });
+
+    // The process died before the run's transition was saved: a new process invokes the step again.
+    const again = await rejection(sender(endpoint)(ctx, live));
+    expect(sap.requests).toHaveLength(1);
+    expect(again).toMatchObject({ code: 'SAP_HTTP_ERROR', retryable: false, message: `${first.message}${REPLAYED}`, details: first.details });
+    expect(again.message).toMatch(/^SAP answered 400 Bad Request: \{"error":"calc_rows must be numeric"\}/);
+    expect(again.message).not.toContain('tok-secret-3');
+    expect(await sendRows(ctx.runId)).toEqual([row]);
+  });
+
+  it('fails a resumed step again with the recorded SAP_UNREACHABLE, without sending', async () => {
+    const sap = await startSap((res) => res.socket?.destroy());
+    const endpoint = parseSapConnection(`${sap.base}/flag`);
+    const send = sender(endpoint, { retry: { maxTries: 2, baseDelayMs: 10, maxDelayMs: 20 } });
+    const ctx = context();
+    const first = await rejection(send(ctx, live));
+    expect(first).toMatchObject({ code: 'SAP_UNREACHABLE', retryable: true });
+    expect(first.message).toContain('gave up after 2 tries');
+    expect(sap.requests).toHaveLength(2);
+
+    const again = await rejection(send(ctx, live));
+    expect(sap.requests).toHaveLength(2);
+    expect(again).toMatchObject({ code: 'SAP_UNREACHABLE', retryable: true, message: `${first.message}${REPLAYED}` });
+    expect(await sendRows(ctx.runId)).toMatchObject([{ status: 'failed', tries: 2, http_status: null }]);
+  });
+
+  it('sends again under a new key for a new attempt after a recorded failure', async () => {
+    const sap = await startSap((res, n) => (n === 1 ? reply(res, 400, 'bad') : reply(res, 200, 'ok')));
+    const send = sender(parseSapConnection(`${sap.base}/flag`));
+    const ctx = context();
+    const first = await rejection(send(ctx, live));
+    expect(first.code).toBe('SAP_HTTP_ERROR');
+    const second = await send({ ...ctx, attempt: 2 }, live);
+    const key1 = `${WF}:${ctx.logicalDate}:${ctx.loadId}:1`;
+    const key2 = `${WF}:${ctx.logicalDate}:${ctx.loadId}:2`;
+    expect(second).toMatchObject({ idempotencyKey: key2, httpStatus: 200, tries: 1, resumed: false });
+    expect(sap.requests.map((r) => r.headers['idempotency-key'])).toEqual([key1, key2]);
+    expect(await sendRows(ctx.runId)).toMatchObject([
+      { idempotency_key: key1, status: 'failed', http_status: 400 },
+      { idempotency_key: key2, status: 'sent', http_status: 200, error: null },
+    ]);
+  });
+
+  it('rebuilds the error of a row failed before sql/003 from its status and excerpt, without a secret', async () => {
+    const sap = await startSap((res) => reply(res, 500, 'must not be called'));
+    const endpoint = parseSapConnection(`${sap.base}/flag?token=tok-secret-4`);
+    const send = sender(endpoint);
+    const legacy = async (httpStatus: number | null, excerpt: string, tries: number) => {
+      const ctx = context();
+      const key = `${WF}:${ctx.logicalDate}:${ctx.loadId}:1`;
+      await db.pool.query(
+        `insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status, tries, http_status, response_excerpt)
+         values ($1, $2, $3, $4, $5::jsonb, 'failed', $6, $7, $8)`,
+        [key, ctx.runId, ctx.logicalDate, ctx.loadId, payloadJson('42', ctx.logicalDate), tries, httpStatus, excerpt],
+      );
+      return rejection(send(ctx, live));
+    };
+    const where = `${sap.base}/flag`;
+
+    const http = await legacy(422, 'rejected: tok-secret-4 is not allowed', 1);
+    expect(http).toMatchObject({ code: 'SAP_HTTP_ERROR', retryable: false, details: { httpStatus: 422, tries: 1 } });
+    expect(http.message).toBe(`SAP answered 422 Unprocessable Entity: rejected: *** is not allowed (POST ${where}; not retried)${REPLAYED}`);
+
+    const refused = await legacy(null, 'unreachable: ECONNREFUSED connect ECONNREFUSED 127.0.0.1:9', 3);
+    expect(refused).toMatchObject({ code: 'SAP_UNREACHABLE', retryable: true });
+    expect(refused.message).toBe(`SAP is unreachable at ${where}: ECONNREFUSED connect ECONNREFUSED 127.0.0.1:9 (gave up after 3 tries)${REPLAYED}`);
+
+    const timeout = await legacy(null, 'timeout: no answer within 1500 ms', 2);
+    expect(timeout).toMatchObject({ code: 'SAP_TIMEOUT', retryable: true });
+    expect(timeout.message).toBe(`SAP gave no answer within 1500 ms (POST ${where}; gave up after 2 tries)${REPLAYED}`);
+    expect(sap.requests).toHaveLength(0);
   });
 
   it('rejects ABORTED quickly when aborted during a backoff', async () => {
