@@ -1,0 +1,129 @@
+import { STATUS_CODES } from 'node:http';
+import type pg from 'pg';
+import { dateInZone } from './dates.js';
+import { StepError, toErrorInfo, type StepErrorCode } from './errors.js';
+import { sapPayload } from './sap-payload.js';
+import { retryableOutcome, sapFailure, type TryOutcome } from './sap-outcome.js';
+import type { StepContext } from './types.js';
+
+const STORED_EXCERPT_CHARS = 1000;
+/** Appended to a failure replayed from l2flow.sap_send instead of sending again. */
+const REPLAY_NOTE = ' (recorded before a restart; clear the step to send again)';
+const SAP_ERROR_CODES: ReadonlySet<string> = new Set<StepErrorCode>(['SAP_HTTP_ERROR', 'SAP_TIMEOUT', 'SAP_UNREACHABLE', 'SAP_BAD_RESPONSE']);
+
+/** One row of l2flow.sap_send: the payload of a run attempt and how sending it went. */
+export interface SendRow {
+  payload: Record<string, unknown>;
+  status: 'sending' | 'sent' | 'failed';
+  tries: number;
+  http_status: number | null;
+  response_excerpt: string | null;
+  /** The error a 'failed' row ended with (sql/003); null on rows failed before that migration. */
+  error: unknown;
+}
+
+/** The `error` column of a 'failed' row: what the step threw, without the replay note. */
+interface RecordedError {
+  code: StepErrorCode;
+  message: string;
+  retryable: boolean;
+  details?: Record<string, unknown>;
+}
+
+/** The send record of the SAP step, one l2flow.sap_send row per Idempotency-Key. */
+export interface SendRecord {
+  read(key: string): Promise<SendRow | undefined>;
+  /** Count the view and store the payload for `key`, unless a row for it exists already. */
+  create(ctx: StepContext & { loadId: number }, key: string): Promise<void>;
+  /** Count a new try and mark the row 'sending'; resolves to the tries recorded, undefined when the row is gone. */
+  startTry(key: string): Promise<number | undefined>;
+  /** Record a try's outcome; a 'failed' row keeps the error thrown, so a resumed step can throw it again. */
+  record(key: string, outcome: TryOutcome, status: SendRow['status'], error?: StepError): Promise<void>;
+  /**
+   * The failure a 'failed' row recorded, thrown again instead of repeating a request SAP already refused. Rows
+   * failed before sql/003 have no stored error; it is rebuilt from their last answer.
+   */
+  recordedFailure(row: SendRow, key: string): StepError;
+}
+
+function recordedError(value: unknown): RecordedError | undefined {
+  if (!value || typeof value !== 'object' || Array.isArray(value)) return undefined;
+  const { code, message, retryable, details } = value as Record<string, unknown>;
+  if (typeof code !== 'string' || !SAP_ERROR_CODES.has(code) || typeof message !== 'string') return undefined;
+  const known = details !== null && typeof details === 'object' && !Array.isArray(details);
+  return { code: code as StepErrorCode, message, retryable: retryable === true, ...(known ? { details: details as Record<string, unknown> } : {}) };
+}
+
+/** The last outcome of a row failed before sql/003, as far as http_status and response_excerpt tell it. */
+function legacyOutcome(row: SendRow): TryOutcome {
+  const excerpt = row.response_excerpt ?? '';
+  if (row.http_status !== null) {
+    return { kind: 'http', status: row.http_status, statusText: STATUS_CODES[row.http_status] ?? '', excerpt, retryAfterMs: undefined };
+  }
+  // record() stores a non-HTTP outcome as `<kind>: <detail>`.
+  const timeout = /^timeout: (no answer within (\d+) ms)$/.exec(excerpt);
+  if (timeout) return { kind: 'timeout', ms: Number(timeout[2]), detail: timeout[1]! };
+  return { kind: 'unreachable', detail: excerpt.replace(/^unreachable: /, '') || 'no answer recorded' };
+}
+
+/**
+ * The l2flow.sap_send record. `view` (quoted) is counted for calc_rows, `timezone` and `now` give calc_date;
+ * `where` names the endpoint in rebuilt errors and `scrub` removes credentials from replayed messages.
+ */
+export function createSendRecord(deps: {
+  pool: pg.Pool; view: string; timezone: string; now: () => Date; where: string; scrub: (text: string) => string;
+}): SendRecord {
+  const { pool, view, where, scrub } = deps;
+
+  return {
+    async read(key) {
+      const { rows } = await pool.query<SendRow>(
+        'select payload, status, tries, http_status, response_excerpt, error from l2flow.sap_send where idempotency_key = $1',
+        [key],
+      );
+      return rows[0];
+    },
+
+    async create(ctx, key) {
+      const { rows } = await pool.query<{ n: string }>(`select count(*) as n from ${view}`);
+      const payload = sapPayload({ calcDate: dateInZone(deps.timezone, deps.now()), calcRows: String(rows[0]?.n ?? '0'), logicalDate: ctx.logicalDate });
+      await pool.query(
+        `insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status)
+         values ($1, $2, $3, $4, $5::jsonb, 'sending') on conflict do nothing`,
+        [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payload)],
+      );
+    },
+
+    async startTry(key) {
+      const { rows } = await pool.query<{ tries: number }>(
+        `update l2flow.sap_send set tries = tries + 1, status = 'sending' where idempotency_key = $1 returning tries`,
+        [key],
+      );
+      return rows[0]?.tries;
+    },
+
+    async record(key, outcome, status, error) {
+      const excerpt = outcome.kind === 'http' ? outcome.excerpt : `${outcome.kind}: ${outcome.detail}`;
+      const stored = error ? JSON.stringify({ ...toErrorInfo(error), retryable: error.retryable }) : null;
+      await pool.query(
+        `update l2flow.sap_send set http_status = $2, response_excerpt = $3, status = $4, error = $5::jsonb,
+                sent_at = case when $4 = 'sent' then now() else sent_at end
+          where idempotency_key = $1`,
+        [key, outcome.kind === 'http' ? outcome.status : null, excerpt.slice(0, STORED_EXCERPT_CHARS), status, stored],
+      );
+    },
+
+    recordedFailure(row, key) {
+      let stored = recordedError(row.error);
+      if (!stored) {
+        const outcome = legacyOutcome(row);
+        const err = sapFailure(outcome, { where, key, tries: row.tries, retryable: retryableOutcome(outcome) });
+        stored = { code: err.code, message: err.message, retryable: err.retryable, ...(err.details ? { details: err.details } : {}) };
+      }
+      return new StepError(stored.code, `${scrub(stored.message)}${REPLAY_NOTE}`, {
+        retryable: stored.retryable,
+        ...(stored.details ? { details: stored.details } : {}),
+      });
+    },
+  };
+}
