@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { filter, type Observable } from 'rxjs';
 import { createNotificationHub } from '../src/runtime/notification-hub.js';
 import { addDays } from '../src/services/dates.js';
-import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor } from '../src/services/sensors.js';
+import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, type SensorCheck } from '../src/services/sensors.js';
 import type { SensorInput } from '../src/services/types.js';
 
 export const FLAG = 'l1_to_l2_load_successfull';
@@ -54,57 +54,49 @@ export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** The flag sensor's name in check reports (and the run's step it parks in). */
+export const FLAG_SENSOR = 'wait_for_l2_full_load';
+
 /**
- * Watch a pool from outside: queries in flight, and when the flag sensor's check (recognised by its SQL) last
- * went out and came back for each business date. Replaces `pool.query` on this instance only.
+ * When the flag sensor's last check covering each business date went out and came back, from the sensor's own
+ * check reports: feed `onCheck` to createFlagSensor's `onCheck`, or subscribe it to `app.sensorChecks$`. With a
+ * pool, `quiet` also waits for that pool to have no connection checked out (so no query in flight).
  */
-export interface PoolProbe {
-  /** Resolves once a flag check covering `date` has been answered and no query of the pool is in flight. */
+export interface FlagChecks {
+  onCheck(e: SensorCheck): void;
+  /** Resolves once a flag check covering `date` has been answered and (with a pool) the pool is idle. */
   quiet(date: string, timeoutMs: number): Promise<void>;
-  lastCheck(date: string): { sent: number; done: number | undefined } | undefined;
+  lastCheck(date: string): { sent: number; done: number } | undefined;
   forget(date: string): void;
+  stop(): void;
 }
 
-export function probePool(pool: pg.Pool): PoolProbe {
-  const target = pool as unknown as { query: (...args: unknown[]) => unknown };
-  const original = target.query.bind(pool);
-  const checks = new Map<string, { sent: number; done: number | undefined }>();
-  let inflight = 0;
+export function noteFlagChecks(pool?: pg.Pool): FlagChecks {
+  const checks = new Map<string, { sent: number; done: number }>();
   const waiters: (() => void)[] = [];
-  target.query = (...args: unknown[]) => {
-    const sent = performance.now();
-    const out = original(...args);
-    if (!(out instanceof Promise)) return out; // callback form: not used by l2flow
-    const first = args[0] as string | { text?: string; values?: unknown[] };
-    const text = typeof first === 'string' ? first : (first?.text ?? '');
-    const values = (Array.isArray(args[1]) ? args[1] : typeof first === 'object' ? first?.values : undefined) ?? [];
-    const dates = text.includes('bussines_date = any(') && Array.isArray(values[1]) ? (values[1] as string[]) : [];
-    const recs = dates.map((d) => {
-      const rec = { sent, done: undefined as number | undefined };
-      checks.set(d, rec);
-      return rec;
-    });
-    inflight += 1;
-    // Registered before the caller's await, so this runs first: `done` is when the answer arrived.
-    const settle = () => {
-      const t = performance.now();
-      for (const rec of recs) rec.done = t;
-      inflight -= 1;
-      for (const w of waiters.splice(0)) w();
-    };
-    out.then(settle, settle);
-    return out;
+  const wake = () => {
+    for (const w of waiters.splice(0)) w();
   };
+  // 'release' fires before the client is back among the idle ones: look once the pool has put it there.
+  const onRelease = () => queueMicrotask(wake);
+  pool?.on('release', onRelease);
+  const idle = () => !pool || (pool.waitingCount === 0 && pool.idleCount === pool.totalCount);
   return {
+    onCheck(e) {
+      if (e.sensor !== FLAG_SENSOR) return;
+      for (const date of e.keys) checks.set(date, { sent: e.startedAt, done: e.finishedAt });
+      wake();
+    },
     async quiet(date, timeoutMs) {
-      const ready = () => checks.get(date)?.done !== undefined && inflight === 0;
+      const ready = () => checks.has(date) && idle();
       const wait = (async () => {
         while (!ready()) await new Promise<void>((r) => waiters.push(r));
       })();
-      await within(wait, timeoutMs, `the first flag check for ${date} (recognised by its SQL "bussines_date = any(") with the pool idle`);
+      await within(wait, timeoutMs, `the first flag check for ${date}${pool ? ' with the pool idle' : ''}`);
     },
     lastCheck: (date) => checks.get(date),
     forget: (date) => void checks.delete(date),
+    stop: () => void pool?.off('release', onRelease),
   };
 }
 
@@ -143,12 +135,19 @@ export async function rawListener(uri: string, firstDate: string): Promise<Obser
 export async function bareSensor(uri: string, firstDate: string): Promise<Observer> {
   const pool = new pg.Pool({ connectionString: uri, max: 4, application_name: 'l2flow-bench-sensor' });
   pool.on('error', () => undefined); // see the bench pool in sensor-latency.ts
-  const probe = probePool(pool);
+  const checks = noteFlagChecks(pool);
   const logger = pino({ level: 'warn' }, pino.destination(2));
   const hub = createNotificationHub({ connectionString: uri, channels: [DWH_FLAG_CHANNEL, RUN_CHANNEL], logger });
   await hub.start();
   const notified = noteFlagNotifications(hub.notifications$);
-  const sensor = createFlagSensor({ pool, notifications$: hub.notifications$, reconnects$: hub.connected$, logger, pokeIntervalMs: 60_000 });
+  const sensor = createFlagSensor({
+    pool,
+    notifications$: hub.notifications$,
+    reconnects$: hub.connected$,
+    logger,
+    pokeIntervalMs: 60_000,
+    onCheck: checks.onCheck,
+  });
   const signal = new AbortController().signal;
   return {
     name: 'l2flow sensor alone',
@@ -164,18 +163,19 @@ export async function bareSensor(uri: string, firstDate: string): Promise<Observ
         deadline: Date.now() + 60_000,
       };
       const seen = sensor(input, signal).then(() => performance.now());
-      await probe.quiet(date, 10_000);
+      await checks.quiet(date, 10_000);
       return {
         seen,
-        marks: () => ({ notified: notified.at.get(date), checkSent: probe.lastCheck(date)?.sent, checked: probe.lastCheck(date)?.done }),
+        marks: () => ({ notified: notified.at.get(date), checkSent: checks.lastCheck(date)?.sent, checked: checks.lastCheck(date)?.done }),
         done: async () => {
           notified.at.delete(date);
-          probe.forget(date);
+          checks.forget(date);
         },
       };
     },
     async close() {
       notified.stop();
+      checks.stop();
       await hub.stop();
       await pool.end();
     },

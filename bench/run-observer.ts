@@ -19,7 +19,7 @@ import { createLogger } from '../src/runtime/logger.js';
 import { createRun, getRunByDate } from '../src/runtime/run-store.js';
 import type { RunEvent } from '../src/runtime/supervisor.js';
 import { addDays } from '../src/services/dates.js';
-import { FLAG, noteFlagNotifications, probePool, within, type Observer } from './observers.js';
+import { FLAG, noteFlagChecks, noteFlagNotifications, within, type Observer } from './observers.js';
 
 const SENSOR_STEP = 'wait_for_l2_full_load';
 const VIEW = 'wk_export.ds_client_segmentation_last_v';
@@ -106,7 +106,8 @@ export async function runObserver(o: { uri: string; firstDate: string; logLevel:
   const config = benchConfig(o.uri, sap.url, addDays(o.firstDate, 1), o.logLevel);
   const logger = createLogger({ level: o.logLevel, destination: pino.destination({ dest: o.logFile, sync: false }) });
   const app = createApp(config, logger);
-  const probe = probePool(app.pool); // before start: every query of the runtime goes through it
+  const checks = noteFlagChecks(app.pool);
+  const checksSub = app.sensorChecks$.subscribe(checks.onCheck);
   await createSegmentationView(app.pool, 7);
   await app.start();
   const notified = noteFlagNotifications(app.hub.notifications$);
@@ -148,17 +149,17 @@ export async function runObserver(o: { uri: string; firstDate: string; logLevel:
         10_000,
         `run ${logicalDate} parking in ${SENSOR_STEP}`,
       );
-      await probe.quiet(businessDate, 10_000);
+      await checks.quiet(businessDate, 10_000);
       return {
         seen,
         marks: () => {
-          const check = probe.lastCheck(businessDate);
+          const check = checks.lastCheck(businessDate);
           return { notified: notified.at.get(businessDate), checkSent: check?.sent, checked: check?.done };
         },
         done: async () => {
           const e = await within(ended, 30_000, `run ${logicalDate} finishing`);
           notified.at.delete(businessDate);
-          probe.forget(businessDate);
+          checks.forget(businessDate);
           if (e.status !== 'success') {
             const row = await getRunByDate(app.pool, config.workflowId, logicalDate);
             throw new Error(`benchmark: run ${logicalDate} ended ${row?.status ?? e.status}: ${row?.error?.message ?? e.type}`);
@@ -169,6 +170,8 @@ export async function runObserver(o: { uri: string; firstDate: string; logLevel:
     },
     async close() {
       notified.stop();
+      checksSub.unsubscribe();
+      checks.stop();
       await app.stop();
       await sap.close();
       logger.flush();

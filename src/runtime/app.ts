@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { filter, map, type Observable } from 'rxjs';
+import { filter, map, Subject, type Observable } from 'rxjs';
 import { fromPromise } from 'xstate';
 import { workflowMachine, type WorkflowMachine } from '../machines/workflow.js';
 import { createChildRunner } from '../services/children.js';
@@ -11,13 +11,15 @@ import { createMailer } from '../services/mailer.js';
 import { createMetadata } from '../services/metadata.js';
 import { createPools, type Pools } from '../services/pools.js';
 import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap.js';
-import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL } from '../services/sensors.js';
+import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL, type SensorCheck } from '../services/sensors.js';
 import { toErrorInfo } from '../services/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { STEP_CHILDREN, type Config } from './config.js';
 import type { Logger } from './logger.js';
 import { createNotificationHub, type NotificationHub } from './notification-hub.js';
 import { createSupervisor, type Supervisor } from './supervisor.js';
+
+export type { SensorCheck } from '../services/sensors.js';
 
 /**
  * The host process: builds every service from the configuration, provides them to the machine as named actors,
@@ -32,6 +34,14 @@ export interface App {
   dispatcher: EmailDispatcher;
   machine: WorkflowMachine;
   owner: string;
+  /**
+   * Every check query of both sensors (wait_for_l2_full_load, wait_for_success_end), emitted when it answered
+   * or failed: the hook for metrics and dashboards (pokes per sensor and reason, check latency = finishedAt −
+   * startedAt, failed checks). Hot, no replay; emitted synchronously inside the sensor's check loop, so
+   * subscribers must be cheap and must not throw (rxjs reports a throwing subscriber as an uncaught error).
+   * Completes on stop().
+   */
+  sensorChecks$: Observable<SensorCheck>;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -58,9 +68,17 @@ export function buildActors(d: {
   pools: Pools;
   logger: Logger;
   onMailQueued: () => void;
+  /** Every sensor check query, once done (see App.sensorChecks$). */
+  onSensorCheck?: (e: SensorCheck) => void;
 }) {
   const { config, pool, logger } = d;
-  const sensorDeps = { pool, notifications$: d.notifications$, reconnects$: d.reconnects$, logger: logger.child({ module: 'sensor' }) };
+  const sensorDeps = {
+    pool,
+    notifications$: d.notifications$,
+    reconnects$: d.reconnects$,
+    logger: logger.child({ module: 'sensor' }),
+    onCheck: d.onSensorCheck,
+  };
   const metadata = createMetadata({ pool, logger: logger.child({ module: 'metadata' }) });
   const children = createChildRunner({ pool, children: config.children, logger: logger.child({ module: 'children' }) });
   const sendToSap = createSapSender({
@@ -133,6 +151,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     ...(opts.mailRetryBaseDelayMs ? { baseDelayMs: opts.mailRetryBaseDelayMs } : {}),
   });
   const pools = createPools({ pool, pools: config.pools, logger });
+  const sensorChecks = new Subject<SensorCheck>();
   const machine = workflowMachine.provide({
     actors: buildActors({
       config,
@@ -142,6 +161,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       pools,
       logger,
       onMailQueued: () => dispatcher.kick(),
+      onSensorCheck: (e) => sensorChecks.next(e),
     }),
   });
   const supervisor = createSupervisor({
@@ -172,6 +192,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     dispatcher,
     machine,
     owner,
+    sensorChecks$: sensorChecks.asObservable(),
     async start() {
       await hub.start();
       dispatcher.start();
@@ -184,6 +205,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       await hub.stop();
       await mailer.close();
       await pool.end();
+      sensorChecks.complete();
     },
   };
 }

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type { Observable, Subscription } from 'rxjs';
 import { StepError } from './errors.js';
 import type { Logger } from './types.js';
@@ -6,6 +7,28 @@ import type { Logger } from './types.js';
 export interface WaitResult {
   /** How many check queries looked at this waiter's key while it waited. */
   checks: number;
+}
+
+/**
+ * Why a batched check ran: the first request of the batch decides (keys other requests add while it is queued
+ * ride along). `register`: a new waiter; `hint`: a notification; `reconnect`: the listener (re)connected;
+ * `poll`: the fallback poll; `deadline`: the last check of a waiter at its deadline.
+ */
+export type CheckReason = 'register' | 'hint' | 'reconnect' | 'poll' | 'deadline';
+
+/** One batched check query, reported after it answered (`ok`) or failed (`ok` false, `satisfied` empty). */
+export interface CheckEvent<K extends string> {
+  /** The waiter's name (the step, e.g. `wait_for_l2_full_load`). */
+  sensor: string;
+  /** Every key the query asked about. */
+  keys: K[];
+  /** The keys found to hold: their waiters are released. */
+  satisfied: K[];
+  /** performance.now() just before the query was issued, and just after it answered or failed. */
+  startedAt: number;
+  finishedAt: number;
+  ok: boolean;
+  reason: CheckReason;
 }
 
 export interface ConditionWaiterOptions<K extends string> {
@@ -24,6 +47,11 @@ export interface ConditionWaiterOptions<K extends string> {
   describeKey?: (key: K) => string;
   /** How long the last check at the deadline may take before the waiter fails anyway. */
   lastCheckGraceMs?: number;
+  /**
+   * Told about every batched check once it is done, before its waiters are released. Called synchronously
+   * inside the check loop, so keep it cheap; whatever it throws is logged and ignored.
+   */
+  onCheck?: (e: CheckEvent<K>) => void;
 }
 
 export interface ConditionWaiter<K extends string> {
@@ -63,6 +91,8 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
   const graceMs = opts.lastCheckGraceMs ?? 5_000;
   const parked = new Map<K, Set<Waiter<K>>>();
   const pending = new Set<K>();
+  /** Why the batch `pending` will be checked in: set by the request that made it non-empty. */
+  let pendingReason: CheckReason = 'register';
   let count = 0;
   let running = false;
   let flushQueued = false;
@@ -72,12 +102,14 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
   let closed = false;
 
   const subscriptions: Subscription[] = [
-    opts.hints$.subscribe((keys) => request(keys)),
-    opts.reconnects$.subscribe(() => request(parked.keys())),
+    opts.hints$.subscribe((keys) => request(keys, 'hint')),
+    opts.reconnects$.subscribe(() => request(parked.keys(), 'reconnect')),
   ];
 
-  function request(keys: Iterable<K>): void {
+  function request(keys: Iterable<K>, reason: CheckReason): void {
+    const wasEmpty = pending.size === 0;
     for (const key of keys) if (parked.has(key)) pending.add(key);
+    if (wasEmpty && pending.size > 0) pendingReason = reason;
     if (pending.size === 0 || running || flushQueued) return; // a running check loop picks pending keys up
     flushQueued = true;
     // Waiters registered in the same tick share the first query.
@@ -92,16 +124,26 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
     try {
       while (pending.size > 0) {
         const keys = [...pending].filter((k) => parked.has(k));
+        const reason = pendingReason;
         pending.clear();
         if (keys.length === 0) break;
         const seq = ++checkSeq;
         let holds: Set<K> | null = null;
+        const startedAt = performance.now();
+        let finishedAt: number;
         try {
           holds = await opts.check(keys);
+          finishedAt = performance.now();
           lastCheckError = undefined;
         } catch (err) {
+          finishedAt = performance.now();
           lastCheckError = (err as Error)?.message ?? String(err);
           warn('check', { err, keys: keys.length }, `${opts.name}: check query failed; still waiting, the next hint or poll retries`);
+        }
+        if (opts.onCheck) {
+          const held = holds;
+          const satisfied = held ? keys.filter((k) => held.has(k)) : [];
+          report({ sensor: opts.name, keys, satisfied, startedAt, finishedAt, ok: held !== null, reason });
         }
         for (const key of keys) {
           for (const w of [...(parked.get(key) ?? [])]) {
@@ -116,9 +158,17 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
     }
   }
 
+  function report(e: CheckEvent<K>): void {
+    try {
+      opts.onCheck?.(e);
+    } catch (err) {
+      warn('onCheck', { err }, `${opts.name}: the onCheck listener threw; ignored`);
+    }
+  }
+
   function updatePoll(): void {
     if (parked.size > 0 && !pollTimer && !closed) {
-      pollTimer = setInterval(() => request(parked.keys()), opts.pollIntervalMs);
+      pollTimer = setInterval(() => request(parked.keys(), 'poll'), opts.pollIntervalMs);
       pollTimer.unref();
     } else if (parked.size === 0 && pollTimer) {
       clearInterval(pollTimer);
@@ -150,7 +200,7 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
     w.expiredAtSeq = checkSeq;
     w.timer = setTimeout(() => settle(w, timeoutError(w)), graceMs);
     w.timer.unref();
-    request([w.key]);
+    request([w.key], 'deadline');
   }
 
   function timeoutError(w: Waiter<K>): StepError {
@@ -194,7 +244,7 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
         count += 1;
         signal.addEventListener('abort', w.onAbort, { once: true });
         updatePoll();
-        request([key]); // a condition that already holds is seen at once, not after the first poll
+        request([key], 'register'); // a condition that already holds is seen at once, not after the first poll
         armDeadline(w);
       });
     },

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { type Observable, filter, map } from 'rxjs';
-import { createConditionWaiter } from './condition-waiter.js';
+import { type CheckEvent, createConditionWaiter } from './condition-waiter.js';
 import { addDays, isIsoDate } from './dates.js';
 import { StepError, throwIfAborted } from './errors.js';
 import { quoteQualified } from './sql.js';
@@ -28,11 +28,19 @@ export interface PreviousRunSensorOutput extends SensorOutput {
   skipped: boolean;
 }
 
+/**
+ * One batched check query of a sensor: which keys it asked about (flag sensor: business dates; previous-run
+ * sensor: `YYYY-MM-DD:workflowId`), which held, why it ran and how long it took. See CheckEvent.
+ */
+export type SensorCheck = CheckEvent<string>;
+
 interface SensorDeps {
   pool: pg.Pool;
   notifications$: Observable<SensorNotification>;
   reconnects$: Observable<void>;
   logger: Logger;
+  /** Told about every check query once it answered or failed; must be cheap, throws are logged and ignored. */
+  onCheck?: (e: SensorCheck) => void;
 }
 
 /** wait_for_l2_full_load: waits until the flag table holds `flagCode` for the run's business date. */
@@ -54,6 +62,7 @@ export function createFlagSensor(
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs ?? 60_000,
     logger: opts.logger,
+    onCheck: opts.onCheck,
   });
   return async (input, signal) => {
     assertDate(input.businessDate, 'businessDate');
@@ -87,6 +96,7 @@ export function createPreviousRunSensor(
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs ?? 100_000,
     logger: opts.logger,
+    onCheck: opts.onCheck,
   });
   return async (input, signal) => {
     throwIfAborted(signal, 'wait_for_success_end');

@@ -1,4 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { SensorCheck } from '../../src/runtime/app.js';
 import { addDays } from '../../src/services/dates.js';
 import { createFixture, FLAG, type Fixture } from '../helpers/app-fixture.js';
 import { until } from '../helpers/process.js';
@@ -111,7 +112,9 @@ describe('run level: the flag sensor (poke interval 60 s)', () => {
     const B = addDays(D, -1);
     await fx.insertFlag(addDays(B, -1)); // the day before: present before the run
     await fx.insertFlag(B, 'l1_to_l2_load_successful'); // one l: another code
-    await fx.startApp(D);
+    const app = await fx.startApp(D);
+    const checks: SensorCheck[] = [];
+    app.sensorChecks$.subscribe((c) => checks.push(c));
     await fx.trigger(D);
     await inFlagSensor(D);
     await fx.insertFlag(D); // a later date, through NOTIFY
@@ -125,6 +128,11 @@ describe('run level: the flag sensor (poke interval 60 s)', () => {
     await fx.insertFlag(B);
     expect(await fx.finished(D)).toMatchObject({ status: 'success', error: null });
     expect(Date.now() - flaggedAt).toBeLessThan(5000);
+    // app.sensorChecks$: the registration check found nothing, the last one found the flag (none failed).
+    const flagChecks = checks.filter((c) => c.sensor === 'wait_for_l2_full_load');
+    expect(flagChecks[0]).toMatchObject({ reason: 'register', keys: [B], satisfied: [], ok: true });
+    expect(flagChecks.at(-1)).toMatchObject({ keys: [B], satisfied: [B], ok: true });
+    expect(flagChecks.every((c) => c.ok && c.finishedAt >= c.startedAt)).toBe(true);
   });
 
   it('a flag that arrives by UPDATE is seen', async () => {

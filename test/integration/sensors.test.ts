@@ -7,7 +7,7 @@ import { createNotificationHub, type NotificationHub } from '../../src/runtime/n
 import { createConditionWaiter } from '../../src/services/condition-waiter.js';
 import { StepError } from '../../src/services/errors.js';
 import { addDays } from '../../src/services/dates.js';
-import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, createPreviousRunSensor } from '../../src/services/sensors.js';
+import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, createPreviousRunSensor, type SensorCheck } from '../../src/services/sensors.js';
 import type { SensorInput } from '../../src/services/types.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 
@@ -76,6 +76,29 @@ describe('sensors', () => {
     expect(performance.now() - committed).toBeLessThan(100);
     expect(out.checks).toBe(2); // at registration, then on the hint
     expect(Number.isNaN(Date.parse(out.satisfiedAt))).toBe(false);
+  });
+
+  it('onCheck reports the registration check with the key, then the check that finds the flag', async () => {
+    const d = nextDate();
+    const checks: SensorCheck[] = [];
+    const before = lines.length;
+    // A throwing listener is logged and ignored: the wait goes on as if it were not there.
+    const onCheck = (e: SensorCheck) => {
+      checks.push(e);
+      throw new Error('listener failed');
+    };
+    const p = flagSensor({ onCheck })(input(d), signal);
+    await sleep(30);
+    expect(checks).toEqual([
+      { sensor: 'wait_for_l2_full_load', keys: [d], satisfied: [], startedAt: expect.any(Number), finishedAt: expect.any(Number), ok: true, reason: 'register' },
+    ]);
+    await insertFlag(d);
+    expect((await p).checks).toBe(2);
+    expect(checks).toHaveLength(2);
+    expect(checks[1]).toMatchObject({ sensor: 'wait_for_l2_full_load', keys: [d], satisfied: [d], ok: true, reason: 'hint' });
+    for (const c of checks) expect(c.finishedAt).toBeGreaterThanOrEqual(c.startedAt);
+    expect(checks[1]!.startedAt).toBeGreaterThanOrEqual(checks[0]!.finishedAt);
+    expect(lines.slice(before).filter((l) => /onCheck listener threw/.test(l.msg))).toHaveLength(1); // rate-limited
   });
 
   it('a flag present before the wait is seen at once', async () => {
