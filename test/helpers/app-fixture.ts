@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { expect } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { createApp, type App, type AppOptions } from '../../src/runtime/app.js';
 import { loadConfig } from '../../src/runtime/config.js';
 import { createLogger, secretsOf } from '../../src/runtime/logger.js';
@@ -257,4 +257,27 @@ export async function createFixture(): Promise<Fixture> {
     },
   };
   return fx;
+}
+
+/**
+ * One fixture for a whole test file: created before the first test, reset and checked for leaked secrets after
+ * each test, checked once more and closed at the end. `set` receives it once it exists.
+ */
+export function useFixture(set: (fx: Fixture) => void): void {
+  let fx: Fixture | undefined;
+  beforeAll(async () => {
+    fx = await createFixture();
+    set(fx);
+  });
+  afterEach(async () => {
+    await fx!.reset();
+    await fx!.assertNoSecrets();
+  });
+  afterAll(async () => {
+    try {
+      await fx?.assertNoSecrets();
+    } finally {
+      await fx?.close();
+    }
+  });
 }

@@ -1,5 +1,5 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createFixture, SECRETS, SMTP_USER, type Fixture } from '../helpers/app-fixture.js';
+import { describe, expect, it } from 'vitest';
+import { useFixture, SECRETS, SMTP_USER, type Fixture } from '../helpers/app-fixture.js';
 import { until } from '../helpers/process.js';
 
 // Run level: a failed run while the SMTP server misbehaves. The run is failed at once, the mail is retried with
@@ -7,21 +7,7 @@ import { until } from '../helpers/process.js';
 // exactly once. The dispatcher's own bookkeeping is covered in failure-email.test.ts.
 
 let fx: Fixture;
-
-beforeAll(async () => {
-  fx = await createFixture();
-});
-afterEach(async () => {
-  await fx.reset();
-  await fx.assertNoSecrets();
-});
-afterAll(async () => {
-  try {
-    await fx?.assertNoSecrets();
-  } finally {
-    await fx?.close();
-  }
-});
+useFixture((f) => (fx = f));
 
 interface Outbox { status: string; tries: number; last_error: string | null }
 

@@ -1,28 +1,14 @@
 import { createServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createFixture, RECIPIENTS, SECRETS, WF, type Fixture } from '../helpers/app-fixture.js';
+import { describe, expect, it } from 'vitest';
+import { useFixture, RECIPIENTS, SECRETS, WF, type Fixture } from '../helpers/app-fixture.js';
 import { until } from '../helpers/process.js';
 
 // Run level: what a run does, and what its error, `l2flow status` and the failure mail say, for each way the SAP
 // endpoint can answer. The sender's own retry arithmetic is covered in sap.test.ts.
 
 let fx: Fixture;
-
-beforeAll(async () => {
-  fx = await createFixture();
-});
-afterEach(async () => {
-  await fx.reset();
-  await fx.assertNoSecrets();
-});
-afterAll(async () => {
-  try {
-    await fx?.assertNoSecrets();
-  } finally {
-    await fx?.close();
-  }
-});
+useFixture((f) => (fx = f));
 
 async function sapSend(date: string) {
   return (await fx.db.pool.query(

@@ -1,7 +1,7 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { SensorCheck } from '../../src/runtime/app.js';
 import { addDays } from '../../src/services/dates.js';
-import { createFixture, FLAG, type Fixture } from '../helpers/app-fixture.js';
+import { useFixture, FLAG, type Fixture } from '../helpers/app-fixture.js';
 import { until } from '../helpers/process.js';
 
 // Run level: the warehouse fails a child, a child overruns its timeout, and the flag sensor meets rows that do or
@@ -9,21 +9,7 @@ import { until } from '../helpers/process.js';
 // the services on their own.
 
 let fx: Fixture;
-
-beforeAll(async () => {
-  fx = await createFixture();
-});
-afterEach(async () => {
-  await fx.reset();
-  await fx.assertNoSecrets();
-});
-afterAll(async () => {
-  try {
-    await fx?.assertNoSecrets();
-  } finally {
-    await fx?.close();
-  }
-});
+useFixture((f) => (fx = f));
 
 const REPORTS = 'wf_data_preparation_for_reports';
 const SEGMENTATION = 'l1_to_l2_p_load_data_ds_client_segmentation_full';
