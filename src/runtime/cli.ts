@@ -130,6 +130,14 @@ function fmtTime(d: Date | null): string {
   return d ? d.toISOString().replace('T', ' ').slice(0, 19) : '-';
 }
 
+/** Columns as wide as their widest cell; the last column is not padded. */
+function printTable(io: Out, header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  io.out(line(header));
+  for (const r of rows) io.out(line(r));
+}
+
 function runJson(r: RunRow) {
   return {
     logical_date: r.logical_date,
@@ -153,10 +161,8 @@ async function cmdStatus(config: Config, dateFlag: string | undefined, json: boo
       if (json) io.out(JSON.stringify(runs.map(runJson)));
       else if (runs.length === 0) io.out('no runs yet: queue one with `l2flow trigger --date YYYY-MM-DD`');
       else {
-        io.out(['logical_date', 'status   ', 'load_id', 'current_step', 'started_at         ', 'finished_at        ', 'error'].join('  '));
-        for (const r of runs) {
-          io.out([r.logical_date, r.status.padEnd(9), (r.load_id ?? '-').padEnd(7), (r.current_step ?? '-').padEnd(12), fmtTime(r.started_at).padEnd(19), fmtTime(r.finished_at).padEnd(19), r.error?.message ?? ''].join('  '));
-        }
+        const rows = runs.map((r) => [r.logical_date, r.status, r.load_id ?? '-', r.current_step ?? '-', fmtTime(r.started_at), fmtTime(r.finished_at), r.error?.message ?? '']);
+        printTable(io, ['logical_date', 'status', 'load_id', 'current_step', 'started_at', 'finished_at', 'error'], rows);
       }
       return 0;
     }
