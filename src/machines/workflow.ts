@@ -69,9 +69,13 @@ export interface WorkflowContext extends WorkflowInput {
 export interface StepInput {
   runId: string;
   workflowId: string;
+  /** The run's logical date, YYYY-MM-DD in the workflow timezone. */
   logicalDate: string;
+  /** The date the run processes: logicalDate - 1, YYYY-MM-DD. */
   businessDate: string;
+  /** Run attempt: 1 for the first run, +1 each time an operator clears and re-runs it. */
   attempt: number;
+  /** Assigned by get_load_id; null before. */
   loadId: number | null;
 }
 export interface SensorStepInput extends StepInput {
