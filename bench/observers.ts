@@ -7,8 +7,8 @@ import pg from 'pg';
 import { pino } from 'pino';
 import { filter, type Observable } from 'rxjs';
 import { createNotificationHub } from '../src/runtime/notification-hub.js';
-import { addDays } from '../src/services/dates.js';
-import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, type SensorCheck } from '../src/services/sensors.js';
+import { addDays } from '../src/lib/dates.js';
+import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, type SensorCheck } from '../src/services/sensors/index.js';
 import type { SensorInput } from '../src/services/types.js';
 
 export const FLAG = 'l1_to_l2_load_successfull';

@@ -18,7 +18,7 @@ import { loadConfig, type Config } from '../src/runtime/config.js';
 import { createLogger } from '../src/runtime/logger.js';
 import { createRun, getRunByDate } from '../src/runtime/run-store.js';
 import type { RunEvent } from '../src/runtime/supervisor.js';
-import { addDays } from '../src/services/dates.js';
+import { addDays } from '../src/lib/dates.js';
 import { FLAG, noteFlagChecks, noteFlagNotifications, within, type Observer } from './observers.js';
 
 const SENSOR_STEP = 'wait_for_l2_full_load';

@@ -11,7 +11,7 @@ import { PerformanceObserver, performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { migrate } from '../src/runtime/migrate.js';
 import { parseFlags } from '../src/runtime/args.js';
-import { addDays } from '../src/services/dates.js';
+import { addDays } from '../src/lib/dates.js';
 import { FLAG, bareSensor, rawListener, sleep, type Marks, type Observer } from './observers.js';
 import { memory, report, type Memory, type Sample } from './report.js';
 import { runObserver } from './run-observer.js';

@@ -4,22 +4,22 @@ import pg from 'pg';
 import { filter, map, Subject, type Observable } from 'rxjs';
 import { fromPromise } from 'xstate';
 import { workflowMachine, type WorkflowMachine } from '../machines/workflow.js';
-import { createChildRunner } from '../services/children.js';
-import { createRateLimitedWarn } from '../services/condition-waiter.js';
-import { createEmailDispatcher, createFailureNotifier, type EmailDispatcher } from '../services/failure-email.js';
-import { createMailer } from '../services/mailer.js';
+import { createChildRunner } from '../services/children/index.js';
+import { createRateLimitedWarn } from '../lib/log.js';
+import { createEmailDispatcher, createFailureNotifier, type EmailDispatcher } from '../services/mail/index.js';
+import { createMailer } from '../services/mail/index.js';
 import { createMetadata } from '../services/metadata.js';
-import { createPools, type Pools } from '../services/pools.js';
-import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap.js';
-import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL, type SensorCheck } from '../services/sensors.js';
-import { toErrorInfo } from '../services/errors.js';
+import { createPools, type Pools } from '../services/db/index.js';
+import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap/index.js';
+import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
+import { toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { STEP_CHILDREN, type Config } from './config.js';
 import type { Logger } from './logger.js';
 import { createNotificationHub, type NotificationHub } from './notification-hub.js';
 import { createSupervisor, type Supervisor } from './supervisor.js';
 
-export type { SensorCheck } from '../services/sensors.js';
+export type { SensorCheck } from '../services/sensors/index.js';
 
 /**
  * The host process: builds every service from the configuration, provides them to the machine as named actors,

@@ -1,7 +1,7 @@
 import pg from 'pg';
-import { addDays, dateInZone, isIsoDate } from '../services/dates.js';
-import { emailOutboxStatus } from '../services/failure-email.js';
-import { toErrorInfo } from '../services/errors.js';
+import { addDays, dateInZone, isIsoDate } from '../lib/dates.js';
+import { emailOutboxStatus } from '../services/mail/index.js';
+import { toErrorInfo } from '../lib/errors.js';
 import { parseFlags, UsageError } from './args.js';
 import { createApp } from './app.js';
 import { ConfigError, loadConfig, redactUri, type Config } from './config.js';

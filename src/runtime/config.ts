@@ -1,9 +1,9 @@
 import path from 'node:path';
 import { WORKFLOW_ID } from '../machines/workflow.js';
-import type { ChildConfig } from '../services/children.js';
-import { isIsoDate } from '../services/dates.js';
-import { parseSmtpConnection } from '../services/mailer.js';
-import { parseSapConnection } from '../services/sap-connection.js';
+import type { ChildConfig } from '../services/children/index.js';
+import { isIsoDate } from '../lib/dates.js';
+import { parseSmtpConnection } from '../services/mail/index.js';
+import { parseSapConnection } from '../services/sap/index.js';
 import { ConfigError, DAY_S, LOG_LEVELS, MAX_TIMER_MS, quote, readFileConfig, type FileConfig } from './config-file.js';
 
 export type { ChildConfig };

@@ -2,7 +2,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import type pg from 'pg';
-import { quoteQualified } from '../services/sql.js';
+import { quoteQualified } from '../services/db/index.js';
 
 /** Folder of numbered migrations, shipped beside dist/ and src/. */
 // src/runtime/migrate.ts and dist/src/runtime/migrate.js sit at different depths below the package root.

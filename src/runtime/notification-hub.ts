@@ -1,7 +1,8 @@
 import pg from 'pg';
 import pgListen, { type Subscriber } from 'pg-listen';
 import { Observable, Subject, filter, map, share } from 'rxjs';
-import { createRateLimitedWarn, formatDuration } from '../services/condition-waiter.js';
+import { createRateLimitedWarn } from '../lib/log.js';
+import { formatDuration } from '../lib/time.js';
 import type { Logger } from '../services/types.js';
 
 const createSubscriber = pgListen.default;

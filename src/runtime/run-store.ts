@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { StepId, StepRecord } from '../machines/workflow.js';
-import type { ErrorInfo } from '../services/errors.js';
+import type { ErrorInfo } from '../lib/errors.js';
 
 /** l2flow.run and l2flow.step: the durable record of every run. All SQL about runs lives here. */
 

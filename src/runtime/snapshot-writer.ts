@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { activeSteps, runOutcome, type WorkflowSnapshot } from '../machines/workflow.js';
-import { toErrorInfo } from '../services/errors.js';
-import { abortableSleep } from '../services/sleep.js';
+import { toErrorInfo } from '../lib/errors.js';
+import { abortableSleep } from '../lib/time.js';
 import type { Logger } from './logger.js';
 import { cancelledHere, saveProgress, type RunStatus } from './run-store.js';
 

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { BehaviorSubject, Subject, filter, type Observable, type Subscription } from 'rxjs';
 import { createActor, type Actor, type Subscription as ActorSubscription } from 'xstate';
 import { activeSteps, type WorkflowInput, type WorkflowMachine, type WorkflowSnapshot } from '../machines/workflow.js';
-import { toErrorInfo } from '../services/errors.js';
+import { toErrorInfo } from '../lib/errors.js';
 import type { Logger } from './logger.js';
 import { createRunLocks, type LockEpoch } from './run-locks.js';
 import { failRun, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';

@@ -1,7 +1,7 @@
 import type pg from 'pg';
-import { StepError, throwIfAborted, toErrorInfo } from './errors.js';
-import { quoteQualified } from './sql.js';
-import { memoized } from './step-memo.js';
+import { StepError, throwIfAborted, toErrorInfo } from '../lib/errors.js';
+import { quoteQualified } from './db/index.js';
+import { memoized } from './db/index.js';
 import type { Logger, RunFailure, StepContext, StepFn } from './types.js';
 
 export interface MetadataOptions {

@@ -1,7 +1,7 @@
 import type http from 'node:http';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { addDays } from '../../src/services/dates.js';
+import { addDays } from '../../src/lib/dates.js';
 import { crashHarness, D, expectRestored, expectSucceededOnce, WF } from '../helpers/crash.js';
 import { until } from '../helpers/process.js';
 

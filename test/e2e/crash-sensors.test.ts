@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addDays } from '../../src/services/dates.js';
+import { addDays } from '../../src/lib/dates.js';
 import { crashHarness, D, expectRestored, expectSucceededOnce } from '../helpers/crash.js';
 import { until } from '../helpers/process.js';
 

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { addDays } from '../../src/services/dates.js';
+import { addDays } from '../../src/lib/dates.js';
 import { createSegmentationView, createTestDb, type TestDb } from '../helpers/db.js';
 import { ensureBuilt, runCli, startRuntime, until, type Runtime } from '../helpers/process.js';
 import { startSapServer, type TestSapServer } from '../helpers/sap-server.js';

@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { createApp, type App, type AppOptions } from '../../src/runtime/app.js';
 import { loadConfig } from '../../src/runtime/config.js';
 import { createLogger, secretsOf } from '../../src/runtime/logger.js';
-import { addDays } from '../../src/services/dates.js';
+import { addDays } from '../../src/lib/dates.js';
 import { createSegmentationView, createTestDb, type TestDb } from './db.js';
 import { runMain, until } from './process.js';
 import { startSapServer, type SapHandler, type SapRequest, type TestSapServer } from './sap-server.js';

@@ -5,7 +5,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { expect, onTestFailed, onTestFinished } from 'vitest';
 import { createRun } from '../../src/runtime/run-store.js';
-import { addDays } from '../../src/services/dates.js';
+import { addDays } from '../../src/lib/dates.js';
 import { createSegmentationView, createTestDb, type TestDb } from './db.js';
 import { ensureBuilt, startRuntime, until, type Runtime } from './process.js';
 import { startSapServer, type TestSapServer } from './sap-server.js';

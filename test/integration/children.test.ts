@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import pino from 'pino';
 import { createTestDb, type TestDb } from '../helpers/db.js';
-import { createChildRunner, type ChildConfig, type ChildRunner } from '../../src/services/children.js';
+import { createChildRunner, type ChildConfig, type ChildRunner } from '../../src/services/children/index.js';
 import type { StepContext } from '../../src/services/types.js';
 
 const signal = new AbortController().signal;

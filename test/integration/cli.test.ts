@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dateInZone } from '../../src/services/dates.js';
+import { dateInZone } from '../../src/lib/dates.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { ensureBuilt, runCli, runMain } from '../helpers/process.js';
 

@@ -3,10 +3,10 @@ import pg from 'pg';
 import pino from 'pino';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { startSmtpServer, type TestSmtpServer } from '../helpers/smtp.js';
-import { createMailer, parseSmtpConnection, type Mailer } from '../../src/services/mailer.js';
+import { createMailer, parseSmtpConnection, type Mailer } from '../../src/services/mail/index.js';
 import {
   createEmailDispatcher, createFailureNotifier, emailOutboxStatus, renderFailureEmail, type EmailDispatcher,
-} from '../../src/services/failure-email.js';
+} from '../../src/services/mail/index.js';
 import type { RunFailure, StepContext } from '../../src/services/types.js';
 
 const WF = 'WF_MAIN_DATASETS_LOAD_L2_TO_L2';

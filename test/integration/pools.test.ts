@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
 import pino from 'pino';
 import { createTestDb, type TestDb } from '../helpers/db.js';
-import { createPools, type Pools } from '../../src/services/pools.js';
+import { createPools, type Pools } from '../../src/services/db/index.js';
 
 const never = new AbortController().signal;
 const logger = pino({ level: 'silent' });

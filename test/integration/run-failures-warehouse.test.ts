@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { SensorCheck } from '../../src/runtime/app.js';
-import { addDays } from '../../src/services/dates.js';
+import { addDays } from '../../src/lib/dates.js';
 import { useFixture, FLAG, type Fixture } from '../helpers/app-fixture.js';
 import { until } from '../helpers/process.js';
 

@@ -5,14 +5,14 @@ import { inspect } from 'node:util';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createSegmentationView, createTestDb, type TestDb } from '../helpers/db.js';
-import { StepError } from '../../src/services/errors.js';
+import { StepError } from '../../src/lib/errors.js';
 import {
   createSapSender,
   describeSapEndpoint,
   parseSapConnection,
   type SapEndpoint,
   type SapSenderDeps,
-} from '../../src/services/sap.js';
+} from '../../src/services/sap/index.js';
 import type { StepContext } from '../../src/services/types.js';
 
 interface Received { method: string; url: string; headers: http.IncomingHttpHeaders; body: string; at: number }

@@ -4,10 +4,10 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { pino } from 'pino';
 import { NEVER, Subject, firstValueFrom, timeout } from 'rxjs';
 import { createNotificationHub, type NotificationHub } from '../../src/runtime/notification-hub.js';
-import { createConditionWaiter } from '../../src/services/condition-waiter.js';
-import { StepError } from '../../src/services/errors.js';
-import { addDays } from '../../src/services/dates.js';
-import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, createPreviousRunSensor, type SensorCheck } from '../../src/services/sensors.js';
+import { createConditionWaiter } from '../../src/services/sensors/index.js';
+import { StepError } from '../../src/lib/errors.js';
+import { addDays } from '../../src/lib/dates.js';
+import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, createPreviousRunSensor, type SensorCheck } from '../../src/services/sensors/index.js';
 import type { SensorInput } from '../../src/services/types.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 

@@ -1,7 +1,7 @@
 import type pg from 'pg';
-import { StepError } from './errors.js';
-import { abortableSleep } from './sleep.js';
-import type { Logger } from './types.js';
+import { StepError } from '../../lib/errors.js';
+import { abortableSleep } from '../../lib/time.js';
+import type { Logger } from '../types.js';
 
 export interface PoolsOptions {
   /** Connections for holders; a waiter borrows one only while it tries the slots. */

@@ -1,4 +1,4 @@
-import { StepError } from './errors.js';
+import { StepError } from '../../lib/errors.js';
 
 const MESSAGE_EXCERPT_CHARS = 200;
 

@@ -1,10 +1,10 @@
 import { STATUS_CODES } from 'node:http';
 import type pg from 'pg';
-import { dateInZone } from './dates.js';
-import { StepError, toErrorInfo, type StepErrorCode } from './errors.js';
-import { sapPayload } from './sap-payload.js';
-import { retryableOutcome, sapFailure, type TryOutcome } from './sap-outcome.js';
-import type { StepContext } from './types.js';
+import { dateInZone } from '../../lib/dates.js';
+import { StepError, toErrorInfo, type StepErrorCode } from '../../lib/errors.js';
+import { sapPayload } from './payload.js';
+import { retryableOutcome, sapFailure, type TryOutcome } from './outcome.js';
+import type { StepContext } from '../types.js';
 
 const STORED_EXCERPT_CHARS = 1000;
 /** Appended to a failure replayed from l2flow.sap_send instead of sending again. */

@@ -1,4 +1,4 @@
-import type { RunFailure } from './types.js';
+import type { RunFailure } from '../types.js';
 
 export interface FailureEmailInput {
   workflowId: string;

@@ -1,6 +1,6 @@
 import nodemailer from 'nodemailer';
 import type { SMTPTransportOptions } from 'nodemailer';
-import type { Logger } from './types.js';
+import type { Logger } from '../types.js';
 
 /** An SMTP connection read from an Airflow-style URI: nodemailer options plus the optional sender. */
 export interface SmtpConnection {

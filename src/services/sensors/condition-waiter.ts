@@ -1,7 +1,9 @@
 import { performance } from 'node:perf_hooks';
 import type { Observable, Subscription } from 'rxjs';
-import { StepError } from './errors.js';
-import type { Logger } from './types.js';
+import { StepError } from '../../lib/errors.js';
+import { createRateLimitedWarn } from '../../lib/log.js';
+import { formatDuration } from '../../lib/time.js';
+import type { Logger } from '../types.js';
 
 /** What a parked waiter is told when its condition holds. */
 export interface WaitResult {
@@ -259,35 +261,4 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
       updatePoll();
     },
   };
-}
-
-/**
- * A warn() that logs the first event per key, then at most one per interval carrying the number of events
- * it left out (`suppressed`), so a flood of bad payloads or failing queries cannot flood the log.
- */
-export function createRateLimitedWarn(
-  logger: Logger,
-  intervalMs = 60_000,
-): (key: string, obj: Record<string, unknown>, msg: string) => void {
-  const state = new Map<string, { lastAt: number; suppressed: number }>();
-  return (key, obj, msg) => {
-    const now = Date.now();
-    const s = state.get(key);
-    if (s && now - s.lastAt < intervalMs) {
-      s.suppressed += 1;
-      return;
-    }
-    logger.warn(s?.suppressed ? { ...obj, suppressed: s.suppressed } : obj, msg);
-    state.set(key, { lastAt: now, suppressed: 0 });
-  };
-}
-
-/** "850 ms", "42 s", "1h 5m 3s": durations as operators read them. */
-export function formatDuration(ms: number): string {
-  if (ms < 1_000) return `${Math.max(0, Math.round(ms))} ms`;
-  const s = Math.round(ms / 1_000);
-  if (s < 60) return `${s} s`;
-  const h = Math.floor(s / 3_600);
-  const m = Math.floor((s % 3_600) / 60);
-  return h > 0 ? `${h}h ${m}m ${s % 60}s` : `${m}m ${s % 60}s`;
 }

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Mailer } from './mailer.js';
-import { checkout } from './sql.js';
-import type { Logger } from './types.js';
+import { checkout } from '../db/index.js';
+import type { Logger } from '../types.js';
 
 interface OutboxRow {
   id: string; run_id: string; attempt: number; recipients: string[]; subject: string; text_body: string; html_body: string; tries: number;

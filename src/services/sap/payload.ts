@@ -1,5 +1,5 @@
-import { StepError } from './errors.js';
-import type { StepContext } from './types.js';
+import { StepError } from '../../lib/errors.js';
+import type { StepContext } from '../types.js';
 
 /** SPEC field order; jsonb does not keep key order, so the body is always rebuilt in this order. */
 const PAYLOAD_FIELDS = ['calc_ended', 'calc_date', 'calc_rows', 'logical_date', 'source_sys_cd', 'code_flg'] as const;

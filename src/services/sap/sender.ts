@@ -2,17 +2,15 @@ import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { Agent, request } from 'undici';
-import { dateInZone } from './dates.js';
-import { StepError, throwIfAborted } from './errors.js';
-import { authorizationHeader, credentialScrubber, sapUrlForHumans, type SapEndpoint } from './sap-connection.js';
-import { retryableOutcome, sapFailure, type TryOutcome } from './sap-outcome.js';
-import { sapIdempotencyKey, sapPayloadJson } from './sap-payload.js';
-import { createSendRecord } from './sap-record.js';
-import { quoteQualified } from './sql.js';
-import type { Logger, StepContext, StepFn } from './types.js';
+import { dateInZone } from '../../lib/dates.js';
+import { StepError, throwIfAborted } from '../../lib/errors.js';
+import { authorizationHeader, credentialScrubber, sapUrlForHumans, type SapEndpoint } from './connection.js';
+import { retryableOutcome, sapFailure, type TryOutcome } from './outcome.js';
+import { sapIdempotencyKey, sapPayloadJson } from './payload.js';
+import { createSendRecord } from './record.js';
+import { quoteQualified } from '../db/index.js';
+import type { Logger, StepContext, StepFn } from '../types.js';
 
-export { describeSapEndpoint, parseSapConnection, type SapAuth, type SapEndpoint } from './sap-connection.js';
-export { sapIdempotencyKey, sapPayloadJson, type SapPayload } from './sap-payload.js';
 
 const STEP = 'send_flg_to_sap';
 const DEFAULT_VIEW = 'wk_export.ds_client_segmentation_last_v';

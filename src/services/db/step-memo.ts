@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { checkout } from './sql.js';
-import type { StepContext } from './types.js';
+import type { StepContext } from '../types.js';
 
 /** Anything that can run a query: a pool or a client. */
 export type Queryable = Pick<pg.Pool, 'query'> | Pick<pg.PoolClient, 'query'>;

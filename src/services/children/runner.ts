@@ -1,7 +1,7 @@
 import type pg from 'pg';
-import { StepError, throwIfAborted } from './errors.js';
-import { readMemo, writeMemo } from './step-memo.js';
-import type { Logger, StepContext, StepFn } from './types.js';
+import { StepError, throwIfAborted } from '../../lib/errors.js';
+import { readMemo, writeMemo } from '../db/index.js';
+import type { Logger, StepContext, StepFn } from '../types.js';
 
 /** How a child workflow runs: SQL in the warehouse, or a native builtin. */
 export type ChildConfig =

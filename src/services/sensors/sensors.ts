@@ -1,10 +1,10 @@
 import type pg from 'pg';
 import { type Observable, filter, map } from 'rxjs';
 import { type CheckEvent, createConditionWaiter } from './condition-waiter.js';
-import { addDays, isIsoDate } from './dates.js';
-import { StepError, throwIfAborted } from './errors.js';
-import { quoteQualified } from './sql.js';
-import type { Logger, SensorInput, StepFn } from './types.js';
+import { addDays, isIsoDate } from '../../lib/dates.js';
+import { StepError, throwIfAborted } from '../../lib/errors.js';
+import { quoteQualified } from '../db/index.js';
+import type { Logger, SensorInput, StepFn } from '../types.js';
 
 /** Channel of l2flow.notify_dwh_flag(): `{ flag_cd, business_date }` for every insert/update of the flag table. */
 export const DWH_FLAG_CHANNEL = 'l2flow_dwh_flag';

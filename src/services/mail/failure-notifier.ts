@@ -1,11 +1,9 @@
 import type pg from 'pg';
-import { abortableSleep } from './sleep.js';
-import { isConnectionError, StepError, throwIfAborted } from './errors.js';
-import { renderFailureEmail, type RenderedEmail } from './failure-email-render.js';
-import type { Logger, RunFailure, StepContext, StepFn } from './types.js';
+import { abortableSleep } from '../../lib/time.js';
+import { isConnectionError, StepError, throwIfAborted } from '../../lib/errors.js';
+import { renderFailureEmail, type RenderedEmail } from './render.js';
+import type { Logger, RunFailure, StepContext, StepFn } from '../types.js';
 
-export { escapeHtml, renderFailureEmail, type FailureEmailInput, type RenderedEmail } from './failure-email-render.js';
-export { createEmailDispatcher, emailOutboxStatus, type EmailDispatcher, type EmailOutboxStatus } from './email-dispatcher.js';
 
 /**
  * The `email_on_failure` step: queue the failure mail in l2flow.email_outbox, at most once per run attempt, so the run

@@ -1,0 +1,12 @@
+/** Sensors: one condition waiter per sensor, woken by NOTIFY hints, listener reconnects and a fallback poll. */
+export {
+  createFlagSensor,
+  createPreviousRunSensor,
+  DWH_FLAG_CHANNEL,
+  RUN_CHANNEL,
+  type PreviousRunSensorOutput,
+  type SensorCheck,
+  type SensorNotification,
+  type SensorOutput,
+} from './sensors.js';
+export { createConditionWaiter, type CheckEvent, type CheckReason, type ConditionWaiter, type WaitResult } from './condition-waiter.js';
