@@ -9,7 +9,7 @@ import { createRateLimitedWarn } from '../lib/log.js';
 import { createEmailDispatcher, createFailureNotifier, type EmailDispatcher } from '../services/mail/index.js';
 import { createMailer } from '../services/mail/index.js';
 import { createMetadata } from '../services/metadata.js';
-import { createPools, type Pools } from '../services/db/index.js';
+import { createDedicatedConnections, createPools, type DedicatedConnections, type Pools } from '../services/db/index.js';
 import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap/index.js';
 import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
 import { toErrorInfo } from '../lib/errors.js';
@@ -17,6 +17,7 @@ import type { StepContext, StepFn } from '../services/types.js';
 import { STEP_CHILDREN, type Config } from './config.js';
 import type { Logger } from './logger.js';
 import { createNotificationHub, type NotificationHub } from './notification-hub.js';
+import { createRunLocks } from './run-locks.js';
 import { createSupervisor, type Supervisor } from './supervisor.js';
 
 export type { SensorCheck } from '../services/sensors/index.js';
@@ -66,6 +67,7 @@ export function buildActors(d: {
   notifications$: Observable<{ channel: string; payload: unknown }>;
   reconnects$: Observable<void>;
   pools: Pools;
+  childConnections: DedicatedConnections;
   logger: Logger;
   onMailQueued: () => void;
   /** Every sensor check query, once done (see App.sensorChecks$). */
@@ -80,7 +82,7 @@ export function buildActors(d: {
     onCheck: d.onSensorCheck,
   };
   const metadata = createMetadata({ pool, logger: logger.child({ module: 'metadata' }) });
-  const children = createChildRunner({ pool, children: config.children, logger: logger.child({ module: 'children' }) });
+  const children = createChildRunner({ pool, connections: d.childConnections, children: config.children, logger: logger.child({ module: 'children' }) });
   const sendToSap = createSapSender({
     pool,
     endpoint: parseSapConnection(config.connections.sap),
@@ -132,7 +134,9 @@ export function buildActors(d: {
 export function createApp(config: Config, logger: Logger, opts: AppOptions = {}): App {
   const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   // application_name starts with l2flow: the builtin session killer never terminates our own connections.
-  const pool = new pg.Pool({ connectionString: config.connections.dwh, max: config.maxActiveRuns + 10, application_name: 'l2flow' });
+  // The pool is l2flow's whole share of the server besides the listener, the lock connection and the child
+  // statements executing now: however many runs are active or parked, no more connections are opened.
+  const pool = new pg.Pool({ connectionString: config.connections.dwh, max: config.poolSize, application_name: 'l2flow' });
   // A restart kills every idle connection at once: one line per outage, not one per connection.
   const poolWarn = createRateLimitedWarn(logger, 60_000);
   pool.on('error', (err) => poolWarn('pool', { err: toErrorInfo(err) }, 'idle database connection failed; the pool replaces it'));
@@ -150,7 +154,13 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     ...(opts.mailPollIntervalMs ? { pollIntervalMs: opts.mailPollIntervalMs } : {}),
     ...(opts.mailRetryBaseDelayMs ? { baseDelayMs: opts.mailRetryBaseDelayMs } : {}),
   });
-  const pools = createPools({ pool, pools: config.pools, logger });
+  const locks = createRunLocks({ connectionString: config.connections.dwh, maxActiveRuns: config.maxActiveRuns, workflowId: config.workflowId });
+  const pools = createPools({ locks, pools: config.pools, logger });
+  const childConnections = createDedicatedConnections({
+    connectionString: config.connections.dwh,
+    max: config.childConnections,
+    applicationName: 'l2flow-child',
+  });
   const sensorChecks = new Subject<SensorCheck>();
   const machine = workflowMachine.provide({
     actors: buildActors({
@@ -159,6 +169,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       notifications$: hub.notifications$,
       reconnects$: hub.connected$,
       pools,
+      childConnections,
       logger,
       onMailQueued: () => dispatcher.kick(),
       onSensorCheck: (e) => sensorChecks.next(e),
@@ -166,7 +177,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
   });
   const supervisor = createSupervisor({
     pool,
-    connectionString: config.connections.dwh,
+    locks,
     machine,
     workflowId: config.workflowId,
     owner,
@@ -201,6 +212,8 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     async stop() {
       await supervisor.stop();
       await pools.close();
+      await locks.end();
+      await childConnections.end();
       await dispatcher.stop();
       await hub.stop();
       await mailer.close();

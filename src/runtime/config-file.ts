@@ -74,6 +74,8 @@ const fileSchema = z.strictObject({
       timezone: z.string().optional(),
       startDate: z.string().optional(),
       maxActiveRuns: z.number().int().positive().optional(),
+      poolSize: z.number().int().positive().optional(),
+      childConnections: z.number().int().positive().optional(),
       claimIntervalSeconds: z.number().positive().max(3600).optional(),
       runTimeoutSeconds: z.number().positive().max(MAX_TIMER_MS / 1000).optional(),
     })

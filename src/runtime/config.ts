@@ -19,6 +19,10 @@ export interface Config {
   timezone: string;
   startDate: string;
   maxActiveRuns: number;
+  /** Connections of the shared pool: short queries of every run, sensor checks, snapshots, the mail outbox. */
+  poolSize: number;
+  /** Child statements executing at once in one process, each on a connection of its own. */
+  childConnections: number;
   /** How often a process looks for runs to claim: bounds how long a dead process's runs wait for a take-over. */
   claimIntervalMs: number;
   /** Whole-run timeout (Airflow's dagrun_timeout); null: none, as in the original DAG. */
@@ -206,6 +210,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { scope?:
     timezone,
     startDate,
     maxActiveRuns,
+    poolSize: envNumber(env, 'L2FLOW_POOL_SIZE', { integer: true, example: 10 }) ?? file.workflow?.poolSize ?? 10,
+    childConnections: envNumber(env, 'L2FLOW_CHILD_CONNECTIONS', { integer: true, example: 10 }) ?? file.workflow?.childConnections ?? 10,
     runTimeoutMs: ((t) => (t === undefined ? null : t * 1000))(
       envNumber(env, 'L2FLOW_RUN_TIMEOUT_SECONDS', { max: Math.floor(MAX_TIMER_MS / 1000), example: 86400 }) ?? file.workflow?.runTimeoutSeconds,
     ),

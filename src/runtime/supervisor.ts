@@ -4,7 +4,7 @@ import { createActor, type Actor, type Subscription as ActorSubscription } from 
 import { activeSteps, type WorkflowInput, type WorkflowMachine, type WorkflowSnapshot } from '../machines/workflow.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { Logger } from './logger.js';
-import { createRunLocks, type LockEpoch } from './run-locks.js';
+import type { LockEpoch, RunLocks } from './run-locks.js';
 import { failRun, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
 import { createSnapshotWriter, statusOf, type SnapshotWriter } from './snapshot-writer.js';
 
@@ -26,8 +26,8 @@ export interface RunEvent {
 
 export interface SupervisorOptions {
   pool: pg.Pool;
-  /** Used for the lock connection; the pool is for everything else. */
-  connectionString: string;
+  /** The process's lock connection (run locks, max_active_runs slots, leadership); the pool is for everything else. */
+  locks: RunLocks;
   machine: WorkflowMachine;
   workflowId: string;
   owner: string;
@@ -88,17 +88,15 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   const emit = (run: LiveRun, type: RunEvent['type'], snap: WorkflowSnapshot, status: RunStatus) =>
     events.next({ runId: run.row.run_id, logicalDate: run.row.logical_date, type, steps: activeSteps(snap.value), status, at: Date.now() });
 
-  const locks = createRunLocks({
-    connectionString: o.connectionString,
-    maxActiveRuns: o.maxActiveRuns,
-    workflowId: o.workflowId,
-    onLost: (err) => {
+  const locks = o.locks;
+  subs.push(
+    locks.lost$.subscribe((err) => {
       // Losing the lock connection loses every run lock: stop executing them; whoever locks them next resumes them.
       o.logger.error({ err: toErrorInfo(err) }, 'lock connection lost: releasing all runs of this process');
       setLeader(false);
       void releaseAll('lock connection lost').then(() => scheduleClaim(1000));
-    },
-  });
+    }),
+  );
 
   /** Stop a live run here without touching its record (it stays resumable), then release its lock. */
   async function drop(run: LiveRun, why: string): Promise<void> {
@@ -242,7 +240,8 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   /** Runs cancelled by an operator: send CANCEL so the machine aborts the step in flight (and its query). */
   function cancelLive(runId: string): void {
     const run = live.get(runId);
-    if (!run) return;
+    // A run that just ended is still live until its last write settles: there is nothing left to cancel.
+    if (!run || run.actor.getSnapshot().status !== 'active') return;
     run.log.info('cancel requested: stopping the run');
     run.actor.send({ type: 'CANCEL' });
   }
@@ -314,7 +313,6 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
       for (const s of subs) s.unsubscribe();
       await claiming?.catch(() => undefined);
       await releaseAll('shutdown');
-      await locks.end();
       setLeader(false);
       leadership.complete();
       events.complete();

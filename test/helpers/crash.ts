@@ -138,7 +138,7 @@ export async function createCrashHarness(opts: CrashOptions = {}): Promise<Crash
   async function backends(like: string, where: string, exclude: Backend[]): Promise<Backend[] | null> {
     const rows = await query<Backend>(
       `select pid, query from pg_stat_activity
-        where datname = current_database() and application_name = 'l2flow' and ${where} and query like $1
+        where datname = current_database() and application_name in ('l2flow', 'l2flow-child') and ${where} and query like $1
           and not (pid = any($2::int[])) order by backend_start`,
       [like, exclude.map((b) => b.pid)],
     );

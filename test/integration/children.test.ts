@@ -4,6 +4,7 @@ import pg from 'pg';
 import pino from 'pino';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { createChildRunner, type ChildConfig, type ChildRunner } from '../../src/services/children/index.js';
+import { createDedicatedConnections, type DedicatedConnections } from '../../src/services/db/index.js';
 import type { StepContext } from '../../src/services/types.js';
 
 const signal = new AbortController().signal;
@@ -29,14 +30,16 @@ const children: Record<string, ChildConfig> = {
 describe('child workflows', () => {
   let db: TestDb;
   let runner: ChildRunner;
+  let connections: DedicatedConnections;
   beforeAll(async () => {
     db = await createTestDb();
-    runner = createChildRunner({ pool: db.pool, children, logger });
+    connections = createDedicatedConnections({ connectionString: db.uri, max: 4, applicationName: 'l2flow-child' });
+    runner = createChildRunner({ pool: db.pool, connections, children, logger });
     await db.pool.query(`create table t (ld date, lid bigint);
       create procedure p(d date, l bigint) language plpgsql as $$ begin insert into t values (d, l); end $$;
       create procedure p_commit(d date) language plpgsql as $$ begin insert into t (ld) values (d); commit; end $$;`);
   });
-  afterAll(async () => { await db.drop(); });
+  afterAll(async () => { await connections.end(); await db.drop(); });
 
   const rowsOfT = async () => (await db.pool.query('select ld::text, lid::int from t order by ld, lid')).rows;
   const running = async (text: string) =>
@@ -99,7 +102,7 @@ describe('child workflows', () => {
     await expect(runner.run('nope')(ctx(), signal)).rejects.toMatchObject({
       code: 'CHILD_NOT_CONFIGURED', message: expect.stringContaining('children.nope'),
     });
-    expect(() => createChildRunner({ pool: db.pool, logger, children: { x: { kind: 'sql', statement: 'select $3' } } }))
+    expect(() => createChildRunner({ pool: db.pool, connections, logger, children: { x: { kind: 'sql', statement: 'select $3' } } }))
       .toThrow(/children\.x\.statement references \$3/);
   });
 

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import pg from 'pg';
 import pino from 'pino';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { createPools, type Pools } from '../../src/services/db/index.js';
+import { createRunLocks, type RunLocks } from '../../src/runtime/run-locks.js';
 
 const never = new AbortController().signal;
 const logger = pino({ level: 'silent' });
@@ -19,31 +19,29 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('cross-process pool slots', () => {
   let db: TestDb;
-  // Two pg pools and two pool services stand for two l2flow processes.
-  let pgA: pg.Pool;
-  let pgB: pg.Pool;
+  // Two lock sessions and two pool services stand for two l2flow processes.
+  let locksA: RunLocks;
+  let locksB: RunLocks;
   let a: Pools;
   let b: Pools;
   beforeAll(async () => {
     db = await createTestDb({ migrate: false });
-    pgA = new pg.Pool({ connectionString: db.uri, application_name: 'l2flow-proc-a', max: 3 });
-    pgB = new pg.Pool({ connectionString: db.uri, application_name: 'l2flow-proc-b', max: 3 });
-    for (const p of [pgA, pgB]) p.on('error', () => undefined);
-    a = createPools({ pool: pgA, pools: config, logger, pollMs: 30 });
-    b = createPools({ pool: pgB, pools: config, logger, pollMs: 30 });
+    locksA = createRunLocks({ connectionString: db.uri, maxActiveRuns: 1, workflowId: 'wf' });
+    locksB = createRunLocks({ connectionString: db.uri, maxActiveRuns: 1, workflowId: 'wf' });
+    a = createPools({ locks: locksA, pools: config, logger, pollMs: 30 });
+    b = createPools({ locks: locksB, pools: config, logger, pollMs: 30 });
   });
   afterAll(async () => {
     await a.close();
     await b.close();
-    await pgA.end();
-    await pgB.end();
+    await locksA.end();
+    await locksB.end();
     await db.drop();
   });
 
   const advisoryLocks = async () =>
     (await db.pool.query(`select pid from pg_locks where locktype = 'advisory' and granted
        and database = (select oid from pg_database where datname = current_database())`)).rows.map((r) => r.pid as number);
-  const noClientCheckedOut = (p: pg.Pool) => p.idleCount === p.totalCount;
 
   it('with one slot, the second process waits until the first finishes', async () => {
     const events: string[] = [];
@@ -51,7 +49,7 @@ describe('cross-process pool slots', () => {
     const first = a.withSlot('dwh_l2', never, async () => { events.push('a start'); await holdA.promise; events.push('a end'); return 'a'; });
     await until(async () => events.includes('a start'));
     const logs: { msg: string }[] = [];
-    const watched = createPools({ pool: pgB, pools: config, pollMs: 30, logger: pino({ level: 'info' }, { write: (l: string) => logs.push(JSON.parse(l)) }) });
+    const watched = createPools({ locks: locksB, pools: config, pollMs: 30, logger: pino({ level: 'info' }, { write: (l: string) => logs.push(JSON.parse(l)) }) });
     const second = watched.withSlot('dwh_l2', never, async () => { events.push('b start'); return 'b'; });
     await sleep(150);
     expect(events).toEqual(['a start']);
@@ -87,11 +85,10 @@ describe('cross-process pool slots', () => {
     expect(await second).toBe('b');
     holdA.open();
     expect(await first).toBe('a done');
-    expect(noClientCheckedOut(pgA) && noClientCheckedOut(pgB)).toBe(true);
     expect(await advisoryLocks()).toEqual([]);
   });
 
-  it('stops waiting with ABORTED when aborted, leaking neither lock nor client', async () => {
+  it('stops waiting with ABORTED when aborted, leaking no lock', async () => {
     const holdA = gate();
     let aStarted = false;
     const first = a.withSlot('dwh_l2', never, async () => { aStarted = true; await holdA.promise; });
@@ -103,16 +100,33 @@ describe('cross-process pool slots', () => {
     ac.abort();
     await expect(second).rejects.toMatchObject({ code: 'ABORTED', message: expect.stringContaining('dwh_l2') });
     expect(bRan).toBe(false);
-    expect(noClientCheckedOut(pgB)).toBe(true);
     expect(await advisoryLocks()).toHaveLength(1);
     holdA.open();
     await first;
     expect(await advisoryLocks()).toEqual([]);
   });
 
+  it('a slot freed in this process wakes its waiter at once, not at its next poll', async () => {
+    const slow = createPools({ locks: locksA, pools: config, logger, pollMs: 60_000 });
+    const holdA = gate();
+    const events: string[] = [];
+    const first = slow.withSlot('dwh_l2', never, async () => { events.push('first'); await holdA.promise; });
+    await until(async () => events.includes('first'));
+    const second = slow.withSlot('dwh_l2', never, async () => { events.push('second'); });
+    await sleep(100);
+    expect(events).toEqual(['first']);
+    const freedAt = Date.now();
+    holdA.open();
+    await Promise.all([first, second]);
+    expect(events).toEqual(['first', 'second']);
+    // The poll would have fired after 60 s: anything well below it can only be the wake-up.
+    expect(Date.now() - freedAt).toBeLessThan(30_000);
+    await slow.close();
+  });
+
   it('names the config key for an unknown pool', async () => {
     await expect(a.withSlot('nope', never, async () => 1)).rejects.toThrow(/pools\.nope/);
-    expect(() => createPools({ pool: pgA, pools: { bad: { slots: 0 } }, logger })).toThrow(/pools\.bad\.slots/);
+    expect(() => createPools({ locks: locksA, pools: { bad: { slots: 0 } }, logger })).toThrow(/pools\.bad\.slots/);
   });
 });
 

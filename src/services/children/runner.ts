@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
-import { readMemo, writeMemo } from '../db/index.js';
+import { readMemo, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
 
 /** How a child workflow runs: SQL in the warehouse, or a native builtin. */
@@ -71,11 +71,14 @@ function validate(children: Record<string, ChildConfig>): void {
 
 /** Runs child workflows from configuration, once per run attempt, cancelling their queries on the server on abort/timeout. */
 export function createChildRunner(opts: {
+  /** Short queries: memos, and cancelling a child's statement from outside its session. */
   pool: pg.Pool;
+  /** Where each child statement gets a connection of its own. */
+  connections: DedicatedConnections;
   children: Record<string, ChildConfig>;
   logger: Logger;
 }): ChildRunner {
-  const { pool, children, logger } = opts;
+  const { pool, connections, children, logger } = opts;
   validate(children);
 
   /**
@@ -84,7 +87,7 @@ export function createChildRunner(opts: {
    */
   async function cancellable(
     child: string,
-    client: pg.PoolClient,
+    client: pg.ClientBase,
     pid: number,
     query: pg.QueryConfig,
     timeoutMs: number | undefined,
@@ -135,23 +138,15 @@ export function createChildRunner(opts: {
     signal: AbortSignal,
   ): Promise<ChildResult> {
     const started = Date.now();
-    const client = await pool.connect();
-    let clientError: Error | undefined;
-    const onError = (err: Error) => { clientError = err; };
-    client.on('error', onError);
-    let destroy = false;
+    const conn = await connections.acquire(signal, `child workflow ${child}`);
+    const client = conn.client;
+    let clean = false;
     try {
       const pid = (await client.query<{ pid: number }>(SESSION_SETUP)).rows[0]!.pid;
       const transactional = cfg.kind === 'sql' && cfg.transactional !== false;
       const query = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx) : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds ?? 600] };
       if (transactional) await client.query('begin');
-      let res: pg.QueryResult;
-      try {
-        res = await cancellable(child, client, pid, query, cfg.timeoutMs, signal);
-      } catch (err) {
-        destroy = true;
-        throw err;
-      }
+      const res = await cancellable(child, client, pid, query, cfg.timeoutMs, signal);
       const result: ChildResult = { child, kind: cfg.kind, durationMs: Date.now() - started, resumed: false };
       if (cfg.kind === 'sql') result.rowCount = res.rowCount ?? 0;
       else {
@@ -166,15 +161,14 @@ export function createChildRunner(opts: {
       if (transactional) await client.query(fresh ? 'commit' : 'rollback');
       if (!fresh) {
         const winner = await readMemo<ChildResult>(client, ctx, memoStep(child));
+        clean = true;
         return { ...(winner ?? result), resumed: true };
       }
+      clean = true;
       return result;
-    } catch (err) {
-      destroy = true;
-      throw err;
     } finally {
-      client.off('error', onError);
-      client.release(destroy || clientError ? (clientError ?? true) : undefined);
+      // After a failure the connection is closed: an open transaction or a cancelled statement ends with it.
+      conn.release(!clean);
     }
   }
 

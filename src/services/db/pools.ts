@@ -1,14 +1,26 @@
-import type pg from 'pg';
 import { StepError } from '../../lib/errors.js';
 import { abortableSleep } from '../../lib/time.js';
 import type { Logger } from '../types.js';
 
+/** A lock held on the process's lock session. */
+export interface HeldLock {
+  /** Release it; false when it was already gone with the connection it was taken on. */
+  release(): Promise<boolean>;
+}
+
+/** The session advisory locks pools are built on: the runtime's lock connection, where run locks live too. */
+export interface SessionLocks {
+  /** Try the advisory lock (hashtext(namespace), key); null when another session holds it. */
+  tryLock(namespace: string, key: number): Promise<HeldLock | null>;
+}
+
 export interface PoolsOptions {
-  /** Connections for holders; a waiter borrows one only while it tries the slots. */
-  pool: pg.Pool;
+  /** Where slots are locked: no pooled connection is held while a step waits for, or holds, a slot. */
+  locks: SessionLocks;
   /** Airflow-style pools: name → number of steps that may run at once across every l2flow process. */
   pools: Record<string, { slots: number }>;
   logger: Logger;
+  /** How often a waiter looks again for a slot freed by another process (one freed here wakes it at once). */
   pollMs?: number;
 }
 
@@ -18,70 +30,55 @@ export interface Pools {
   close(): Promise<void>;
 }
 
-interface Held {
-  client: pg.PoolClient;
-  slot: number;
-  /** Set when the holding connection broke, which means PostgreSQL has already freed the slot. */
-  broken: Error | undefined;
-  onError: (err: Error) => void;
-}
-
-const TRY_LOCK = `select pg_try_advisory_lock(hashtext('l2flow.pool:' || $1), $2) as ok`;
-const UNLOCK = `select pg_advisory_unlock(hashtext('l2flow.pool:' || $1), $2) as ok`;
-
 /**
  * Cross-process pool slots held as session advisory locks (one lock per slot): a holder that dies frees its
  * slot with its connection, so no lease or timeout is needed.
  */
 export function createPools(opts: PoolsOptions): Pools {
-  const { pool, pools, logger, pollMs = 500 } = opts;
+  const { locks, pools, logger, pollMs = 500 } = opts;
   for (const [name, cfg] of Object.entries(pools)) {
     if (!Number.isInteger(cfg.slots) || cfg.slots < 1) {
       throw new Error(`pools.${name}.slots must be a whole number of at least 1 (got ${String(cfg.slots)})`);
     }
   }
   const closing = new AbortController();
+  /** Waiters of this process per pool: a slot freed here wakes them at once instead of at their next poll. */
+  const wakers = new Map<string, Set<() => void>>();
 
-  /** Try every slot once on a fresh client; the client comes back holding the lock, or is released. */
-  async function tryOnce(name: string, slots: number): Promise<Held | undefined> {
-    const client = await pool.connect();
-    const held: Held = { client, slot: -1, broken: undefined, onError: (err) => { held.broken = err; } };
-    // A checked-out client has no error listener of the pool's: without ours a killed backend crashes the process.
-    client.on('error', held.onError);
-    try {
-      for (let slot = 0; slot < slots; slot++) {
-        const { rows } = await client.query<{ ok: boolean }>({ name: 'l2flow_pool_try', text: TRY_LOCK, values: [name, slot] });
-        if (rows[0]?.ok) {
-          held.slot = slot;
-          return held;
-        }
-      }
-    } catch (err) {
-      held.broken ??= err instanceof Error ? err : new Error(String(err));
+  /**
+   * Slots held by this process. Session advisory locks are re-entrant: the lock session would grant a slot it
+   * already holds a second time, so slots taken here are skipped here; the lock keeps out every other process.
+   */
+  const heldHere = new Map<string, Set<number>>();
+
+  async function tryOnce(name: string, slots: number): Promise<{ slot: number; lock: HeldLock } | undefined> {
+    const mine = heldHere.get(name) ?? new Set<number>();
+    heldHere.set(name, mine);
+    for (let slot = 0; slot < slots; slot++) {
+      if (mine.has(slot)) continue;
+      mine.add(slot);
+      const lock = await locks.tryLock(`l2flow.pool:${name}`, slot).catch((err: unknown) => {
+        mine.delete(slot);
+        throw err;
+      });
+      if (lock) return { slot, lock };
+      mine.delete(slot);
     }
-    client.off('error', held.onError);
-    client.release(held.broken);
-    if (held.broken) throw held.broken;
     return undefined;
   }
 
-  async function release(name: string, held: Held, info: object): Promise<void> {
-    let unlocked = false;
-    if (!held.broken) {
-      try {
-        const { rows } = await held.client.query<{ ok: boolean }>({ name: 'l2flow_pool_unlock', text: UNLOCK, values: [name, held.slot] });
-        unlocked = rows[0]?.ok === true;
-      } catch (err) {
-        held.broken = err instanceof Error ? err : new Error(String(err));
-      }
+  /** Sleep until the next poll, a slot freed in this process, or the signal. */
+  async function nap(name: string, stop: AbortSignal): Promise<void> {
+    const wake = new AbortController();
+    const set = wakers.get(name) ?? new Set();
+    wakers.set(name, set);
+    const waker = () => wake.abort();
+    set.add(waker);
+    try {
+      await abortableSleep(pollMs, AbortSignal.any([stop, wake.signal]));
+    } finally {
+      set.delete(waker);
     }
-    if (!unlocked) {
-      logger.error({ ...info, pool: name, slot: held.slot, err: held.broken },
-        'the slot was lost while held (its connection ended); another step may have run in it meanwhile');
-    }
-    held.client.off('error', held.onError);
-    // Destroying the connection is what guarantees the lock cannot outlive us if the unlock did not happen.
-    held.client.release(unlocked ? undefined : (held.broken ?? true));
   }
 
   async function withSlot<T>(
@@ -98,7 +95,7 @@ export function createPools(opts: PoolsOptions): Pools {
       new StepError('ABORTED', `${info ? `${info.step} of run ${info.runId}` : 'a step'} stopped waiting for a slot of pool ${poolName}`,
         { cause: stop.reason });
     const waitStart = Date.now();
-    let held: Held | undefined;
+    let held: { slot: number; lock: HeldLock } | undefined;
     let logged = false;
     for (;;) {
       if (stop.aborted) throw aborted();
@@ -108,17 +105,26 @@ export function createPools(opts: PoolsOptions): Pools {
         logger.info(ctx, `waiting for a slot of pool ${poolName} (${cfg.slots} slot(s), all taken)`);
         logged = true;
       }
-      await abortableSleep(pollMs, stop);
+      await nap(poolName, stop);
     }
+    const release = async () => {
+      const released = await held.lock.release();
+      heldHere.get(poolName)?.delete(held.slot);
+      if (!released) {
+        logger.error({ ...ctx, slot: held.slot },
+          'the slot was lost while held (the lock connection ended); another step may have run in it meanwhile');
+      }
+      for (const wake of wakers.get(poolName) ?? []) wake();
+    };
     if (stop.aborted) {
-      await release(poolName, held, ctx);
+      await release();
       throw aborted();
     }
     logger.debug({ ...ctx, slot: held.slot, waitedMs: Date.now() - waitStart }, 'pool slot acquired');
     try {
       return await fn();
     } finally {
-      await release(poolName, held, ctx);
+      await release();
     }
   }
 
@@ -129,4 +135,3 @@ export function createPools(opts: PoolsOptions): Pools {
     },
   };
 }
-
