@@ -1,13 +1,9 @@
-import pg from 'pg';
-import { addDays, dateInZone, isIsoDate } from '../lib/dates.js';
-import { emailOutboxStatus } from '../services/mail/index.js';
+import { isIsoDate } from '../lib/dates.js';
 import { toErrorInfo } from '../lib/errors.js';
+import { createL2flow, L2flowError, type L2flow } from './api.js';
 import { parseFlags, UsageError } from './args.js';
-import { createApp } from './app.js';
-import { ConfigError, loadConfig, redactUri, type Config } from './config.js';
-import { createLogger, secretsOf } from './logger.js';
-import { checkFlagTrigger, migrate } from './migrate.js';
-import { cancelRun, createRun, getRunByDate, listRuns, listSteps, type RunRow } from './run-store.js';
+import { ConfigError } from './config.js';
+import type { RunRow } from './run-store.js';
 
 /** `l2flow <command>`: exit 0 ok, 1 failure, 2 bad usage or configuration. */
 
@@ -32,25 +28,25 @@ export async function main(argv: string[], io: Out = stdio): Promise<number> {
     switch (command) {
       case 'migrate':
         parseFlags('migrate', rest, []);
-        return await cmdMigrate(loadConfig(process.env, { scope: 'dwh' }), io);
+        return await withApi((l2) => cmdMigrate(l2, io));
       case 'run':
         parseFlags('run', rest, []);
-        return await cmdRun(loadConfig(process.env), io);
+        return await cmdRun(io);
       case 'trigger': {
         const f = parseFlags('trigger', rest, [{ name: 'date', type: 'string', description: 'the logical date, YYYY-MM-DD' }]);
-        return await cmdTrigger(loadConfig(process.env, { scope: 'dwh' }), f.date as string | undefined, io);
+        return await withApi((l2) => cmdTrigger(l2, f.date as string | undefined, io));
       }
       case 'status': {
         const f = parseFlags('status', rest, [
           { name: 'date', type: 'string', description: 'the logical date, YYYY-MM-DD' },
           { name: 'json', type: 'boolean', description: 'print JSON' },
         ]);
-        return await cmdStatus(loadConfig(process.env, { scope: 'dwh' }), f.date as string | undefined, f.json === true, io);
+        return await withApi((l2) => cmdStatus(l2, f.date as string | undefined, f.json === true, io));
       }
       case 'cancel': {
         const f = parseFlags('cancel', rest, [{ name: 'date', type: 'string', description: 'the logical date of the run to cancel, YYYY-MM-DD' }]);
         if (f.date === undefined) throw new UsageError('cancel: --date is required, e.g. l2flow cancel --date 2024-03-15');
-        return await cmdCancel(loadConfig(process.env, { scope: 'dwh' }), f.date as string, io);
+        return await withApi((l2) => cmdCancel(l2, f.date as string, io));
       }
       case undefined:
       case 'help':
@@ -66,7 +62,7 @@ export async function main(argv: string[], io: Out = stdio): Promise<number> {
         throw new UsageError(`unknown command "${command}"\n${USAGE}`);
     }
   } catch (err) {
-    if (err instanceof UsageError || err instanceof ConfigError) {
+    if (err instanceof UsageError || err instanceof ConfigError || (err instanceof L2flowError && err.code === 'NOT_MIGRATED')) {
       io.err(`l2flow: ${err.message}`);
       return 2;
     }
@@ -75,33 +71,20 @@ export async function main(argv: string[], io: Out = stdio): Promise<number> {
   }
 }
 
-function connect(config: Config): pg.Pool {
-  const pool = new pg.Pool({ connectionString: config.connections.dwh, max: 2, application_name: 'l2flow-cli' });
-  pool.on('error', () => undefined);
-  return pool;
-}
-
-async function withPool<T>(config: Config, fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
-  const pool = connect(config);
+/** Commands other than `run` need only the warehouse; the API is closed (its connections ended) afterwards. */
+async function withApi(fn: (l2: L2flow) => Promise<number>): Promise<number> {
+  const l2 = createL2flow({ env: process.env, scope: 'dwh', applicationName: 'l2flow-cli' });
   try {
-    return await fn(pool);
-  } catch (err) {
-    if (err instanceof UsageError || err instanceof ConfigError) throw err;
-    const code = (err as { code?: unknown }).code;
-    if (code === '42P01' && /l2flow\./.test((err as Error).message)) {
-      throw new UsageError(`l2flow's tables are missing (database ${redactUri(config.connections.dwh)}): run \`l2flow migrate\` first`);
-    }
-    // Connection errors must name the server, never the password.
-    const info = toErrorInfo(err);
-    throw new Error(`${info.message} (database ${redactUri(config.connections.dwh)})`, { cause: err });
+    return await fn(l2);
   } finally {
-    await pool.end();
+    await l2.stop();
   }
 }
 
-async function cmdMigrate(config: Config, io: Out): Promise<number> {
-  const { applied } = await withPool(config, (pool) => migrate(pool, { flagTable: config.flagSensor.flagTable }));
-  io.out(applied.length ? `applied ${applied.join(', ')}; notify trigger installed on ${config.flagSensor.flagTable}` : `schema up to date; notify trigger installed on ${config.flagSensor.flagTable}`);
+async function cmdMigrate(l2: L2flow, io: Out): Promise<number> {
+  const { applied } = await l2.migrate();
+  const { flagTable } = l2.config.flagSensor;
+  io.out(applied.length ? `applied ${applied.join(', ')}; notify trigger installed on ${flagTable}` : `schema up to date; notify trigger installed on ${flagTable}`);
   return 0;
 }
 
@@ -110,19 +93,16 @@ function parseDate(flag: string, value: string): string {
   return value;
 }
 
-async function cmdTrigger(config: Config, dateFlag: string | undefined, io: Out): Promise<number> {
-  const logicalDate = dateFlag === undefined ? dateInZone(config.timezone) : parseDate('date', dateFlag);
-  if (logicalDate < config.startDate) {
-    throw new UsageError(`--date ${logicalDate} is before the workflow's start date ${config.startDate}: pick a later date or change workflow.startDate`);
-  }
-  const { run, created } = await withPool(config, (pool) =>
-    createRun(pool, { workflowId: config.workflowId, logicalDate, businessDate: addDays(logicalDate, -1), triggeredBy: 'manual' }),
-  );
+async function cmdTrigger(l2: L2flow, dateFlag: string | undefined, io: Out): Promise<number> {
+  const { run, created } = await l2.trigger(dateFlag === undefined ? undefined : parseDate('date', dateFlag)).catch((err: unknown) => {
+    if (err instanceof L2flowError && err.code === 'BEFORE_START_DATE') throw new UsageError(`--date ${err.message}`);
+    throw err;
+  });
   if (created) {
-    io.out(`queued ${run.run_id}: logical date ${logicalDate}, business date ${run.business_date}`);
+    io.out(`queued ${run.run_id}: logical date ${run.logical_date}, business date ${run.business_date}`);
     return 0;
   }
-  io.out(`a run for ${logicalDate} already exists: ${run.run_id} is ${run.status}`);
+  io.out(`a run for ${run.logical_date} already exists: ${run.run_id} is ${run.status}`);
   return run.status === 'queued' || run.status === 'running' ? 0 : 1;
 }
 
@@ -153,47 +133,44 @@ function runJson(r: RunRow) {
   };
 }
 
-async function cmdStatus(config: Config, dateFlag: string | undefined, json: boolean, io: Out): Promise<number> {
+async function cmdStatus(l2: L2flow, dateFlag: string | undefined, json: boolean, io: Out): Promise<number> {
   const date = dateFlag === undefined ? undefined : parseDate('date', dateFlag);
-  return withPool(config, async (pool) => {
-    if (date === undefined) {
-      const runs = await listRuns(pool, config.workflowId, 20);
-      if (json) io.out(JSON.stringify(runs.map(runJson)));
-      else if (runs.length === 0) io.out('no runs yet: queue one with `l2flow trigger --date YYYY-MM-DD`');
-      else {
-        const rows = runs.map((r) => [r.logical_date, r.status, r.load_id ?? '-', r.current_step ?? '-', fmtTime(r.started_at), fmtTime(r.finished_at), r.error?.message ?? '']);
-        printTable(io, ['logical_date', 'status', 'load_id', 'current_step', 'started_at', 'finished_at', 'error'], rows);
-      }
-      return 0;
-    }
-    const run = await getRunByDate(pool, config.workflowId, date);
-    if (!run) {
-      if (json) io.out(JSON.stringify(null));
-      else io.out(`no run for ${date}: queue one with \`l2flow trigger --date ${date}\``);
-      return 1;
-    }
-    const steps = await listSteps(pool, run.run_id, run.attempt);
-    const mail = await emailOutboxStatus(pool, run.run_id);
-    if (json) {
-      io.out(JSON.stringify({ ...runJson(run), steps, failure_email: mail }));
-      return 0;
-    }
-    io.out(`${run.run_id}  ${run.status}  (attempt ${run.attempt}, load id ${run.load_id ?? '-'})`);
-    io.out(`logical date ${run.logical_date}, business date ${run.business_date}; current step: ${run.current_step ?? '-'}`);
-    if (run.error) io.out(`error: ${run.error.code}: ${run.error.message}`);
-    for (const s of steps) {
-      io.out(`  ${s.step.padEnd(36)} ${s.status.padEnd(9)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at)}${s.error ? `  ${s.error.code}: ${s.error.message}` : ''}`);
-    }
-    for (const m of mail) {
-      io.out(`failure mail: ${m.status} after ${m.tries} tr${m.tries === 1 ? 'y' : 'ies'}${m.lastError ? `; last error: ${m.lastError}` : ''}`);
+  if (date === undefined) {
+    const runs = await l2.listRuns({ limit: 20 });
+    if (json) io.out(JSON.stringify(runs.map(runJson)));
+    else if (runs.length === 0) io.out('no runs yet: queue one with `l2flow trigger --date YYYY-MM-DD`');
+    else {
+      const rows = runs.map((r) => [r.logical_date, r.status, r.load_id ?? '-', r.current_step ?? '-', fmtTime(r.started_at), fmtTime(r.finished_at), r.error?.message ?? '']);
+      printTable(io, ['logical_date', 'status', 'load_id', 'current_step', 'started_at', 'finished_at', 'error'], rows);
     }
     return 0;
-  });
+  }
+  const run = await l2.getRun(date);
+  if (!run) {
+    if (json) io.out(JSON.stringify(null));
+    else io.out(`no run for ${date}: queue one with \`l2flow trigger --date ${date}\``);
+    return 1;
+  }
+  const { steps, failureEmail: mail } = run;
+  if (json) {
+    io.out(JSON.stringify({ ...runJson(run), steps, failure_email: mail }));
+    return 0;
+  }
+  io.out(`${run.run_id}  ${run.status}  (attempt ${run.attempt}, load id ${run.load_id ?? '-'})`);
+  io.out(`logical date ${run.logical_date}, business date ${run.business_date}; current step: ${run.current_step ?? '-'}`);
+  if (run.error) io.out(`error: ${run.error.code}: ${run.error.message}`);
+  for (const s of steps) {
+    io.out(`  ${s.step.padEnd(36)} ${s.status.padEnd(9)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at)}${s.error ? `  ${s.error.code}: ${s.error.message}` : ''}`);
+  }
+  for (const m of mail) {
+    io.out(`failure mail: ${m.status} after ${m.tries} tr${m.tries === 1 ? 'y' : 'ies'}${m.lastError ? `; last error: ${m.lastError}` : ''}`);
+  }
+  return 0;
 }
 
-async function cmdCancel(config: Config, dateFlag: string, io: Out): Promise<number> {
+async function cmdCancel(l2: L2flow, dateFlag: string, io: Out): Promise<number> {
   const date = parseDate('date', dateFlag);
-  const result = await withPool(config, (pool) => cancelRun(pool, config.workflowId, date));
+  const result = await l2.cancel(date);
   if (!result) {
     io.err(`no run for ${date}: nothing to cancel`);
     return 1;
@@ -206,14 +183,9 @@ async function cmdCancel(config: Config, dateFlag: string, io: Out): Promise<num
   return 0;
 }
 
-async function cmdRun(config: Config, io: Out): Promise<number> {
-  const logger = createLogger({ level: config.logLevel, secrets: secretsOf(Object.values(config.connections)) });
-  const problem = await withPool(config, (pool) => checkFlagTrigger(pool, config.flagSensor.flagTable));
-  if (problem) {
-    io.err(`l2flow run: ${problem}`);
-    return 2;
-  }
-  const app = createApp(config, logger);
+async function cmdRun(io: Out): Promise<number> {
+  const l2 = createL2flow({ env: process.env, applicationName: 'l2flow-cli' });
+  const { logger } = l2;
   let stopping: Promise<void> | null = null;
   let firstSignalAt = 0;
   const stop = (signal: string) => {
@@ -227,26 +199,38 @@ async function cmdRun(config: Config, io: Out): Promise<number> {
     }
     firstSignalAt = Date.now();
     logger.info({ signal }, 'stopping: no new work, persisting runs, closing connections');
-    stopping = app.stop();
+    stopping = l2.stop();
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  const onTerm = () => stop('SIGTERM');
+  const onInt = () => stop('SIGINT');
+  process.on('SIGTERM', onTerm);
+  process.on('SIGINT', onInt);
   try {
-    await app.start();
-  } catch (err) {
-    await app.stop().catch(() => undefined);
-    throw err;
-  }
-  logger.info({ workflowId: config.workflowId, timezone: config.timezone }, 'l2flow running; waiting for runs');
-  await new Promise<void>((resolve) => {
-    const check = setInterval(() => {
-      if (stopping) {
-        clearInterval(check);
-        void stopping.then(resolve);
+    try {
+      await l2.start();
+    } catch (err) {
+      await l2.stop().catch(() => undefined);
+      if (err instanceof L2flowError && err.code === 'FLAG_TRIGGER_MISSING') {
+        io.err(`l2flow run: ${err.message}`);
+        return 2;
       }
-    }, 50);
-  });
-  logger.info('stopped');
-  logger.flush();
-  return 0;
+      throw err;
+    }
+    logger.info({ workflowId: l2.config.workflowId, timezone: l2.config.timezone }, 'l2flow running; waiting for runs');
+    // The interval also keeps the process alive while every connection is down and reconnecting on unref'd timers.
+    await new Promise<void>((resolve, reject) => {
+      const check = setInterval(() => {
+        if (stopping) {
+          clearInterval(check);
+          stopping.then(resolve, reject);
+        }
+      }, 50);
+    });
+    logger.info('stopped');
+    logger.flush();
+    return 0;
+  } finally {
+    process.off('SIGTERM', onTerm);
+    process.off('SIGINT', onInt);
+  }
 }

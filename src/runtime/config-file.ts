@@ -191,6 +191,7 @@ function validKeysAt(schema: z.ZodType, at: PropertyKey[], raw: unknown): string
   return s instanceof z.ZodObject ? Object.keys(s.shape) : [];
 }
 
+/** Read and validate the L2FLOW_CONFIG file (YAML, or JSON by extension). */
 export function readFileConfig(file: string): FileConfig {
   const name = path.basename(file);
   let text: string;
@@ -209,6 +210,11 @@ export function readFileConfig(file: string): FileConfig {
     // Parser messages can quote the file's text, and the file may hold connection passwords: give the position only.
     throw new ConfigError('L2FLOW_CONFIG', `${file} is not valid ${json ? 'JSON' : 'YAML'} (${parseErrorWhere(text, err)}): fix the syntax there`);
   }
+  return parseFileConfig(raw, name);
+}
+
+/** Validate the file's settings given as an object (parsed YAML/JSON, or createL2flow's `config`); errors name `source`. */
+export function parseFileConfig(raw: unknown, name: string): FileConfig {
   const parsed = fileSchema.safeParse(raw ?? {}, { error: fileErrorMap });
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;

@@ -4,9 +4,9 @@ import type { ChildConfig } from '../services/children/index.js';
 import { isIsoDate } from '../lib/dates.js';
 import { parseSmtpConnection } from '../services/mail/index.js';
 import { parseSapConnection } from '../services/sap/index.js';
-import { ConfigError, DAY_S, LOG_LEVELS, MAX_TIMER_MS, quote, readFileConfig, type FileConfig } from './config-file.js';
+import { ConfigError, DAY_S, LOG_LEVELS, MAX_TIMER_MS, parseFileConfig, quote, readFileConfig, type FileConfig } from './config-file.js';
 
-export type { ChildConfig };
+export type { ChildConfig, FileConfig };
 export { ConfigError };
 
 /**
@@ -134,16 +134,20 @@ function envNumber(env: NodeJS.ProcessEnv, key: string, opts: { integer?: boolea
   return n;
 }
 
+/** How errors name the settings object given to loadConfig (`opts.file`) as their source. */
+const CONFIG_OBJECT = 'the config object';
+
 /**
  * Read and validate the configuration; throws ConfigError naming the key and the fix.
  * Scope `dwh` (migrate, trigger, status) needs only the warehouse connection; SAP, SMTP, recipients and
- * children are then left empty and unchecked.
+ * children are then left empty and unchecked. `file`, when given, is used instead of the L2FLOW_CONFIG file.
  */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { scope?: 'full' | 'dwh' } = {}): Config {
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { scope?: 'full' | 'dwh'; file?: unknown } = {}): Config {
   const full = opts.scope !== 'dwh';
-  const configFile = envValue(env, 'L2FLOW_CONFIG');
-  const file = configFile ? readFileConfig(configFile) : ({} as FileConfig);
-  const fileName = configFile && path.basename(configFile);
+  // `file`: the file's settings as an object (the embedding API); it replaces L2FLOW_CONFIG, env still wins over it.
+  const configFile = opts.file === undefined ? envValue(env, 'L2FLOW_CONFIG') : undefined;
+  const file = opts.file !== undefined ? parseFileConfig(opts.file, CONFIG_OBJECT) : configFile ? readFileConfig(configFile) : ({} as FileConfig);
+  const fileName = opts.file !== undefined ? CONFIG_OBJECT : configFile && path.basename(configFile);
 
   const envTz = envValue(env, 'L2FLOW_TIMEZONE');
   const timezone = envTz ?? file.workflow?.timezone ?? 'Asia/Tashkent';

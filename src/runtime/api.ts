@@ -1,0 +1,216 @@
+import pg from 'pg';
+import { Subject, type Observable } from 'rxjs';
+import { addDays, dateInZone, isIsoDate } from '../lib/dates.js';
+import { toErrorInfo } from '../lib/errors.js';
+import { emailOutboxStatus, type EmailOutboxStatus } from '../services/mail/index.js';
+import { createApp, type App } from './app.js';
+import { ConfigError, loadConfig, redactUri, type Config, type FileConfig } from './config.js';
+import { createLogger, secretsOf, type Logger } from './logger.js';
+import { checkFlagTrigger, migrate, type MigrateResult } from './migrate.js';
+import { cancelRun, createRun, getRunByDate, listRuns, listSteps, type RunRow, type StepRow } from './run-store.js';
+import type { RunEvent } from './supervisor.js';
+
+/**
+ * The runtime as a library: what `l2flow <command>` does, callable from a host Node service. Configuration is
+ * validated when the instance is created (a ConfigError names the key); nothing connects until a method needs to.
+ */
+
+export type L2flowErrorCode =
+  /** A date argument is not a calendar date YYYY-MM-DD. */
+  | 'INVALID_DATE'
+  /** trigger(): the logical date is before the workflow's start date. */
+  | 'BEFORE_START_DATE'
+  /** l2flow's tables are missing: run migrate() first. */
+  | 'NOT_MIGRATED'
+  /** start(): the flag table or its notify trigger is missing. */
+  | 'FLAG_TRIGGER_MISSING'
+  /** start() on an instance created with `scope: 'dwh'`, or any call after stop(). */
+  | 'NOT_AVAILABLE'
+  /** The warehouse could not be reached or refused a query; `cause` holds the original error. */
+  | 'DATABASE_ERROR';
+
+/** A failure of an API call, with a stable `code` to branch on; messages name the database without its password. */
+export class L2flowError extends Error {
+  override readonly name = 'L2flowError';
+  constructor(
+    readonly code: L2flowErrorCode,
+    message: string,
+    opts: { cause?: unknown } = {},
+  ) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+  }
+}
+
+/** The L2FLOW_CONFIG file's settings as an object: same keys, same validation, plus `connections` by connection id. */
+export type ConfigObject = FileConfig;
+
+export interface L2flowOptions {
+  /** Settings with the file's keys; replaces the L2FLOW_CONFIG file. */
+  config?: ConfigObject;
+  /** Environment overlay (it wins over `config`, as over the file). Default: process.env without `config`, {} with it. */
+  env?: NodeJS.ProcessEnv;
+  /** `dwh`: only the warehouse connection is needed (migrate, trigger, read, cancel); start() then throws. Default `full`. */
+  scope?: 'full' | 'dwh';
+  /**
+   * Your pino logger, or options for l2flow's own (level: default the config's logLevel; destination: default
+   * stdout). Only l2flow's own logger also scrubs connection secrets from every value it logs.
+   */
+  logger?: Logger | { level?: string; destination?: { write(line: string): void } };
+  /** application_name of the query connections, `l2flow-…` so the session killer spares them. Default `l2flow-api`. */
+  applicationName?: `l2flow${string}`;
+}
+
+/** A run with its current attempt's step history and its failure mails. */
+export interface RunDetails extends RunRow {
+  steps: StepRow[];
+  failureEmail: EmailOutboxStatus[];
+}
+
+export interface L2flow {
+  /** The validated configuration (it holds connection URIs with their secrets: never log it as is). */
+  readonly config: Config;
+  /** The logger l2flow writes to. */
+  readonly logger: Logger;
+  /**
+   * Every run event of runs this instance executes (started, restored, transition, finished, released). Hot, no
+   * replay; subscribe any time, before start() too. Emitted synchronously: keep subscribers cheap and non-throwing.
+   * Completes on stop().
+   */
+  readonly events$: Observable<RunEvent>;
+  /** Apply pending migrations and (re)install the flag table's notify trigger; safe to repeat and to run concurrently. */
+  migrate(): Promise<MigrateResult>;
+  /** Start executing runs (claiming queued and orphaned ones); throws FLAG_TRIGGER_MISSING before anything starts. */
+  start(): Promise<void>;
+  /** Stop gracefully: runs in flight are persisted and released (another process resumes them), connections closed. */
+  stop(): Promise<void>;
+  /** Queue the run of a logical date (default: today in the workflow timezone); an existing run is returned as it is. */
+  trigger(logicalDate?: string): Promise<{ run: RunRow; created: boolean }>;
+  /** Cancel the queued or running run of a date wherever it runs; null when there is none. */
+  cancel(logicalDate: string): Promise<{ run: RunRow; cancelled: boolean } | null>;
+  /** The run of a logical date with its steps and failure mails, or null. */
+  getRun(logicalDate: string): Promise<RunDetails | null>;
+  /** The newest runs first (default 20). */
+  listRuns(opts?: { limit?: number }): Promise<RunRow[]>;
+}
+
+function isLogger(l: L2flowOptions['logger']): l is Logger {
+  return typeof (l as Logger | undefined)?.child === 'function';
+}
+
+function checkDate(date: string): string {
+  if (!isIsoDate(date)) throw new L2flowError('INVALID_DATE', `"${String(date).slice(0, 40)}" is not a date: write YYYY-MM-DD, e.g. 2024-03-15`);
+  return date;
+}
+
+/** Create the runtime from a settings object and/or the environment; throws ConfigError naming the bad key. */
+export function createL2flow(options: L2flowOptions = {}): L2flow {
+  const env = options.env ?? (options.config === undefined ? process.env : {});
+  const scope = options.scope ?? 'full';
+  const config = loadConfig(env, { scope, file: options.config });
+  const database = redactUri(config.connections.dwh);
+  const events = new Subject<RunEvent>();
+  let logger: Logger | undefined;
+  let pool: pg.Pool | undefined;
+  let app: App | undefined;
+  let starting: Promise<void> | undefined;
+  let stopping: Promise<void> | undefined;
+
+  const getLogger = (): Logger => {
+    if (isLogger(options.logger)) return options.logger;
+    const own = options.logger;
+    logger ??= createLogger({
+      level: own?.level ?? config.logLevel,
+      secrets: secretsOf(Object.values(config.connections)),
+      ...(own?.destination ? { destination: own.destination } : {}),
+    });
+    return logger;
+  };
+
+  /** Run `fn` on the query pool; failures become L2flowErrors that name the database, never its password. */
+  async function query<T>(fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
+    if (stopping) throw new L2flowError('NOT_AVAILABLE', 'this l2flow instance is stopped: create a new one with createL2flow()');
+    if (!pool) {
+      pool = new pg.Pool({ connectionString: config.connections.dwh, max: 2, application_name: options.applicationName ?? 'l2flow-api' });
+      // An idle connection's failure surfaces on the next query; nothing to do here.
+      pool.on('error', () => undefined);
+    }
+    try {
+      return await fn(pool);
+    } catch (err) {
+      if (err instanceof L2flowError || err instanceof ConfigError) throw err;
+      const code = (err as { code?: unknown }).code;
+      if (code === '42P01' && /l2flow\./.test((err as Error).message)) {
+        throw new L2flowError('NOT_MIGRATED', `l2flow's tables are missing (database ${database}): run \`l2flow migrate\` first`, { cause: err });
+      }
+      throw new L2flowError('DATABASE_ERROR', `${toErrorInfo(err).message} (database ${database})`, { cause: err });
+    }
+  }
+
+  async function startOnce(): Promise<void> {
+    if (scope !== 'full') throw new L2flowError('NOT_AVAILABLE', "start() needs the full configuration: create the instance without scope: 'dwh'");
+    const problem = await query((p) => checkFlagTrigger(p, config.flagSensor.flagTable));
+    if (problem) throw new L2flowError('FLAG_TRIGGER_MISSING', problem);
+    const built = createApp(config, getLogger());
+    built.supervisor.events$.subscribe({ next: (e) => events.next(e) });
+    app = built;
+    try {
+      await built.start();
+    } catch (err) {
+      app = undefined;
+      await built.stop().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  return {
+    config,
+    get logger() {
+      return getLogger();
+    },
+    events$: events.asObservable(),
+    migrate: () => query((p) => migrate(p, { flagTable: config.flagSensor.flagTable })),
+    start() {
+      if (stopping) return Promise.reject(new L2flowError('NOT_AVAILABLE', 'this l2flow instance is stopped: create a new one with createL2flow()'));
+      // A failed start may be retried; concurrent calls share one attempt.
+      starting ??= startOnce().catch((err: unknown) => {
+        starting = undefined;
+        throw err;
+      });
+      return starting;
+    },
+    stop() {
+      stopping ??= (async () => {
+        await starting?.catch(() => undefined);
+        try {
+          await app?.stop();
+        } finally {
+          await pool?.end();
+          events.complete();
+        }
+      })();
+      return stopping;
+    },
+    async trigger(logicalDate) {
+      const date = logicalDate === undefined ? dateInZone(config.timezone) : checkDate(logicalDate);
+      if (date < config.startDate) {
+        throw new L2flowError('BEFORE_START_DATE', `${date} is before the workflow's start date ${config.startDate}: pick a later date or change workflow.startDate`);
+      }
+      return query((p) => createRun(p, { workflowId: config.workflowId, logicalDate: date, businessDate: addDays(date, -1), triggeredBy: 'manual' }));
+    },
+    async cancel(logicalDate) {
+      const date = checkDate(logicalDate);
+      return query((p) => cancelRun(p, config.workflowId, date));
+    },
+    async getRun(logicalDate) {
+      const date = checkDate(logicalDate);
+      return query(async (p) => {
+        const run = await getRunByDate(p, config.workflowId, date);
+        if (!run) return null;
+        return { ...run, steps: await listSteps(p, run.run_id, run.attempt), failureEmail: await emailOutboxStatus(p, run.run_id) };
+      });
+    },
+    async listRuns(opts = {}) {
+      return query((p) => listRuns(p, config.workflowId, opts.limit ?? 20));
+    },
+  };
+}
