@@ -32,25 +32,25 @@ export async function main(argv: string[], io: Out = stdio): Promise<number> {
     switch (command) {
       case 'migrate':
         parseFlags('migrate', rest, []);
-        return await cmdMigrate(loadConfig(process.env, { scope: 'dwh' }), io);
+        return await cmdMigrate(loadConfig(undefined, { scope: 'dwh' }), io);
       case 'run':
         parseFlags('run', rest, []);
-        return await cmdRun(loadConfig(process.env), io);
+        return await cmdRun(loadConfig(), io);
       case 'trigger': {
         const f = parseFlags('trigger', rest, [{ name: 'date', type: 'string', description: 'the logical date, YYYY-MM-DD' }]);
-        return await cmdTrigger(loadConfig(process.env, { scope: 'dwh' }), f.date as string | undefined, io);
+        return await cmdTrigger(loadConfig(undefined, { scope: 'dwh' }), f.date as string | undefined, io);
       }
       case 'status': {
         const f = parseFlags('status', rest, [
           { name: 'date', type: 'string', description: 'the logical date, YYYY-MM-DD' },
           { name: 'json', type: 'boolean', description: 'print JSON' },
         ]);
-        return await cmdStatus(loadConfig(process.env, { scope: 'dwh' }), f.date as string | undefined, f.json === true, io);
+        return await cmdStatus(loadConfig(undefined, { scope: 'dwh' }), f.date as string | undefined, f.json === true, io);
       }
       case 'cancel': {
         const f = parseFlags('cancel', rest, [{ name: 'date', type: 'string', description: 'the logical date of the run to cancel, YYYY-MM-DD' }]);
         if (f.date === undefined) throw new UsageError('cancel: --date is required, e.g. l2flow cancel --date 2024-03-15');
-        return await cmdCancel(loadConfig(process.env, { scope: 'dwh' }), f.date as string, io);
+        return await cmdCancel(loadConfig(undefined, { scope: 'dwh' }), f.date as string, io);
       }
       case undefined:
       case 'help':
