@@ -77,6 +77,7 @@ const emailAddress = z.string().refine((r) => /^[^@\s;<>]+@[^@\s;<>]+$/.test(r),
 /** A mapping of settings; absent, it is parsed as {} so that its keys' defaults apply. */
 const section = <T extends z.core.$ZodLooseShape>(shape: T) => z.strictObject(shape).prefault({} as never);
 
+/** Every setting, its rule and its default. */
 export const settingsSchema = z.strictObject({
   workflow: section({
     timezone: z
