@@ -6,6 +6,7 @@ import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { pino } from 'pino';
 import { filter, type Observable } from 'rxjs';
+import { DEFAULTS } from '../src/runtime/config.js';
 import { createNotificationHub } from '../src/runtime/notification-hub.js';
 import { addDays } from '../src/lib/dates.js';
 import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, type SensorCheck } from '../src/services/sensors/index.js';
@@ -145,7 +146,9 @@ export async function bareSensor(uri: string, firstDate: string): Promise<Observ
     notifications$: hub.notifications$,
     reconnects$: hub.connected$,
     logger,
-    pokeIntervalMs: 60_000,
+    flagTable: DEFAULTS.flagSensor.flagTable,
+    flagCode: DEFAULTS.flagSensor.flagCode,
+    pokeIntervalMs: DEFAULTS.flagSensor.pokeIntervalMs,
     onCheck: checks.onCheck,
   });
   const signal = new AbortController().signal;

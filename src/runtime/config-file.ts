@@ -1,9 +1,8 @@
 import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
-/** The L2FLOW_CONFIG file: its schema, and reading it with messages that name the key and the fix. */
+/** The L2FLOW_CONFIG file: reading it, and turning schema issues into messages that name the key and the fix. */
 
 /** A setting an operator must fix; `key` names it as the operator writes it. */
 export class ConfigError extends Error {
@@ -18,104 +17,6 @@ export class ConfigError extends Error {
   }
 }
 
-export const DAY_S = 24 * 3600;
-
-/** Longest delay a Node timer takes; setTimeout/setInterval fire at once for anything longer. */
-export const MAX_TIMER_MS = 2_147_483_647;
-
-/** A positive number of `what`; `timer` caps it at the longest delay a Node timer takes (for values that end up in one). */
-const positive = (what: 'seconds' | 'milliseconds', opts: { timer?: boolean } = {}) => {
-  const n = z.number().positive({
-    error: `must be greater than 0 ${what}`,
-  });
-  if (!opts.timer) return n;
-  const max = what === 'seconds' ? Math.floor(MAX_TIMER_MS / 1000) : MAX_TIMER_MS;
-  return n.max(max, { error: `must be at most ${max} ${what} (about 24 days, the longest timer Node.js supports)` });
-};
-
-/** `$n` placeholders a statement references (a heuristic that also counts `$n` inside literals). */
-function paramsReferenced(statement: string): number[] {
-  return [...new Set([...statement.matchAll(/\$(\d+)(?!\d)/g)].map((m) => Number(m[1])))];
-}
-
-const childSchema = z.discriminatedUnion(
-  'kind',
-  [
-    z.strictObject({
-      kind: z.literal('sql'),
-      statement: z
-        .string({ error: 'must be a SQL statement, e.g. "call l2.my_proc($1::date, $2::bigint)"' })
-        .trim()
-        .min(1, { error: 'must be a SQL statement, e.g. "call l2.my_proc($1::date, $2::bigint)"' })
-        .refine((st) => paramsReferenced(st).every((n) => n >= 1 && n <= 2), {
-          error: 'may reference only $1 (the logical date) and $2 (the load id): remove the other $n placeholders',
-        }),
-      timeoutSeconds: positive('seconds', { timer: true }).optional(),
-      transactional: z.boolean({ error: 'must be true or false' }).optional(),
-    }),
-    z.strictObject({
-      kind: z.literal('builtin'),
-      name: z.literal('sys_kill_all_session_pg', { error: 'must be sys_kill_all_session_pg, the only builtin child' }),
-      idleSeconds: z.number({ error: 'must be a whole number of seconds, e.g. 300' }).int({ error: 'must be a whole number of seconds, e.g. 300' }).nonnegative({ error: 'must be 0 or more seconds' }).optional(),
-      timeoutSeconds: positive('seconds', { timer: true }).optional(),
-    }),
-  ],
-  {
-    error: (iss) =>
-      `${iss.input && typeof iss.input === 'object' && 'kind' in iss.input ? `unknown child kind ${quote((iss.input as { kind: unknown }).kind)}` : 'kind is missing'}: write kind: sql (with statement: "call ...", run in the warehouse) or kind: builtin (with name: sys_kill_all_session_pg)`,
-  },
-);
-
-export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
-
-const fileSchema = z.strictObject({
-  workflow: z
-    .strictObject({
-      timezone: z.string().optional(),
-      startDate: z.string().optional(),
-      maxActiveRuns: z.number().int().positive().optional(),
-      poolSize: z.number().int().positive().optional(),
-      childConnections: z.number().int().positive().optional(),
-      claimIntervalSeconds: z.number().positive().max(3600).optional(),
-      runTimeoutSeconds: z.number().positive().max(MAX_TIMER_MS / 1000).optional(),
-    })
-    .optional(),
-  connections: z.record(z.string(), z.string()).optional(),
-  email: z.strictObject({ recipients: z.array(z.string()).optional(), from: z.string().optional() }).optional(),
-  sensors: z
-    .strictObject({
-      wait_for_l2_full_load: z
-        .strictObject({
-          flagTable: z.string().optional(),
-          flagCode: z.string().min(1).optional(),
-          pokeIntervalSeconds: positive('seconds', { timer: true }).optional(),
-          timeoutSeconds: positive('seconds').optional(),
-        })
-        .optional(),
-      wait_for_success_end: z
-        .strictObject({
-          pokeIntervalSeconds: positive('seconds', { timer: true }).optional(),
-          timeoutSeconds: positive('seconds').optional(),
-          executionDeltaDays: z.number().int().positive().optional(),
-        })
-        .optional(),
-    })
-    .optional(),
-  children: z.record(z.string(), childSchema).optional(),
-  pools: z.record(z.string(), z.strictObject({ slots: z.number().int().positive() })).optional(),
-  sap: z
-    .strictObject({
-      viewName: z.string().optional(),
-      connectTimeoutSeconds: positive('seconds', { timer: true }).optional(),
-      timeoutSeconds: positive('seconds', { timer: true }).optional(),
-      maxTries: z.number().int().positive().optional(),
-      retryBaseDelayMs: positive('milliseconds', { timer: true }).optional(),
-      retryMaxDelayMs: positive('milliseconds', { timer: true }).optional(),
-    })
-    .optional(),
-  logLevel: z.enum(LOG_LEVELS).optional(),
-});
-export type FileConfig = z.infer<typeof fileSchema>;
 
 /** A short, quoted rendering of a value an operator wrote (never used for connection URIs, which may hold secrets). */
 export function quote(v: unknown): string {
@@ -142,7 +43,7 @@ const EXPECTED: Record<string, string> = {
 };
 
 /** Messages for the file schema's issues that carry no message of their own: say what is wrong and what to write. */
-const fileErrorMap: z.core.$ZodErrorMap = (iss) => {
+export const fileErrorMap: z.core.$ZodErrorMap = (iss) => {
   switch (iss.code) {
     case 'invalid_type': {
       const want = EXPECTED[iss.expected] ?? iss.expected;
@@ -170,7 +71,8 @@ function validKeysAt(schema: z.ZodType, at: PropertyKey[], raw: unknown): string
   let value: unknown = raw;
   const unwrap = () => {
     for (;;) {
-      if (s instanceof z.ZodOptional) s = s.unwrap() as z.ZodType;
+      if (s instanceof z.ZodOptional || s instanceof z.ZodDefault || s instanceof z.ZodPrefault) s = s.def.innerType as z.ZodType;
+      else if (s instanceof z.ZodPipe) s = s.def.in as z.ZodType;
       else if (s instanceof z.ZodDiscriminatedUnion) {
         const disc: string = s.def.discriminator;
         const kind = value && typeof value === 'object' ? (value as Record<string, unknown>)[disc] : undefined;
@@ -191,9 +93,8 @@ function validKeysAt(schema: z.ZodType, at: PropertyKey[], raw: unknown): string
   return s instanceof z.ZodObject ? Object.keys(s.shape) : [];
 }
 
-/** Read and validate the L2FLOW_CONFIG file (YAML, or JSON by extension). */
-export function readFileConfig(file: string): FileConfig {
-  const name = path.basename(file);
+/** The L2FLOW_CONFIG file's settings as written (YAML or JSON), not yet checked; {} for an empty file. */
+export function readConfigFile(file: string): unknown {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -203,33 +104,26 @@ export function readFileConfig(file: string): FileConfig {
     throw new ConfigError('L2FLOW_CONFIG', `cannot read ${file} (${why}): point L2FLOW_CONFIG at an existing YAML or JSON file, or unset it`);
   }
   const json = /\.json$/i.test(file);
-  let raw: unknown;
   try {
-    raw = json ? JSON.parse(text) : parseYaml(text);
+    return (json ? JSON.parse(text) : parseYaml(text)) ?? {};
   } catch (err) {
     // Parser messages can quote the file's text, and the file may hold connection passwords: give the position only.
     throw new ConfigError('L2FLOW_CONFIG', `${file} is not valid ${json ? 'JSON' : 'YAML'} (${parseErrorWhere(text, err)}): fix the syntax there`);
   }
-  return parseFileConfig(raw, name);
 }
 
-/** Validate the file's settings given as an object (parsed YAML/JSON, or createL2flow's `config`); errors name `source`. */
-export function parseFileConfig(raw: unknown, name: string): FileConfig {
-  const parsed = fileSchema.safeParse(raw ?? {}, { error: fileErrorMap });
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    if (issue.code === 'unrecognized_keys') {
-      const where = issue.path.join('.');
-      const valid = validKeysAt(fileSchema, issue.path, raw);
-      throw new ConfigError(
-        issue.keys.map((k) => (where ? `${where}.${k}` : k)).join(', '),
-        `unknown setting: remove it or check its spelling${valid.length ? `; valid settings${where ? ` under ${where}` : ''}: ${valid.join(', ')}` : ''}`,
-        name,
-      );
-    }
-    throw new ConfigError(issue.path.join('.') || '(top level)', issue.message, name);
+/** The ConfigError of a schema issue found in the file `source`: unknown keys list the valid ones at their level. */
+export function fileIssueError(schema: z.ZodType, issue: z.core.$ZodIssue, raw: unknown, source: string | undefined): ConfigError {
+  if (issue.code === 'unrecognized_keys') {
+    const where = issue.path.join('.');
+    const valid = validKeysAt(schema, issue.path, raw);
+    return new ConfigError(
+      issue.keys.map((k) => (where ? `${where}.${k}` : k)).join(', '),
+      `unknown setting: remove it or check its spelling${valid.length ? `; valid settings${where ? ` under ${where}` : ''}: ${valid.join(', ')}` : ''}`,
+      source,
+    );
   }
-  return parsed.data;
+  return new ConfigError(issue.path.join('.') || '(top level)', issue.message, source);
 }
 
 /** "line L, column C" of a JSON or YAML syntax error, without quoting the text. */

@@ -1,17 +1,20 @@
 import path from 'node:path';
+import { CONNECTION_KINDS, ConnectionError, displayUri, parseConnection, type ConnectionKind } from '../lib/connection.js';
 import { WORKFLOW_ID } from '../machines/workflow.js';
 import type { ChildConfig } from '../services/children/index.js';
-import { isIsoDate } from '../lib/dates.js';
 import { parseSmtpConnection } from '../services/mail/index.js';
-import { parseSapConnection } from '../services/sap/index.js';
-import { ConfigError, DAY_S, LOG_LEVELS, MAX_TIMER_MS, parseFileConfig, quote, readFileConfig, type FileConfig } from './config-file.js';
+import { ENV_KEYS, envIssueMessage, envSourceOf, envValue, overlayEnv } from './config-env.js';
+import { ConfigError, fileErrorMap, fileIssueError, readConfigFile } from './config-file.js';
+import { settingsSchema, type Settings } from './config-schema.js';
 
-export type { ChildConfig, FileConfig };
-export { ConfigError };
+export type { ChildConfig };
+export type { FileConfig } from './config-schema.js';
+export { ConfigError, ENV_KEYS };
 
 /**
  * Configuration, read once at start-up and validated. This is the only module that reads `process.env`.
- * Sources, strongest first: environment variables, the optional L2FLOW_CONFIG file (YAML or JSON), defaults.
+ * Sources, strongest first: environment variables (through ENV_KEYS), the optional L2FLOW_CONFIG file (YAML or
+ * JSON), the defaults of the one schema (config-schema.ts).
  */
 
 export interface Config {
@@ -46,220 +49,138 @@ export const STEP_CHILDREN = {
   load_ds_client_segmentation: 'l1_to_l2_p_load_data_ds_client_segmentation_full',
 } as const;
 
-
-function validTimezone(tz: string): boolean {
-  try {
-    new Intl.DateTimeFormat('en-US', { timeZone: tz });
-    return true;
-  } catch {
-    return false;
+/** The configuration's values in the runtime's units (ms), from checked settings; connections are resolved apart. */
+function fromSettings(s: Settings): Omit<Config, 'connections'> {
+  const flag = s.sensors.wait_for_l2_full_load;
+  const prev = s.sensors.wait_for_success_end;
+  const children: Record<string, ChildConfig> = {};
+  for (const [name, c] of Object.entries(s.children)) {
+    const { timeoutSeconds, ...rest } = c as ChildConfig & { timeoutSeconds?: number };
+    children[name] = timeoutSeconds === undefined ? rest : { ...rest, timeoutMs: timeoutSeconds * 1000 };
   }
-}
-
-/** An environment variable's value; unset and empty count as not given. */
-function envValue(env: NodeJS.ProcessEnv, key: string): string | undefined {
-  const v = env[key]?.trim();
-  return v ? v : undefined;
-}
-
-type ConnKind = 'postgres' | 'sap' | 'smtp';
-const CONN_EXAMPLE: Record<ConnKind, string> = {
-  postgres: 'postgres://user:password@host:5432/dwh',
-  sap: 'https://user:password@sap.example/readiness',
-  smtp: 'smtp://user:password@mail.example:587',
-};
-
-/**
- * The URI of a connection id: L2FLOW_CONN_<ID>, then AIRFLOW_CONN_<ID>, then the config file's `connections`.
- * Errors name the variable (or file key) the URI came from and never quote the URI: it may hold a password.
- */
-function resolveConnection(env: NodeJS.ProcessEnv, file: FileConfig, fileName: string | undefined, idKey: string, id: string, kind: ConnKind): string {
-  const upper = id.toUpperCase();
-  const example = CONN_EXAMPLE[kind];
-  const sources: [key: string, value: string | undefined, source?: string][] = [
-    [`L2FLOW_CONN_${upper}`, envValue(env, `L2FLOW_CONN_${upper}`)],
-    [`AIRFLOW_CONN_${upper}`, envValue(env, `AIRFLOW_CONN_${upper}`)],
-    [`connections.${id}`, file.connections?.[id]?.trim() || undefined, fileName],
-  ];
-  const found = sources.find(([, v]) => v !== undefined);
-  if (!found) {
-    throw new ConfigError(
-      `L2FLOW_CONN_${upper}`,
-      `connection "${id}" (named by ${idKey}) is not set: export L2FLOW_CONN_${upper}=${example} (AIRFLOW_CONN_${upper} works too, or connections.${id} in the L2FLOW_CONFIG file)`,
-    );
-  }
-  const [key, uri, source] = found as [string, string, string | undefined];
-  const fail = (what: string): never => {
-    throw new ConfigError(key, `connection "${id}" ${what}: write it like ${example}`, source);
+  return {
+    workflowId: WORKFLOW_ID,
+    timezone: s.workflow.timezone,
+    startDate: s.workflow.startDate,
+    maxActiveRuns: s.workflow.maxActiveRuns,
+    poolSize: s.workflow.poolSize,
+    childConnections: s.workflow.childConnections,
+    runTimeoutMs: s.workflow.runTimeoutSeconds === undefined ? null : s.workflow.runTimeoutSeconds * 1000,
+    claimIntervalMs: s.workflow.claimIntervalSeconds * 1000,
+    connectionIds: s.connectionIds,
+    email: s.email,
+    flagSensor: { flagTable: flag.flagTable, flagCode: flag.flagCode, pokeIntervalMs: flag.pokeIntervalSeconds * 1000, timeoutMs: flag.timeoutSeconds * 1000 },
+    successEndSensor: { pokeIntervalMs: prev.pokeIntervalSeconds * 1000, timeoutMs: prev.timeoutSeconds * 1000, executionDeltaDays: prev.executionDeltaDays },
+    children,
+    pools: s.pools,
+    sap: {
+      viewName: s.sap.viewName,
+      connectTimeoutMs: s.sap.connectTimeoutSeconds * 1000,
+      timeoutMs: s.sap.timeoutSeconds * 1000,
+      maxTries: s.sap.maxTries,
+      retryBaseDelayMs: s.sap.retryBaseDelayMs,
+      retryMaxDelayMs: s.sap.retryMaxDelayMs,
+    },
+    logLevel: s.logLevel,
   };
-  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(uri)?.[1]?.toLowerCase();
-  if (!scheme) fail('is not a URI (it must start with a scheme such as postgres://, https:// or smtp://)');
-  const schemes = kind === 'postgres' ? ['postgres', 'postgresql'] : kind === 'sap' ? ['http', 'https'] : ['smtp', 'smtps'];
-  if (!schemes.includes(scheme!)) fail(`has scheme "${scheme!.slice(0, 20)}" but must use ${schemes.map((s) => `${s}://`).join(' or ')}`);
-  let url: URL;
-  try {
-    url = new URL(uri);
-  } catch {
-    // URL's own error quotes the input, password included.
-    return fail('is not a valid URI (check the port, and percent-encode special characters in the password, e.g. @ as %40)');
-  }
-  if (kind === 'postgres') {
-    if (!url.hostname && !url.searchParams.get('host')) fail('has no host');
-    for (const [part, what] of [[url.username, 'user name'], [url.password, 'password']] as const) {
-      try {
-        decodeURIComponent(part);
-      } catch {
-        fail(`has a badly percent-encoded ${what} (write % as %25)`);
-      }
-    }
-    return uri;
-  }
-  // The services' own parsers, run now so a bad URI stops start-up here rather than half-way through it.
-  try {
-    if (kind === 'sap') parseSapConnection(uri);
-    else parseSmtpConnection(uri);
-  } catch (err) {
-    throw new ConfigError(key, `connection "${id}": ${(err as Error).message}`, source);
-  }
-  return uri;
 }
 
-function envNumber(env: NodeJS.ProcessEnv, key: string, opts: { integer?: boolean; max?: number; example: number }): number | undefined {
-  const v = envValue(env, key);
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new ConfigError(key, `"${v.slice(0, 40)}" is not a number greater than 0: write e.g. ${key}=${opts.example}`);
-  if (opts.integer && !Number.isInteger(n)) throw new ConfigError(key, `"${v.slice(0, 40)}" is not a whole number: write e.g. ${key}=${opts.example}`);
-  if (opts.max !== undefined && n > opts.max) throw new ConfigError(key, `${n} is too large: write at most ${opts.max}`);
-  return n;
+const DEFAULT_SETTINGS = settingsSchema.parse({});
+
+/** Every default, in the shape services receive it: tests and embedders take values from here instead of repeating them. */
+export const DEFAULTS: Readonly<Omit<Config, 'connections'>> = Object.freeze(fromSettings(DEFAULT_SETTINGS));
+
+/** The default of a settings key, written as an environment variable's value would be. */
+function defaultText(key: string): string | undefined {
+  let v: unknown = DEFAULT_SETTINGS;
+  for (const part of key.split('.')) v = v && typeof v === 'object' ? (v as Record<string, unknown>)[part] : undefined;
+  return v === undefined ? undefined : String(v);
 }
 
-/** How errors name the settings object given to loadConfig (`opts.file`) as their source. */
-const CONFIG_OBJECT = 'the config object';
+/** The file's settings with the environment written over them, checked by the one schema. */
+function readSettings(env: NodeJS.ProcessEnv, configFile: string | undefined, given: unknown, fileName: string | undefined): Settings {
+  // A copy: the environment is written over it, and a caller's object must stay as it was.
+  const raw = given !== undefined ? structuredClone(given) : configFile ? readConfigFile(configFile) : {};
+  const sources = raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? overlayEnv(raw as Record<string, unknown>, env) : new Map();
+  const parsed = settingsSchema.safeParse(raw, { error: fileErrorMap });
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0]!;
+  const fromEnv = envSourceOf(issue, sources);
+  if (!fromEnv) throw fileIssueError(settingsSchema, issue, raw, fileName);
+  const setting = ENV_KEYS[fromEnv.variable]!;
+  throw new ConfigError(fromEnv.variable, envIssueMessage(issue, fromEnv, setting.example ?? defaultText(setting.key) ?? '…'));
+}
 
 /**
  * Read and validate the configuration; throws ConfigError naming the key and the fix.
  * Scope `dwh` (migrate, trigger, status) needs only the warehouse connection; SAP, SMTP, recipients and
- * children are then left empty and unchecked. `file`, when given, is used instead of the L2FLOW_CONFIG file.
+ * children are then left empty and unchecked.
  */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts: { scope?: 'full' | 'dwh'; file?: unknown } = {}): Config {
+export function loadConfig(
+  env: NodeJS.ProcessEnv = process.env,
+  opts: { scope?: 'full' | 'dwh'; /** The file's settings as an object (createL2flow's `config`): replaces L2FLOW_CONFIG. */ file?: unknown } = {},
+): Config {
   const full = opts.scope !== 'dwh';
-  // `file`: the file's settings as an object (the embedding API); it replaces L2FLOW_CONFIG, env still wins over it.
-  const configFile = opts.file === undefined ? envValue(env, 'L2FLOW_CONFIG') : undefined;
-  const file = opts.file !== undefined ? parseFileConfig(opts.file, CONFIG_OBJECT) : configFile ? readFileConfig(configFile) : ({} as FileConfig);
-  const fileName = opts.file !== undefined ? CONFIG_OBJECT : configFile && path.basename(configFile);
-
-  const envTz = envValue(env, 'L2FLOW_TIMEZONE');
-  const timezone = envTz ?? file.workflow?.timezone ?? 'Asia/Tashkent';
-  if (!validTimezone(timezone)) {
-    throw new ConfigError(envTz ? 'L2FLOW_TIMEZONE' : 'workflow.timezone', `${quote(timezone)} is not an IANA time zone: write e.g. Asia/Tashkent or UTC`, envTz ? undefined : fileName);
-  }
-  const envStart = envValue(env, 'L2FLOW_START_DATE');
-  const startDate = envStart ?? file.workflow?.startDate ?? '2023-12-22';
-  if (!isIsoDate(startDate)) {
-    throw new ConfigError(envStart ? 'L2FLOW_START_DATE' : 'workflow.startDate', `${quote(startDate)} is not a calendar date: write YYYY-MM-DD, e.g. 2023-12-22`, envStart ? undefined : fileName);
-  }
-  const maxActiveRuns = envNumber(env, 'L2FLOW_MAX_ACTIVE_RUNS', { integer: true, example: 20 }) ?? file.workflow?.maxActiveRuns ?? 20;
-
-  const connectionIds = {
-    dwh: envValue(env, 'DWH_CONN_ID') ?? 'dwh',
-    sap: envValue(env, 'SAP_CONN_ID') ?? 'sap_conn',
-    smtp: envValue(env, 'SMTP_CONN_ID') ?? 'smtp_default',
-  };
+  const configFile = opts.file !== undefined ? undefined : envValue(env, 'L2FLOW_CONFIG');
+  const fileName = opts.file !== undefined ? 'the config object' : configFile && path.basename(configFile);
+  const settings = readSettings(env, configFile, opts.file, fileName);
+  const ids = settings.connectionIds;
+  const connection = (idKey: string, id: string, kind: ConnectionKind) => resolveConnection(env, settings.connections, fileName, idKey, id, kind);
   const connections = {
-    dwh: resolveConnection(env, file, fileName, 'DWH_CONN_ID', connectionIds.dwh, 'postgres'),
-    sap: !full ? '' : resolveConnection(env, file, fileName, 'SAP_CONN_ID', connectionIds.sap, 'sap'),
-    smtp: !full ? '' : resolveConnection(env, file, fileName, 'SMTP_CONN_ID', connectionIds.smtp, 'smtp'),
+    dwh: connection('DWH_CONN_ID', ids.dwh, 'postgres'),
+    sap: !full ? '' : connection('SAP_CONN_ID', ids.sap, 'sap'),
+    smtp: !full ? '' : connection('SMTP_CONN_ID', ids.smtp, 'smtp'),
   };
-
-  const envRecipients = envValue(env, 'EMAIL_RECIPIENTS');
-  const recipientsKey = envRecipients !== undefined ? 'EMAIL_RECIPIENTS' : 'email.recipients';
-  const recipients = (envRecipients !== undefined ? envRecipients.split(',') : (file.email?.recipients ?? [])).map((r) => r.trim()).filter(Boolean);
-  if (full && recipients.length === 0) {
+  if (full && settings.email.recipients.length === 0) {
     throw new ConfigError('EMAIL_RECIPIENTS', 'no failure-mail recipients: export EMAIL_RECIPIENTS=dwh-team@bank.example,oncall@bank.example (comma separated)');
   }
-  const bad = recipients.find((r) => !/^[^@\s;<>]+@[^@\s;<>]+$/.test(r));
-  if (bad) {
-    throw new ConfigError(recipientsKey, `${quote(bad)} is not an e-mail address: write a comma-separated list like a@bank.example,b@bank.example`, envRecipients !== undefined ? undefined : fileName);
-  }
-
-  const flag = file.sensors?.wait_for_l2_full_load ?? {};
-  const prev = file.sensors?.wait_for_success_end ?? {};
-  const flagTable = flag.flagTable ?? 'md.dwh_flag';
-  if (!/^([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*$/.test(flagTable)) {
-    throw new ConfigError('sensors.wait_for_l2_full_load.flagTable', `${quote(flagTable)} is not a table name: write schema.table, e.g. md.dwh_flag`, fileName);
-  }
-
-  const children: Record<string, ChildConfig> = { sys_kill_all_session_pg: { kind: 'builtin', name: 'sys_kill_all_session_pg' } };
-  for (const [name, c] of Object.entries(file.children ?? {})) {
-    const { timeoutSeconds, ...rest } = c;
-    children[name] = timeoutSeconds === undefined ? rest : { ...rest, timeoutMs: timeoutSeconds * 1000 };
-  }
   for (const child of Object.values(STEP_CHILDREN)) {
-    if (full && !children[child]) {
+    if (full && !settings.children[child]) {
       throw new ConfigError(
         `children.${child}`,
         `child workflow "${child}" is not configured: add to the L2FLOW_CONFIG file${configFile ? ` (${configFile})` : ''}\n  children:\n    ${child}:\n      kind: sql\n      statement: "call l2.${child}($1::date, $2::bigint)"`,
       );
     }
   }
-
-  const envLevel = envValue(env, 'L2FLOW_LOG_LEVEL');
-  if (envLevel !== undefined && !LOG_LEVELS.includes(envLevel as (typeof LOG_LEVELS)[number])) {
-    throw new ConfigError('L2FLOW_LOG_LEVEL', `${quote(envLevel)} is not a log level: write one of ${LOG_LEVELS.join(', ')}`);
-  }
-  const pokeL2 = envNumber(env, 'L2FLOW_FLAG_POKE_INTERVAL_SECONDS', { max: Math.floor(MAX_TIMER_MS / 1000), example: 60 }) ?? flag.pokeIntervalSeconds ?? 60;
-  return {
-    workflowId: WORKFLOW_ID,
-    timezone,
-    startDate,
-    maxActiveRuns,
-    poolSize: envNumber(env, 'L2FLOW_POOL_SIZE', { integer: true, example: 10 }) ?? file.workflow?.poolSize ?? 10,
-    childConnections: envNumber(env, 'L2FLOW_CHILD_CONNECTIONS', { integer: true, example: 10 }) ?? file.workflow?.childConnections ?? 10,
-    runTimeoutMs: ((t) => (t === undefined ? null : t * 1000))(
-      envNumber(env, 'L2FLOW_RUN_TIMEOUT_SECONDS', { max: Math.floor(MAX_TIMER_MS / 1000), example: 86400 }) ?? file.workflow?.runTimeoutSeconds,
-    ),
-    claimIntervalMs: (envNumber(env, 'L2FLOW_CLAIM_INTERVAL_SECONDS', { max: 3600, example: 2 }) ?? file.workflow?.claimIntervalSeconds ?? 2) * 1000,
-    connections,
-    connectionIds,
-    email: { recipients, from: envValue(env, 'EMAIL_FROM') ?? file.email?.from ?? 'l2flow@localhost' },
-    flagSensor: {
-      flagTable,
-      flagCode: flag.flagCode ?? 'l1_to_l2_load_successfull',
-      pokeIntervalMs: pokeL2 * 1000,
-      timeoutMs: (flag.timeoutSeconds ?? 7 * DAY_S) * 1000,
-    },
-    successEndSensor: {
-      pokeIntervalMs: (prev.pokeIntervalSeconds ?? 100) * 1000,
-      timeoutMs: (prev.timeoutSeconds ?? 7 * DAY_S) * 1000,
-      executionDeltaDays: prev.executionDeltaDays ?? 1,
-    },
-    children,
-    pools: { dwh_l2: { slots: 1 }, ...file.pools },
-    sap: {
-      viewName: file.sap?.viewName ?? 'wk_export.ds_client_segmentation_last_v',
-      connectTimeoutMs: (file.sap?.connectTimeoutSeconds ?? 10) * 1000,
-      timeoutMs: (file.sap?.timeoutSeconds ?? 30) * 1000,
-      maxTries: file.sap?.maxTries ?? 5,
-      retryBaseDelayMs: file.sap?.retryBaseDelayMs ?? 1000,
-      retryMaxDelayMs: file.sap?.retryMaxDelayMs ?? 60_000,
-    },
-    logLevel: envLevel ?? file.logLevel ?? 'info',
-  };
+  return { ...fromSettings(settings), connections };
 }
 
-/** Replace the password (and any token parameter) of a URI with ***, for logs and status output. */
-export function redactUri(uri: string): string {
-  try {
-    const url = new URL(uri);
-    if (url.password) url.password = '***';
-    for (const key of [...url.searchParams.keys()]) {
-      if (/token|password|secret|key|__extra__/i.test(key)) url.searchParams.set(key, '***');
-    }
-    return url.toString();
-  } catch {
-    return '(unparseable URI)';
+/**
+ * The URI of a connection id: L2FLOW_CONN_<ID>, then AIRFLOW_CONN_<ID>, then the config file's `connections`,
+ * checked by the connection parser (SMTP's options by the mailer's reading of it). Errors name the variable (or
+ * file key) the URI came from and never quote the URI: it may hold a password.
+ */
+function resolveConnection(
+  env: NodeJS.ProcessEnv, fileConnections: Record<string, string>, fileName: string | undefined, idKey: string, id: string, kind: ConnectionKind,
+): string {
+  const upper = id.toUpperCase();
+  const sources: [key: string, value: string | undefined, source?: string][] = [
+    [`L2FLOW_CONN_${upper}`, envValue(env, `L2FLOW_CONN_${upper}`)],
+    [`AIRFLOW_CONN_${upper}`, envValue(env, `AIRFLOW_CONN_${upper}`)],
+    [`connections.${id}`, fileConnections[id]?.trim() || undefined, fileName],
+  ];
+  const found = sources.find(([, v]) => v !== undefined);
+  if (!found) {
+    throw new ConfigError(
+      `L2FLOW_CONN_${upper}`,
+      `connection "${id}" (named by ${idKey}) is not set: export L2FLOW_CONN_${upper}=${CONNECTION_KINDS[kind].example} (AIRFLOW_CONN_${upper} works too, or connections.${id} in the L2FLOW_CONFIG file)`,
+    );
   }
+  const [key, uri, source] = found as [string, string, string | undefined];
+  try {
+    // Run now so a bad URI stops start-up here rather than half-way through it.
+    if (kind === 'smtp') parseSmtpConnection(uri);
+    else parseConnection(uri, kind);
+  } catch (err) {
+    if (err instanceof ConnectionError) throw new ConfigError(key, `connection "${id}" ${err.problem}: ${err.help}`, source);
+    throw new ConfigError(key, `connection "${id}": ${(err as Error).message}`, source);
+  }
+  return uri;
+}
+
+/** Replace the password (and every token-like parameter) of a URI with ***, for logs and status output. */
+export function redactUri(uri: string): string {
+  return displayUri(uri);
 }
 
 /** The configuration with every secret masked. */

@@ -1,4 +1,5 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
+import { redactor, secretsOfUri } from '../lib/connection.js';
 
 /** Keys whose values never reach a log line, wherever they appear. */
 const REDACT_PATHS = [
@@ -12,8 +13,8 @@ const REDACT_PATHS = [
  * of a log call is scrubbed of the configured secret values (passwords, tokens), whatever key carried them.
  */
 export function createLogger(opts: { level?: string; secrets?: string[]; destination?: DestinationStream } = {}): Logger {
-  const secrets = (opts.secrets ?? []).filter((s) => s.length >= 3);
-  const scrub = (s: string): string => secrets.reduce((acc, secret) => acc.split(secret).join('***'), s);
+  const secrets = opts.secrets ?? [];
+  const scrub = redactor(secrets);
   const scrubDeep = (v: unknown, depth = 0): unknown => {
     if (typeof v === 'string') return scrub(v);
     if (depth > 4 || v === null || typeof v !== 'object') return v;
@@ -42,32 +43,9 @@ export function createLogger(opts: { level?: string; secrets?: string[]; destina
   );
 }
 
-/** Password and token values found in connection URIs, for the logger's value scrubbing. */
+/** Password and token values found in connection URIs (Airflow's `__extra__` token too), for the logger's value scrubbing. */
 export function secretsOf(uris: string[]): string[] {
-  const out: string[] = [];
-  for (const uri of uris) {
-    try {
-      const url = new URL(uri);
-      if (url.password) out.push(url.password, decodeURIComponent(url.password));
-      for (const [k, v] of url.searchParams) {
-        if (!/token|password|secret|__extra__/i.test(k) || !v) continue;
-        out.push(v);
-        // Airflow's __extra__ is JSON: its token alone may be logged, not only the whole parameter.
-        if (k === '__extra__') {
-          try {
-            for (const [ek, ev] of Object.entries(JSON.parse(v) as Record<string, unknown>)) {
-              if (/token|password|secret|key/i.test(ek) && typeof ev === 'string' && ev) out.push(ev);
-            }
-          } catch {
-            // not JSON: the whole value is already collected
-          }
-        }
-      }
-    } catch {
-      // An unparseable URI is rejected by config validation; nothing to collect.
-    }
-  }
-  return [...new Set(out)];
+  return [...new Set(uris.flatMap(secretsOfUri))];
 }
 
 export type { Logger };

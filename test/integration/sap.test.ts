@@ -6,6 +6,7 @@ import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createSegmentationView, createTestDb, type TestDb } from '../helpers/db.js';
 import { StepError } from '../../src/lib/errors.js';
+import { DEFAULTS } from '../../src/runtime/config.js';
 import {
   createSapSender,
   describeSapEndpoint,
@@ -92,7 +93,7 @@ describe('SAP sender', () => {
 
   function sender(endpoint: SapEndpoint, over: Partial<SapSenderDeps> = {}) {
     return createSapSender({
-      pool: db.pool, endpoint, timezone: 'Asia/Tashkent', connectTimeoutMs: 1000, timeoutMs: 2000,
+      pool: db.pool, endpoint, viewName: DEFAULTS.sap.viewName, timezone: 'Asia/Tashkent', connectTimeoutMs: 1000, timeoutMs: 2000,
       retry: { maxTries: 4, baseDelayMs: 10, maxDelayMs: 50 }, logger: memoryLogger().logger, now: () => NOW, ...over,
     });
   }

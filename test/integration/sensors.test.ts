@@ -3,6 +3,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { pino } from 'pino';
 import { NEVER, Subject, firstValueFrom, timeout } from 'rxjs';
+import { DEFAULTS } from '../../src/runtime/config.js';
 import { createNotificationHub, type NotificationHub } from '../../src/runtime/notification-hub.js';
 import { createConditionWaiter } from '../../src/services/sensors/index.js';
 import { StepError } from '../../src/lib/errors.js';
@@ -12,7 +13,7 @@ import type { SensorInput } from '../../src/services/types.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 
 type LogLine = { level: number; msg: string } & Record<string, unknown>;
-const FLAG = 'l1_to_l2_load_successfull';
+const FLAG = DEFAULTS.flagSensor.flagCode;
 const WF = 'WF_MAIN_DATASETS_LOAD_L2_TO_L2';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const lines: LogLine[] = [];
@@ -52,7 +53,10 @@ describe('sensors', () => {
   let hub: NotificationHub;
   const signal = new AbortController().signal;
   const flagSensor = (o: Partial<Parameters<typeof createFlagSensor>[0]> = {}) =>
-    createFlagSensor({ pool: db.pool, notifications$: hub.notifications$, reconnects$: hub.connected$, logger, ...o });
+    createFlagSensor({
+      pool: db.pool, notifications$: hub.notifications$, reconnects$: hub.connected$, logger,
+      flagTable: DEFAULTS.flagSensor.flagTable, flagCode: DEFAULTS.flagSensor.flagCode, pokeIntervalMs: DEFAULTS.flagSensor.pokeIntervalMs, ...o,
+    });
   const insertFlag = (date: string, code = FLAG, table = 'md.dwh_flag') =>
     db.pool.query(`insert into ${table} (flag_cd, bussines_date) values ($1, $2)`, [code, date]);
 
@@ -269,7 +273,10 @@ describe('sensors', () => {
 
   describe('previous-run sensor', () => {
     const runSensor = () =>
-      createPreviousRunSensor({ pool: db.pool, notifications$: hub.notifications$, reconnects$: hub.connected$, startDate: '2023-12-22', logger });
+      createPreviousRunSensor({
+        pool: db.pool, notifications$: hub.notifications$, reconnects$: hub.connected$, startDate: '2023-12-22', logger,
+        executionDeltaDays: DEFAULTS.successEndSensor.executionDeltaDays, pokeIntervalMs: DEFAULTS.successEndSensor.pokeIntervalMs,
+      });
     const insertRun = (workflowId: string, logicalDate: string, status: string) =>
       db.pool.query(`insert into l2flow.run (run_id, workflow_id, logical_date, business_date, status) values ($1, $2, $3, $4, $5)`, [
         `${workflowId}-${logicalDate}`,

@@ -52,10 +52,16 @@ export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClie
   }
 }
 
+/** True when `name` is a plain or schema-qualified identifier such as `md.dwh_flag` (letters, digits, _ and $). */
+export function isQualifiedName(name: string): boolean {
+  const parts = name.split('.');
+  return parts.length <= 2 && parts.every((p) => /^[A-Za-z_][A-Za-z0-9_$]*$/.test(p));
+}
+
 /** Quote a possibly schema-qualified identifier such as `md.dwh_flag` for safe use in SQL text. */
 export function quoteQualified(name: string): string {
   const parts = name.split('.');
-  if (parts.length > 2 || parts.some((p) => !/^[A-Za-z_][A-Za-z0-9_$]*$/.test(p))) {
+  if (!isQualifiedName(name)) {
     throw new Error(`"${name}" is not a valid table or view name: write it as schema.name using letters, digits and _`);
   }
   return parts.map((p) => `"${p}"`).join('.');

@@ -1,5 +1,6 @@
 import nodemailer from 'nodemailer';
 import type { SMTPTransportOptions } from 'nodemailer';
+import { CONNECTION_KINDS, parseConnection, redactor } from '../../lib/connection.js';
 import type { Logger } from '../types.js';
 
 /** An SMTP connection read from an Airflow-style URI: nodemailer options plus the optional sender. */
@@ -52,7 +53,6 @@ export class MailError extends Error {
   }
 }
 
-const URI_HELP = 'write it as smtp://user:password@host:587 or smtps://user:password@host:465 (percent-encode special characters)';
 const QUERY_OPTIONS = ['from', 'from_email', 'secure', 'disable_ssl', 'starttls', 'disable_tls', 'timeout', 'retry_limit'];
 
 function flag(params: URLSearchParams, name: string): boolean | undefined {
@@ -63,47 +63,13 @@ function flag(params: URLSearchParams, name: string): boolean | undefined {
   throw new Error(`SMTP connection URI: ?${name}= must be true or false`);
 }
 
-function decode(part: string, what: string): string {
-  try {
-    return decodeURIComponent(part);
-  } catch {
-    throw new Error(`SMTP connection URI: the ${what} is not valid percent-encoding; ${URI_HELP}`);
-  }
-}
-
-/**
- * Parse an Airflow SMTP connection URI (`smtp://user:pass@host:587`, `smtps://…:465`) into nodemailer options.
- * Query options: `from` (or Airflow's `from_email`), `secure` (or `disable_ssl`), `starttls` (or `disable_tls`),
- * `timeout` in seconds; Airflow's `retry_limit` is accepted and ignored (the outbox retries).
- */
-export function parseSmtpConnection(uri: string): SmtpConnection {
-  let url: URL;
-  try {
-    url = new URL(uri.trim());
-  } catch {
-    // URL's own error repeats the input, password included.
-    throw new Error(`SMTP connection URI is not a valid URL: ${URI_HELP}`);
-  }
-  if (url.protocol !== 'smtp:' && url.protocol !== 'smtps:') {
-    throw new Error(`SMTP connection URI has scheme "${url.protocol.slice(0, 20)}": ${URI_HELP}`);
-  }
-  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
-  if (!host) throw new Error(`SMTP connection URI has no host: ${URI_HELP}`);
-  if (url.pathname !== '' && url.pathname !== '/') throw new Error(`SMTP connection URI must not have a path: ${URI_HELP}`);
-
+/** The connection parser's reading of an SMTP URI, turned into nodemailer options; `secrets` for scrubbing. */
+function readSmtpConnection(uri: string): { connection: SmtpConnection; secrets: string[] } {
+  const parsed = parseConnection(uri, 'smtp');
+  const url = new URL(parsed.url);
   const params = url.searchParams;
-  const extra = params.get('__extra__'); // Airflow's form for extras given as JSON
-  if (extra !== null) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(extra);
-    } catch {
-      throw new Error('SMTP connection URI: ?__extra__= must be a JSON object');
-    }
-    if (!parsed || typeof parsed !== 'object') throw new Error('SMTP connection URI: ?__extra__= must be a JSON object');
-    params.delete('__extra__');
-    for (const [k, v] of Object.entries(parsed)) if (!params.has(k)) params.set(k, String(v));
-  }
+  // Airflow's form for extras given as JSON; a parameter written in the query wins.
+  for (const [k, v] of Object.entries(parsed.extra)) if (!params.has(k)) params.set(k, String(v));
   const unknown = [...params.keys()].filter((k) => !QUERY_OPTIONS.includes(k));
   if (unknown.length > 0) {
     throw new Error(`SMTP connection URI: unknown option ${unknown.map((k) => `?${k.slice(0, 40)}`).join(', ')}; known: ${QUERY_OPTIONS.join(', ')}`);
@@ -117,32 +83,32 @@ export function parseSmtpConnection(uri: string): SmtpConnection {
   const timeoutS = timeout === null ? undefined : Number(timeout);
   if (timeoutS !== undefined && !(timeoutS > 0)) throw new Error('SMTP connection URI: ?timeout= must be a positive number of seconds');
 
+  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
   const transport: SMTPTransportOptions = { host, port: url.port ? Number(url.port) : secure ? 465 : 587, secure };
   if (!secure && starttls === true) transport.requireTLS = true;
   if (!secure && starttls === false) transport.ignoreTLS = true;
   if (timeoutS !== undefined) transport.connectionTimeout = timeoutS * 1000;
-  if (url.username) {
-    transport.auth = { user: decode(url.username, 'user name'), pass: decode(url.password, 'password') };
-  } else if (url.password) {
-    throw new Error(`SMTP connection URI has a password but no user name: ${URI_HELP}`);
+  if (parsed.auth.type === 'basic') {
+    if (!parsed.auth.user) throw new Error(`SMTP connection URI has a password but no user name: ${CONNECTION_KINDS.smtp.help}`);
+    transport.auth = { user: parsed.auth.user, pass: parsed.auth.password };
   }
   const from = params.get('from') ?? params.get('from_email') ?? undefined;
-  return { transport, from: from || undefined };
+  return { connection: { transport, from: from || undefined }, secrets: parsed.secrets };
+}
+
+/**
+ * Parse an Airflow SMTP connection URI (`smtp://user:pass@host:587`, `smtps://…:465`) into nodemailer options.
+ * Query options: `from` (or Airflow's `from_email`), `secure` (or `disable_ssl`), `starttls` (or `disable_tls`),
+ * `timeout` in seconds; Airflow's `retry_limit` is accepted and ignored (the outbox retries).
+ */
+export function parseSmtpConnection(uri: string): SmtpConnection {
+  return readSmtpConnection(uri).connection;
 }
 
 function describeTransport(t: SMTPTransportOptions): string {
   const user = t.auth?.user ? `${encodeURIComponent(t.auth.user)}@` : '';
   const tls = t.secure ? 'TLS' : t.requireTLS ? 'STARTTLS required' : t.ignoreTLS ? 'no TLS' : 'STARTTLS if offered';
   return `${t.secure ? 'smtps' : 'smtp'}://${user}${t.host}:${t.port} (${tls})`;
-}
-
-/** Remove the password in every form it could take on the wire or in a URI. */
-function scrubber(user: string | undefined, pass: string | undefined): (s: string) => string {
-  if (!pass) return (s) => s;
-  const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
-  const forms = [pass, encodeURIComponent(pass), b64(pass), b64(`\0${user ?? ''}\0${pass}`), b64(`${user ?? ''}\0${user ?? ''}\0${pass}`)];
-  const unique = [...new Set(forms)].sort((a, b) => b.length - a.length);
-  return (s) => unique.reduce((acc, f) => acc.split(f).join('***'), s);
 }
 
 function toMailError(err: unknown, where: string, scrub: (s: string) => string): MailError {
@@ -166,7 +132,7 @@ export function createMailer(opts: {
   connectionTimeoutMs?: number;
   socketTimeoutMs?: number;
 }): Mailer {
-  const conn = parseSmtpConnection(opts.smtpUri);
+  const { connection: conn, secrets } = readSmtpConnection(opts.smtpUri);
   const from = opts.from ?? conn.from;
   if (!from) throw new Error('No sender address for failure mail: pass `from` or add ?from=address to the SMTP connection URI');
   const connectionTimeout = opts.connectionTimeoutMs ?? conn.transport.connectionTimeout ?? 10_000;
@@ -178,7 +144,7 @@ export function createMailer(opts: {
     logger: false,
   });
   const where = describeTransport(conn.transport);
-  const scrub = scrubber(conn.transport.auth?.user, conn.transport.auth?.pass);
+  const scrub = redactor(secrets);
   const log = opts.logger.child({ module: 'mailer' });
   log.debug({ smtp: where }, 'mailer ready');
 

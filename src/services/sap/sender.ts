@@ -2,7 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { Agent, request } from 'undici';
-import { dateInZone } from '../../lib/dates.js';
+import { isTimeZone } from '../../lib/dates.js';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { authorizationHeader, credentialScrubber, sapUrlForHumans, type SapEndpoint } from './connection.js';
 import { retryableOutcome, sapFailure, type TryOutcome } from './outcome.js';
@@ -13,14 +13,13 @@ import type { Logger, StepContext, StepFn } from '../types.js';
 
 
 const STEP = 'send_flg_to_sap';
-const DEFAULT_VIEW = 'wk_export.ds_client_segmentation_last_v';
 const READ_CAP_BYTES = 4096;
 
 export interface SapSenderDeps {
   pool: pg.Pool;
   endpoint: SapEndpoint;
-  /** The view whose rows are counted; default wk_export.ds_client_segmentation_last_v. */
-  viewName?: string;
+  /** The view whose rows are counted (config `sap.viewName`). */
+  viewName: string;
   /** IANA timezone of the workflow, for calc_date. */
   timezone: string;
   connectTimeoutMs: number;
@@ -63,22 +62,15 @@ function errorCode(err: unknown): string | undefined {
   return undefined;
 }
 
-function validate(deps: SapSenderDeps): void {
-  const { maxTries, baseDelayMs, maxDelayMs } = deps.retry;
-  if (!Number.isInteger(maxTries) || maxTries < 1) throw new Error(`SAP retry.maxTries must be an integer ≥ 1, got ${maxTries}`);
-  if (!(baseDelayMs >= 0 && maxDelayMs >= 0)) throw new Error('SAP retry.baseDelayMs and retry.maxDelayMs must be ≥ 0');
-  if (!(deps.timeoutMs > 0 && deps.connectTimeoutMs > 0)) throw new Error('SAP timeoutMs and connectTimeoutMs must be > 0');
-  try {
-    dateInZone(deps.timezone, new Date());
-  } catch {
-    throw new Error(`"${deps.timezone}" is not an IANA timezone: write it like Asia/Tashkent`);
-  }
+/** The sender computes calc_date in this zone at every send: refuse a bad one at construction (the config schema's check). */
+function assertTimeZone(timezone: string): void {
+  if (!isTimeZone(timezone)) throw new Error(`"${timezone}" is not an IANA timezone: write it like Asia/Tashkent`);
 }
 
 /** The `send_flg_to_sap` step: POST the readiness flag to SAP once per run attempt, with retries. */
 export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSendResult> {
-  validate(deps);
-  const view = quoteQualified(deps.viewName ?? DEFAULT_VIEW);
+  assertTimeZone(deps.timezone);
+  const view = quoteQualified(deps.viewName);
   const now = deps.now ?? (() => new Date());
   const { pool, endpoint, retry } = deps;
   const where = sapUrlForHumans(endpoint);

@@ -45,10 +45,9 @@ interface SensorDeps {
 
 /** wait_for_l2_full_load: waits until the flag table holds `flagCode` for the run's business date. */
 export function createFlagSensor(
-  opts: SensorDeps & { flagTable?: string; flagCode?: string; pokeIntervalMs?: number },
+  opts: SensorDeps & { flagTable: string; flagCode: string; pokeIntervalMs: number },
 ): StepFn<SensorInput, SensorOutput> {
-  const flagTable = opts.flagTable ?? 'md.dwh_flag';
-  const flagCode = opts.flagCode ?? 'l1_to_l2_load_successfull';
+  const { flagTable, flagCode } = opts;
   // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024.
   const sql = `select distinct to_char(bussines_date, 'YYYY-MM-DD') as d from ${quoteQualified(flagTable)}
     where flag_cd = $1 and bussines_date = any($2::date[])`;
@@ -60,7 +59,7 @@ export function createFlagSensor(
       p.flag_cd === flagCode && isDate(p.business_date) ? p.business_date : null,
     ),
     reconnects$: opts.reconnects$,
-    pollIntervalMs: opts.pokeIntervalMs ?? 60_000,
+    pollIntervalMs: opts.pokeIntervalMs,
     logger: opts.logger,
     onCheck: opts.onCheck,
   });
@@ -75,10 +74,10 @@ export function createFlagSensor(
 
 /** wait_for_success_end: waits until the same workflow's run for logicalDate − executionDeltaDays succeeded. */
 export function createPreviousRunSensor(
-  opts: SensorDeps & { startDate: string; executionDeltaDays?: number; pokeIntervalMs?: number },
+  opts: SensorDeps & { startDate: string; executionDeltaDays: number; pokeIntervalMs: number },
 ): StepFn<SensorInput, PreviousRunSensorOutput> {
   assertDate(opts.startDate, 'startDate');
-  const delta = opts.executionDeltaDays ?? 1;
+  const delta = opts.executionDeltaDays;
   const sql = `select to_char(logical_date, 'YYYY-MM-DD') || ':' || workflow_id as k from l2flow.run
     where status = 'success' and (workflow_id, logical_date) in (select * from unnest($1::text[], $2::date[]))`;
   const waiter = createConditionWaiter<string>({
@@ -94,7 +93,7 @@ export function createPreviousRunSensor(
         : null,
     ),
     reconnects$: opts.reconnects$,
-    pollIntervalMs: opts.pokeIntervalMs ?? 100_000,
+    pollIntervalMs: opts.pokeIntervalMs,
     logger: opts.logger,
     onCheck: opts.onCheck,
   });
