@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { MAX_TIMER_MS } from '../lib/time.js';
 
 /** The L2FLOW_CONFIG file: its schema, and reading it with messages that name the key and the fix. */
 
@@ -19,9 +20,6 @@ export class ConfigError extends Error {
 }
 
 export const DAY_S = 24 * 3600;
-
-/** Longest delay a Node timer takes; setTimeout/setInterval fire at once for anything longer. */
-export const MAX_TIMER_MS = 2_147_483_647;
 
 /** A positive number of `what`; `timer` caps it at the longest delay a Node timer takes (for values that end up in one). */
 const positive = (what: 'seconds' | 'milliseconds', opts: { timer?: boolean } = {}) => {

@@ -2,9 +2,10 @@ import path from 'node:path';
 import { WORKFLOW_ID } from '../machines/workflow.js';
 import type { ChildConfig } from '../services/children/index.js';
 import { isIsoDate } from '../lib/dates.js';
+import { MAX_TIMER_MS } from '../lib/time.js';
 import { parseSmtpConnection } from '../services/mail/index.js';
 import { parseSapConnection } from '../services/sap/index.js';
-import { ConfigError, DAY_S, LOG_LEVELS, MAX_TIMER_MS, quote, readFileConfig, type FileConfig } from './config-file.js';
+import { ConfigError, DAY_S, LOG_LEVELS, quote, readFileConfig, type FileConfig } from './config-file.js';
 
 export type { ChildConfig };
 export { ConfigError };

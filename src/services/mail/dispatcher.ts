@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { Mailer } from './mailer.js';
+import { abortableSleep } from '../../lib/time.js';
 import { checkout } from '../db/index.js';
 import type { Logger } from '../types.js';
 
@@ -124,16 +125,16 @@ export function createEmailDispatcher(opts: {
     return ms === null ? pollIntervalMs : Math.min(pollIntervalMs, Math.max(ms, Math.min(baseDelayMs, pollIntervalMs)));
   }
 
-  function sleep(ms: number): Promise<void> {
-    if (kicked || !running) return Promise.resolve(void (kicked = false));
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => wake?.(), ms);
-      wake = () => {
-        clearTimeout(timer);
-        wake = undefined;
-        resolve();
-      };
-    });
+  /** Wait for the next poll, cut short by kick() or stop(). */
+  async function idle(ms: number): Promise<void> {
+    if (kicked || !running) return void (kicked = false);
+    const woken = new AbortController();
+    wake = () => {
+      wake = undefined;
+      woken.abort();
+    };
+    await abortableSleep(ms, woken.signal);
+    wake = undefined;
   }
 
   async function loop(): Promise<void> {
@@ -149,7 +150,7 @@ export function createEmailDispatcher(opts: {
         if (!dbDown) log.warn({ err: { message: (err as Error).message, code: (err as { code?: unknown }).code } }, `email outbox unreachable; retrying every ${pollIntervalMs} ms`);
         dbDown = true;
       }
-      await sleep(waitMs);
+      await idle(waitMs);
     }
   }
 
