@@ -50,6 +50,12 @@ export class MailError extends Error {
     this.permanent = extra.permanent ?? false;
     this.originalCode = extra.originalCode;
   }
+
+  /** "ECONNECTION ECONNREFUSED 421: message": every code the failure carries, as the outbox's last_error keeps it. */
+  get summary(): string {
+    const codes = [this.code, this.originalCode, this.responseCode].filter((c) => c !== undefined).join(' ');
+    return `${codes}: ${this.message}`;
+  }
 }
 
 const URI_HELP = 'write it as smtp://user:password@host:587 or smtps://user:password@host:465 (percent-encode special characters)';
