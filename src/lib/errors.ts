@@ -1,8 +1,10 @@
 /**
- * Errors with a stable `code` that callers branch on (never on message text), after undici's
- * lib/core/errors.js. `retryable: false` marks failures that no retry can fix.
+ * The error model, after undici's lib/core/errors.js: one class with a stable `code` that callers branch on (never on
+ * message text), the one union those codes come from, and one normaliser to the JSON shape stored and shown.
+ * `retryable: false` marks failures that no retry can fix; the retry helper (lib/retry.ts) reads it.
  */
-export type StepErrorCode =
+export type ErrorCode =
+  // step failures
   | 'SENSOR_TIMEOUT'
   | 'ABORTED'
   | 'DB_ERROR'
@@ -15,17 +17,21 @@ export type StepErrorCode =
   | 'SAP_UNREACHABLE'
   | 'SAP_BAD_RESPONSE'
   | 'MAIL_FAILED'
+  // run-level outcomes, written by the machine (RUN_TIMEOUT), the supervisor (RESTORE_FAILED) and run-store (CANCELLED)
+  | 'RUN_TIMEOUT'
+  | 'RESTORE_FAILED'
+  | 'CANCELLED'
   | 'INTERNAL';
 
-/** A failure of one workflow step, carrying a stable code and optional details for the run's error. */
+/** A failure of one workflow step (or of the run), carrying a stable code and optional details for the run's error. */
 export class StepError extends Error {
   override readonly name = 'StepError';
-  readonly code: StepErrorCode;
+  readonly code: ErrorCode;
   readonly retryable: boolean;
   readonly details: Record<string, unknown> | undefined;
 
   constructor(
-    code: StepErrorCode,
+    code: ErrorCode,
     message: string,
     opts: { retryable?: boolean; cause?: unknown; details?: Record<string, unknown> } = {},
   ) {
@@ -36,17 +42,24 @@ export class StepError extends Error {
   }
 }
 
-/** The plain, JSON-safe shape of an error as stored in a run and shown to operators. */
+/**
+ * The plain, JSON-safe shape of an error as stored in a run and shown to operators. `code` is one of ErrorCode for
+ * our errors; a foreign error keeps its own (ECONNREFUSED …), and rows written by older versions may hold others.
+ */
 export interface ErrorInfo {
   code: string;
   message: string;
   details?: Record<string, unknown>;
+  retryable?: boolean;
 }
 
-/** Reduce anything thrown to `{ code, message, details }`; PostgreSQL errors keep their SQLSTATE. */
+/** Reduce anything thrown to `{ code, message, details?, retryable? }`; PostgreSQL errors keep their SQLSTATE. */
 export function toErrorInfo(err: unknown): ErrorInfo {
   if (err instanceof StepError) {
-    return err.details ? { code: err.code, message: err.message, details: err.details } : { code: err.code, message: err.message };
+    const info: ErrorInfo = { code: err.code, message: err.message };
+    if (err.details) info.details = err.details;
+    info.retryable = err.retryable;
+    return info;
   }
   if (err instanceof Error) {
     const pgCode = (err as { code?: unknown }).code;
@@ -60,6 +73,15 @@ export function toErrorInfo(err: unknown): ErrorInfo {
     return { code: typeof o.code === 'string' ? o.code : 'INTERNAL', message: String(o.message) };
   }
   return { code: 'INTERNAL', message: String(err) };
+}
+
+/** The first string `code` along an error's `cause` chain (undici wraps the socket's ECONNREFUSED in its own error). */
+export function codeInCauses(err: unknown): string | undefined {
+  for (let e: unknown = err, depth = 0; e && typeof e === 'object' && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string') return code;
+  }
+  return undefined;
 }
 
 /** Throw a StepError('ABORTED') when the signal has fired. */
@@ -77,4 +99,9 @@ export function isConnectionError(err: unknown): boolean {
   const { code, message } = err as { code?: unknown; message?: unknown };
   if (typeof code === 'string' && (CONNECTION_SQLSTATE.test(code) || CONNECTION_CODES.has(code))) return true;
   return typeof message === 'string' && CONNECTION_MESSAGES.test(message);
+}
+
+/** Whether trying again could help: a StepError says so itself; anything else only when the database was unreachable. */
+export function isRetryable(err: unknown): boolean {
+  return err instanceof StepError ? err.retryable : isConnectionError(err);
 }

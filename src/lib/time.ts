@@ -1,3 +1,6 @@
+/** Longest delay a Node timer takes; setTimeout/setInterval fire at once for anything longer. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 /** Wait `ms`, ending early (without error) when `signal` fires; the timer never keeps the process alive alone. */
 export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

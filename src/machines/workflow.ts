@@ -1,4 +1,6 @@
 import { assign, fromPromise, setup, type SnapshotFrom, type StateValue } from 'xstate';
+// Pure helpers only: lib/errors.ts does no I/O.
+import { toErrorInfo, type ErrorCode } from '../lib/errors.js';
 
 /**
  * The statechart of WF_MAIN_DATASETS_LOAD_L2_TO_L2. State keys are the original Airflow task ids, so operators
@@ -111,15 +113,10 @@ function sensorInput(c: WorkflowContext, step: SensorStep): SensorStepInput {
   return { ...stepInput(c), deadline: c.deadlines[step]!, startedAt: c.steps[step]?.startedAt };
 }
 
+/** A step's error as the run records it: the error model's code and message, no details (the snapshot stays small). */
 function errorOf(error: unknown): { code: string; message: string } {
-  if (error && typeof error === 'object') {
-    const e = error as { code?: unknown; message?: unknown };
-    return {
-      code: typeof e.code === 'string' ? e.code : 'INTERNAL',
-      message: typeof e.message === 'string' ? e.message : String(error),
-    };
-  }
-  return { code: 'INTERNAL', message: String(error) };
+  const { code, message } = toErrorInfo(error);
+  return { code, message };
 }
 
 /** Close every running step with `status`; the failed step itself gets the error. */
@@ -173,7 +170,7 @@ export const workflowMachine = setup({
       const running = STEP_IDS.filter((id) => context.steps[id]?.status === 'running');
       const step = running[0] ?? 'run';
       const error = {
-        code: 'RUN_TIMEOUT',
+        code: 'RUN_TIMEOUT' satisfies ErrorCode,
         message: `the run exceeded its timeout of ${Math.round((context.runTimeoutMs ?? 0) / 1000)} s while in ${running.join(', ') || 'no step'}`,
       };
       return { failure: { step, ...error }, steps: closeRunning(context.steps, 'cancelled', running[0] ? { step: running[0], error } : undefined) };

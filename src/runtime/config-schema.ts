@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { isIsoDate, isTimeZone } from '../lib/dates.js';
-import { isQualifiedName } from '../services/db/index.js';
+import { isQualifiedName, placeholdersIn } from '../services/db/index.js';
 import { quote } from './config-file.js';
+import { MAX_TIMER_MS } from '../lib/time.js';
 
 /**
  * The one schema of l2flow's settings, written as the L2FLOW_CONFIG file writes them. It holds every default:
@@ -11,8 +12,6 @@ import { quote } from './config-file.js';
 
 export const DAY_S = 24 * 3600;
 
-/** Longest delay a Node timer takes; setTimeout/setInterval fire at once for anything longer. */
-export const MAX_TIMER_MS = 2_147_483_647;
 const MAX_TIMER_S = Math.floor(MAX_TIMER_MS / 1000);
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -30,10 +29,6 @@ const positive = (what: 'seconds' | 'milliseconds', opts: { timer?: boolean } = 
   return n.max(max, { error: `must be at most ${max} ${what} (about 24 days, the longest timer Node.js supports)` });
 };
 
-/** `$n` placeholders a statement references (a heuristic that also counts `$n` inside literals). */
-function paramsReferenced(statement: string): number[] {
-  return [...new Set([...statement.matchAll(/\$(\d+)(?!\d)/g)].map((m) => Number(m[1])))];
-}
 
 const SQL_STATEMENT_HELP = 'must be a SQL statement, e.g. "call l2.my_proc($1::date, $2::bigint)"';
 const WHOLE_SECONDS = 'must be a whole number of seconds, e.g. 300';
@@ -47,7 +42,7 @@ const childSchema = z.discriminatedUnion(
         .string({ error: SQL_STATEMENT_HELP })
         .trim()
         .min(1, { error: SQL_STATEMENT_HELP })
-        .refine((st) => paramsReferenced(st).every((n) => n >= 1 && n <= 2), {
+        .refine((st) => placeholdersIn(st).every((n) => n >= 1 && n <= 2), {
           error: 'may reference only $1 (the logical date) and $2 (the load id): remove the other $n placeholders',
         }),
       timeoutSeconds: positive('seconds', { timer: true }).optional(),

@@ -2,10 +2,14 @@ import pg from 'pg';
 import pgListen, { type Subscriber } from 'pg-listen';
 import { Observable, Subject, filter, map, share } from 'rxjs';
 import { createRateLimitedWarn } from '../lib/log.js';
+import { backoffDelay, type RetryPolicy } from '../lib/retry.js';
 import { formatDuration } from '../lib/time.js';
 import type { Logger } from '../services/types.js';
 
 const createSubscriber = pgListen.default;
+
+/** Reconnects of the LISTEN connection, forever: the first wait is 125–250 ms, the fifth 2–4 s, from the seventh on 5–10 s. */
+const RECONNECT: RetryPolicy = { maxTries: Infinity, baseDelayMs: 250, maxDelayMs: 10_000, jitter: 'equal' };
 
 /** One notification as the hub delivers it: the channel and its JSON-parsed payload. */
 export interface HubNotification {
@@ -160,9 +164,10 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
           retryTimeout: Infinity,
           paranoidChecking: false, // the heartbeat below does better
           parse: (s: string) => s, // parsed by the hub so a bad payload is dropped, not an 'error' event
-          retryInterval: (attempt: number) => {
+          // pg-listen passes the number of reconnects that failed so far, starting at 0.
+          retryInterval: (failed: number) => {
             if (stopped) throw new Error('notification hub stopped'); // ends pg-listen's retry loop
-            return Math.min(10_000, 250 * 2 ** attempt) * (0.5 + Math.random() / 2);
+            return backoffDelay(RECONNECT, failed + 1);
           },
         },
         (c) => {

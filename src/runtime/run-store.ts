@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { StepId, StepRecord } from '../machines/workflow.js';
-import type { ErrorInfo } from '../lib/errors.js';
+import type { ErrorCode, ErrorInfo } from '../lib/errors.js';
 
 /** l2flow.run and l2flow.step: the durable record of every run. All SQL about runs lives here. */
 
@@ -169,7 +169,7 @@ export async function cancelRun(db: pg.Pool, workflowId: string, logicalDate: st
 }
 
 /** Close a run that cannot be executed (for example an unreadable snapshot), whoever owned it. */
-export async function failRun(db: pg.Pool, runId: string, error: ErrorInfo): Promise<void> {
+export async function failRun(db: pg.Pool, runId: string, error: ErrorInfo & { code: ErrorCode }): Promise<void> {
   await db.query(
     `update l2flow.run set status = 'failed', error = $2, finished_at = now(), updated_at = now()
       where run_id = $1 and status in ('queued', 'running')`,

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { activeSteps, runOutcome, type WorkflowSnapshot } from '../machines/workflow.js';
 import { toErrorInfo } from '../lib/errors.js';
+import { backoffDelay, type RetryPolicy } from '../lib/retry.js';
 import { abortableSleep } from '../lib/time.js';
 import type { Logger } from './logger.js';
 import { cancelledHere, saveProgress, type RunStatus } from './run-store.js';
@@ -16,6 +17,9 @@ export interface SnapshotWriter {
   /** Resolves once nothing is queued or in flight. */
   flushed(): Promise<void>;
 }
+
+/** Retries of a failed write during an outage: 500 ms, 1 s, then every 2 s for as long as it lasts. */
+const WRITE_RETRY: RetryPolicy = { maxTries: Infinity, baseDelayMs: 500, maxDelayMs: 2_000, jitter: 'none' };
 
 /** The status a snapshot gives its run. */
 export function statusOf(snap: WorkflowSnapshot): RunStatus {
@@ -37,7 +41,7 @@ export function createSnapshotWriter(o: {
   let writing: Promise<void> | null = null;
 
   async function drain(): Promise<void> {
-    let retryMs = 0;
+    let failures = 0; // consecutive failed writes
     while (pending) {
       const next = pending;
       const s = next.snap;
@@ -54,7 +58,7 @@ export function createSnapshotWriter(o: {
         steps: s.context.steps,
       }).catch((err: unknown) => {
         // Once per outage, not once per retry.
-        if (retryMs === 0) o.log.error({ err: toErrorInfo(err) }, 'could not persist the run snapshot; retrying with backoff');
+        if (failures === 0) o.log.error({ err: toErrorInfo(err) }, 'could not persist the run snapshot; retrying with backoff');
         pending ??= next;
         return null;
       });
@@ -72,11 +76,11 @@ export function createSnapshotWriter(o: {
         return;
       }
       if (saved === null) {
-        retryMs = Math.min(Math.max(500, retryMs * 2), 2_000);
-        await abortableSleep(retryMs);
-      } else if (retryMs > 0) {
+        failures += 1;
+        await abortableSleep(backoffDelay(WRITE_RETRY, failures));
+      } else if (failures > 0) {
         o.log.info('run snapshot persisted again');
-        retryMs = 0;
+        failures = 0;
       }
     }
   }

@@ -4,6 +4,7 @@ import { createActor, type Actor, type Subscription as ActorSubscription } from 
 import { activeSteps, type WorkflowInput, type WorkflowMachine, type WorkflowSnapshot } from '../machines/workflow.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { Logger } from './logger.js';
+import { MAX_TIMER_MS } from '../lib/time.js';
 import type { LockEpoch, RunLocks } from './run-locks.js';
 import { failRun, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
 import { createSnapshotWriter, statusOf, type SnapshotWriter } from './snapshot-writer.js';
@@ -171,7 +172,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
       run.deadlineTimer = setTimeout(() => {
         run.log.warn('run timeout reached: failing the run');
         actor.send({ type: 'RUN_TIMEOUT' });
-      }, Math.min(Math.max(0, deadline - Date.now()), 2_147_483_647));
+      }, Math.min(Math.max(0, deadline - Date.now()), MAX_TIMER_MS));
       run.deadlineTimer.unref();
     }
     const snap = actor.getSnapshot();

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
-import { readMemo, writeMemo, type DedicatedConnections } from '../db/index.js';
+import { abortableSleep } from '../../lib/time.js';
+import { placeholdersIn, readMemo, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
 
 /** How a child workflow runs: SQL in the warehouse, or a native builtin. */
@@ -52,23 +53,6 @@ const SESSION_SETUP = `select pg_backend_pid() as pid,
     case when current_setting('server_version_num')::int >= 140000
          then set_config('client_connection_check_interval', '${CLIENT_CHECK_INTERVAL_MS}', false) end as client_check`;
 
-/** The $n a statement references; a heuristic that also counts $n inside literals. */
-function paramsReferenced(statement: string): Set<number> {
-  return new Set([...statement.matchAll(/\$(\d+)(?!\d)/g)].map((m) => Number(m[1])));
-}
-
-/** Check the children config once at start-up, with messages that say what to fix. */
-function validate(children: Record<string, ChildConfig>): void {
-  for (const [name, cfg] of Object.entries(children)) {
-    if (cfg.kind === 'sql') {
-      const extra = [...paramsReferenced(cfg.statement)].filter((n) => n > 2);
-      if (extra.length) {
-        throw new Error(`children.${name}.statement references $${extra[0]}: only $1 (logical date) and $2 (load id) exist`);
-      }
-    }
-  }
-}
-
 /** Runs child workflows from configuration, once per run attempt, cancelling their queries on the server on abort/timeout. */
 export function createChildRunner(opts: {
   /** Short queries: memos, and cancelling a child's statement from outside its session. */
@@ -79,7 +63,6 @@ export function createChildRunner(opts: {
   logger: Logger;
 }): ChildRunner {
   const { pool, connections, children, logger } = opts;
-  validate(children);
 
   /**
    * Run `query` on `client`; on abort or timeout cancel it with pg_cancel_backend from another connection and
@@ -110,7 +93,7 @@ export function createChildRunner(opts: {
       await pool.query('select pg_cancel_backend($1)', [pid]).catch((err: unknown) => {
         logger.error({ err, child, pid }, 'could not cancel the child query');
       });
-      const gone = await Promise.race([settled.then(() => true), sleep(CANCEL_GRACE_MS).then(() => false)]);
+      const gone = await Promise.race([settled.then(() => true), abortableSleep(CANCEL_GRACE_MS).then(() => false)]);
       if (!gone) {
         // A cancel can miss (e.g. arrive between statements); do not leave the work running behind our back.
         logger.warn({ child, pid }, 'child query ignored the cancel; terminating its backend');
@@ -202,7 +185,7 @@ function memoStep(child: string): string {
 
 /** Bind $1 = logical date and $2 = load id, passing only the ones the statement uses. */
 function sqlQuery(statement: string, ctx: StepContext): pg.QueryConfig {
-  const used = paramsReferenced(statement);
+  const used = new Set(placeholdersIn(statement));
   if (used.has(2) && !used.has(1)) {
     // PostgreSQL cannot type a parameter the text never mentions, so $2 alone becomes $1.
     return { text: statement.replace(/\$2(?!\d)/g, '$$1'), values: [ctx.loadId] };
@@ -219,8 +202,4 @@ function childFailed(child: string, err: unknown): StepError {
   return new StepError('CHILD_FAILED',
     `child workflow ${child} failed: SQLSTATE ${sqlstate ?? 'unknown'}: ${String(e.message)}${detail}`,
     { cause: err, details: sqlstate ? { sqlstate } : undefined });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }

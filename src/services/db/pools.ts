@@ -36,11 +36,6 @@ export interface Pools {
  */
 export function createPools(opts: PoolsOptions): Pools {
   const { locks, pools, logger, pollMs = 500 } = opts;
-  for (const [name, cfg] of Object.entries(pools)) {
-    if (!Number.isInteger(cfg.slots) || cfg.slots < 1) {
-      throw new Error(`pools.${name}.slots must be a whole number of at least 1 (got ${String(cfg.slots)})`);
-    }
-  }
   const closing = new AbortController();
   /** Waiters of this process per pool: a slot freed here wakes them at once instead of at their next poll. */
   const wakers = new Map<string, Set<() => void>>();

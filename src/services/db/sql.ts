@@ -35,14 +35,21 @@ export async function checkout(pool: pg.Pool): Promise<CheckedOutClient> {
   };
 }
 
-/** Run `fn` inside a transaction on a client from the pool; rolls back on any error. */
-export async function withTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+/**
+ * Run `fn` inside a transaction on a client from the pool; rolls back on any error, and also when `commitIf` says
+ * the result must not be kept (the result is still returned). A client whose rollback failed is discarded.
+ */
+export async function withTransaction<T>(
+  pool: pg.Pool,
+  fn: (client: pg.PoolClient) => Promise<T>,
+  commitIf: (result: T) => boolean = () => true,
+): Promise<T> {
   const c = await checkout(pool);
   let failed: unknown;
   try {
     await c.client.query('begin');
     const result = await fn(c.client);
-    await c.client.query('commit');
+    await c.client.query(commitIf(result) ? 'commit' : 'rollback');
     return result;
   } catch (err) {
     await c.client.query('rollback').catch((e: unknown) => (failed = e));
@@ -65,4 +72,9 @@ export function quoteQualified(name: string): string {
     throw new Error(`"${name}" is not a valid table or view name: write it as schema.name using letters, digits and _`);
   }
   return parts.map((p) => `"${p}"`).join('.');
+}
+
+/** The `$n` placeholders a statement references (a heuristic that also counts `$n` inside literals). */
+export function placeholdersIn(statement: string): number[] {
+  return [...new Set([...statement.matchAll(/\$(\d+)(?!\d)/g)].map((m) => Number(m[1])))];
 }

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { checkout } from './sql.js';
+import { withTransaction } from './sql.js';
 import type { StepContext } from '../types.js';
 
 /** Anything that can run a query: a pool or a client. */
@@ -40,26 +40,12 @@ export async function memoized<O>(
 ): Promise<{ output: O; resumed: boolean }> {
   const recorded = await readMemo<O>(pool, ctx, step);
   if (recorded !== undefined) return { output: recorded, resumed: true };
-  const c = await checkout(pool);
-  const client = c.client;
-  let broken: unknown;
-  try {
-    await client.query('begin');
+  const attempt = await withTransaction(pool, async (client) => {
     const output = await work(client);
-    if (await writeMemo(client, ctx, step, output)) {
-      await client.query('commit');
-      return { output, resumed: false };
-    }
-    await client.query('rollback');
-    const winner = await readMemo<O>(client, ctx, step);
-    if (winner === undefined) throw new Error(`step memo ${step} of run ${ctx.runId} vanished after a conflict`);
-    return { output: winner, resumed: true };
-  } catch (err) {
-    await client.query('rollback').catch((e: unknown) => {
-      broken = e;
-    });
-    throw err;
-  } finally {
-    c.release(broken);
-  }
+    return { output, recorded: await writeMemo(client, ctx, step, output) };
+  }, (r) => r.recorded);
+  if (attempt.recorded) return { output: attempt.output, resumed: false };
+  const winner = await readMemo<O>(pool, ctx, step);
+  if (winner === undefined) throw new Error(`step memo ${step} of run ${ctx.runId} vanished after a conflict`);
+  return { output: winner, resumed: true };
 }

@@ -1,6 +1,9 @@
 import type pg from 'pg';
-import type { Mailer } from './mailer.js';
-import { checkout } from '../db/index.js';
+import { MailError, type Mailer } from './mailer.js';
+import { toErrorInfo } from '../../lib/errors.js';
+import { backoffDelay, type RetryPolicy } from '../../lib/retry.js';
+import { abortableSleep } from '../../lib/time.js';
+import { withTransaction } from '../db/index.js';
 import type { Logger } from '../types.js';
 
 interface OutboxRow {
@@ -15,13 +18,6 @@ export interface EmailDispatcher {
   kick(): void;
   /** Try every due mail once; resolves to how many were sent. Throws only when the database fails. */
   drainOnce(): Promise<number>;
-}
-
-function errorText(err: unknown): string {
-  const e = err as { code?: unknown; responseCode?: unknown; originalCode?: unknown; message?: unknown };
-  const code = [e.code, e.originalCode, e.responseCode].filter((x) => typeof x === 'string' || typeof x === 'number').join(' ');
-  const message = typeof e.message === 'string' ? e.message : String(err);
-  return (code ? `${code}: ${message}` : message).slice(0, 2000);
 }
 
 /**
@@ -44,27 +40,20 @@ export function createEmailDispatcher(opts: {
   let kicked = false;
   const inFlight = new Set<Promise<number>>();
 
-  function backoff(tries: number): number {
-    const full = Math.min(maxDelayMs, baseDelayMs * 2 ** Math.min(tries - 1, 30));
-    return Math.round(full / 2 + (Math.random() * full) / 2); // "equal jitter": spread out, never sooner than half
-  }
+  // Per mail, "equal jitter" (never sooner than half): with the defaults try 1 waits 0.5–1 s, try 5 8–16 s, and from
+  // try 10 on 150–300 s, until try 100 marks it dead.
+  const policy: RetryPolicy = { maxTries, baseDelayMs, maxDelayMs, jitter: 'equal' };
 
   /** Claim one due row not yet tried in this drain, send it and record the outcome in the same transaction. */
   async function deliverOne(tried: string[]): Promise<'none' | 'sent' | 'failed'> {
-    const c = await checkout(pool); // the server may restart while a mail is on its way
-    const client = c.client;
-    let broken: unknown;
-    try {
-      await client.query('begin');
+    // withTransaction's checkout survives a server restart while a mail is on its way.
+    return withTransaction(pool, async (client) => {
       const { rows } = await client.query<OutboxRow>(
         `select id, run_id, attempt, recipients, subject, text_body, html_body, tries from l2flow.email_outbox
          where status = 'pending' and next_attempt_at <= now() and id <> all($1::bigint[])
          order by next_attempt_at, id limit 1 for update skip locked`, [tried]);
       const row = rows[0];
-      if (!row) {
-        await client.query('commit');
-        return 'none';
-      }
+      if (!row) return 'none';
       tried.push(row.id);
       const about = { outboxId: Number(row.id), runId: row.run_id, attempt: row.attempt };
       let outcome: 'sent' | 'failed';
@@ -78,9 +67,9 @@ export function createEmailDispatcher(opts: {
         outcome = 'sent';
       } catch (err) {
         const tries = row.tries + 1;
-        const lastError = errorText(err);
-        const dead = tries >= maxTries;
-        const delayMs = dead ? 0 : backoff(tries);
+        const lastError = (err instanceof MailError ? err.summary : toErrorInfo(err).message).slice(0, 2000);
+        const dead = tries >= policy.maxTries;
+        const delayMs = dead ? 0 : backoffDelay(policy, tries);
         await client.query(`update l2flow.email_outbox set tries = $2, last_error = $3, status = $4,
           next_attempt_at = clock_timestamp() + $5::double precision * interval '1 millisecond' where id = $1`,
           [row.id, tries, lastError, dead ? 'dead' : 'pending', delayMs]);
@@ -89,15 +78,8 @@ export function createEmailDispatcher(opts: {
         else log.warn({ ...about, tries, retryInMs: delayMs, err: errInfo }, 'failure mail not sent; will retry');
         outcome = 'failed';
       }
-      await client.query('commit');
       return outcome;
-    } catch (err) {
-      broken = err;
-      await client.query('rollback').catch(() => undefined);
-      throw err;
-    } finally {
-      c.release(broken); // a failed connection is discarded, not returned to the pool
-    }
+    });
   }
 
   function drainOnce(): Promise<number> {
@@ -124,16 +106,16 @@ export function createEmailDispatcher(opts: {
     return ms === null ? pollIntervalMs : Math.min(pollIntervalMs, Math.max(ms, Math.min(baseDelayMs, pollIntervalMs)));
   }
 
-  function sleep(ms: number): Promise<void> {
-    if (kicked || !running) return Promise.resolve(void (kicked = false));
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => wake?.(), ms);
-      wake = () => {
-        clearTimeout(timer);
-        wake = undefined;
-        resolve();
-      };
-    });
+  /** Wait for the next poll, cut short by kick() or stop(). */
+  async function idle(ms: number): Promise<void> {
+    if (kicked || !running) return void (kicked = false);
+    const woken = new AbortController();
+    wake = () => {
+      wake = undefined;
+      woken.abort();
+    };
+    await abortableSleep(ms, woken.signal);
+    wake = undefined;
   }
 
   async function loop(): Promise<void> {
@@ -149,7 +131,7 @@ export function createEmailDispatcher(opts: {
         if (!dbDown) log.warn({ err: { message: (err as Error).message, code: (err as { code?: unknown }).code } }, `email outbox unreachable; retrying every ${pollIntervalMs} ms`);
         dbDown = true;
       }
-      await sleep(waitMs);
+      await idle(waitMs);
     }
   }
 

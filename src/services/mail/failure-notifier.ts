@@ -1,6 +1,6 @@
 import type pg from 'pg';
-import { abortableSleep } from '../../lib/time.js';
-import { isConnectionError, StepError, throwIfAborted } from '../../lib/errors.js';
+import { StepError, throwIfAborted } from '../../lib/errors.js';
+import { retry, type RetryPolicy } from '../../lib/retry.js';
 import { renderFailureEmail, type RenderedEmail } from './render.js';
 import type { Logger, RunFailure, StepContext, StepFn } from '../types.js';
 
@@ -38,26 +38,30 @@ export function createFailureNotifier(opts: {
   return async (input, signal) => {
     throwIfAborted(signal, 'email_on_failure');
     const mail = renderFailureEmail(input);
-    const since = Date.now();
+    // The database's own restart takes seconds: 250 ms, 500 ms, 1 s, 2 s, 4 s, then every 5 s until the budget is spent.
+    const policy: RetryPolicy = {
+      maxTries: Infinity, baseDelayMs: retryBaseDelayMs, maxDelayMs: retryMaxDelayMs, jitter: 'none', maxElapsedMs: unreachableRetryMs,
+    };
     let result: { outboxId: number; queued: boolean };
-    for (let tries = 1; ; tries++) {
-      try {
-        result = await queue(input, mail);
+    try {
+      result = await retry(async (tries) => {
+        const queued = await queue(input, mail);
         if (tries > 1) log.info({ runId: input.runId, tries }, 'database reachable again; queueing the failure mail');
-        break;
-      } catch (err) {
-        const waitMs = Math.min(retryMaxDelayMs, retryBaseDelayMs * 2 ** Math.min(tries - 1, 20));
-        if (!isConnectionError(err) || Date.now() - since + waitMs > unreachableRetryMs) {
-          throw new StepError('DB_ERROR', `email_on_failure for ${input.logicalDate} could not queue the failure mail: ${(err as Error).message}. Check the l2flow database; the step is safe to re-run.`,
-            { retryable: true, cause: err });
-        }
-        if (tries === 1) {
+        return queued;
+      }, policy, {
+        what: 'email_on_failure',
+        signal,
+        // Only an unreachable database is waited for (isRetryable's default); a refusal fails the step at once.
+        onRetry: (err, tries) => {
+          if (tries > 1) return;
           log.warn({ runId: input.runId, logicalDate: input.logicalDate, err: { message: (err as Error).message, code: (err as { code?: unknown }).code } },
             'database unreachable: the failure mail will be queued once it is back');
-        }
-        await abortableSleep(waitMs, signal);
-        throwIfAborted(signal, 'email_on_failure');
-      }
+        },
+      });
+    } catch (err) {
+      if (err instanceof StepError && err.code === 'ABORTED') throw err;
+      throw new StepError('DB_ERROR', `email_on_failure for ${input.logicalDate} could not queue the failure mail: ${(err as Error).message}. Check the l2flow database; the step is safe to re-run.`,
+        { retryable: true, cause: err });
     }
     const { outboxId, queued } = result;
     log.info({ runId: input.runId, logicalDate: input.logicalDate, loadId: input.loadId, outboxId, step: input.failure.step },

@@ -51,6 +51,12 @@ export class MailError extends Error {
     this.permanent = extra.permanent ?? false;
     this.originalCode = extra.originalCode;
   }
+
+  /** "ECONNECTION ECONNREFUSED 421: message": every code the failure carries, as the outbox's last_error keeps it. */
+  get summary(): string {
+    const codes = [this.code, this.originalCode, this.responseCode].filter((c) => c !== undefined).join(' ');
+    return `${codes}: ${this.message}`;
+  }
 }
 
 const QUERY_OPTIONS = ['from', 'from_email', 'secure', 'disable_ssl', 'starttls', 'disable_tls', 'timeout', 'retry_limit'];

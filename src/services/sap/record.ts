@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http';
 import type pg from 'pg';
 import { dateInZone } from '../../lib/dates.js';
-import { StepError, toErrorInfo, type StepErrorCode } from '../../lib/errors.js';
+import { StepError, toErrorInfo, type ErrorCode } from '../../lib/errors.js';
 import { sapPayload } from './payload.js';
 import { retryableOutcome, sapFailure, type TryOutcome } from './outcome.js';
 import type { StepContext } from '../types.js';
@@ -9,7 +9,7 @@ import type { StepContext } from '../types.js';
 const STORED_EXCERPT_CHARS = 1000;
 /** Appended to a failure replayed from l2flow.sap_send instead of sending again. */
 const REPLAY_NOTE = ' (recorded before a restart; clear the step to send again)';
-const SAP_ERROR_CODES: ReadonlySet<string> = new Set<StepErrorCode>(['SAP_HTTP_ERROR', 'SAP_TIMEOUT', 'SAP_UNREACHABLE', 'SAP_BAD_RESPONSE']);
+const SAP_ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>(['SAP_HTTP_ERROR', 'SAP_TIMEOUT', 'SAP_UNREACHABLE', 'SAP_BAD_RESPONSE']);
 
 /** One row of l2flow.sap_send: the payload of a run attempt and how sending it went. */
 export interface SendRow {
@@ -24,7 +24,7 @@ export interface SendRow {
 
 /** The `error` column of a 'failed' row: what the step threw, without the replay note. */
 interface RecordedError {
-  code: StepErrorCode;
+  code: ErrorCode;
   message: string;
   retryable: boolean;
   details?: Record<string, unknown>;
@@ -51,7 +51,7 @@ function recordedError(value: unknown): RecordedError | undefined {
   const { code, message, retryable, details } = value as Record<string, unknown>;
   if (typeof code !== 'string' || !SAP_ERROR_CODES.has(code) || typeof message !== 'string') return undefined;
   const known = details !== null && typeof details === 'object' && !Array.isArray(details);
-  return { code: code as StepErrorCode, message, retryable: retryable === true, ...(known ? { details: details as Record<string, unknown> } : {}) };
+  return { code: code as ErrorCode, message, retryable: retryable === true, ...(known ? { details: details as Record<string, unknown> } : {}) };
 }
 
 /** The last outcome of a row failed before sql/003, as far as http_status and response_excerpt tell it. */
@@ -104,7 +104,7 @@ export function createSendRecord(deps: {
 
     async record(key, outcome, status, error) {
       const excerpt = outcome.kind === 'http' ? outcome.excerpt : `${outcome.kind}: ${outcome.detail}`;
-      const stored = error ? JSON.stringify({ ...toErrorInfo(error), retryable: error.retryable }) : null;
+      const stored = error ? JSON.stringify(toErrorInfo(error)) : null; // retryable included: a replay keeps it
       await pool.query(
         `update l2flow.sap_send set http_status = $2, response_excerpt = $3, status = $4, error = $5::jsonb,
                 sent_at = case when $4 = 'sent' then now() else sent_at end

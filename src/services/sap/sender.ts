@@ -1,9 +1,9 @@
 import { STATUS_CODES } from 'node:http';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { Agent, request } from 'undici';
 import { isTimeZone } from '../../lib/dates.js';
-import { StepError, throwIfAborted } from '../../lib/errors.js';
+import { codeInCauses, StepError, throwIfAborted } from '../../lib/errors.js';
+import { retry, type RetryPolicy } from '../../lib/retry.js';
 import { authorizationHeader, credentialScrubber, sapUrlForHumans, type SapEndpoint } from './connection.js';
 import { retryableOutcome, sapFailure, type TryOutcome } from './outcome.js';
 import { sapIdempotencyKey, sapPayloadJson } from './payload.js';
@@ -25,7 +25,8 @@ export interface SapSenderDeps {
   connectTimeoutMs: number;
   /** Total time allowed for one try, response body included. */
   timeoutMs: number;
-  retry: { maxTries: number; baseDelayMs: number; maxDelayMs: number };
+  /** Tries and backoff (full jitter unless set); a Retry-After from SAP replaces the backoff, capped by maxDelayMs. */
+  retry: RetryPolicy;
   logger: Logger;
   now?: () => Date;
 }
@@ -49,19 +50,6 @@ export function retryAfterMs(header: string | string[] | undefined, nowMs: numbe
   return Number.isNaN(at) ? undefined : Math.max(0, at - nowMs);
 }
 
-/** Exponential backoff with full jitter before try `tryNo + 1`. */
-export function backoffMs(tryNo: number, retry: SapSenderDeps['retry'], random: () => number = Math.random): number {
-  return Math.floor(random() * Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (tryNo - 1)));
-}
-
-function errorCode(err: unknown): string | undefined {
-  for (let e: unknown = err, depth = 0; e && typeof e === 'object' && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string') return code;
-  }
-  return undefined;
-}
-
 /** The sender computes calc_date in this zone at every send: refuse a bad one at construction (the config schema's check). */
 function assertTimeZone(timezone: string): void {
   if (!isTimeZone(timezone)) throw new Error(`"${timezone}" is not an IANA timezone: write it like Asia/Tashkent`);
@@ -72,7 +60,7 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
   assertTimeZone(deps.timezone);
   const view = quoteQualified(deps.viewName);
   const now = deps.now ?? (() => new Date());
-  const { pool, endpoint, retry } = deps;
+  const { pool, endpoint, retry: policy } = deps;
   const where = sapUrlForHumans(endpoint);
   const authorization = authorizationHeader(endpoint.auth);
   // SAP's answer ends up in the run error, the failure mail and l2flow.sap_send: never with our credentials in it.
@@ -110,7 +98,7 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
       };
     } catch (err) {
       throwIfAborted(signal, STEP);
-      const code = errorCode(err);
+      const code = codeInCauses(err);
       if (timedOut || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
         return { kind: 'timeout', ms: deps.timeoutMs, detail: `no answer within ${deps.timeoutMs} ms` };
       }
@@ -119,15 +107,6 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
     } finally {
       clearTimeout(timer);
       signal.removeEventListener('abort', onAbort);
-    }
-  }
-
-  async function pause(ms: number, signal: AbortSignal): Promise<void> {
-    try {
-      await sleep(ms, undefined, { signal });
-    } catch (err) {
-      throwIfAborted(signal, STEP);
-      throw err;
     }
   }
 
@@ -159,29 +138,37 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
     }
     const body = sapPayloadJson(row.payload);
 
-    for (let n = 1; ; n++) {
-      throwIfAborted(signal, STEP);
-      const tries = (await sends.startTry(key)) ?? n;
-      throwIfAborted(signal, STEP);
-      const started = performance.now();
-      const outcome = await sendOnce(body, key, signal);
-      const durationMs = Math.round(performance.now() - started);
-      const status = outcome.kind === 'http' ? outcome.status : outcome.kind;
-      log.info({ try: n, tries, status, durationMs, url: where }, `SAP try ${n}: ${status} in ${durationMs} ms`);
+    let last: { outcome: TryOutcome; error: StepError } | undefined;
+    try {
+      return await retry(async (n) => {
+        throwIfAborted(signal, STEP);
+        const tries = (await sends.startTry(key)) ?? n;
+        throwIfAborted(signal, STEP);
+        const started = performance.now();
+        const outcome = await sendOnce(body, key, signal);
+        const durationMs = Math.round(performance.now() - started);
+        const status = outcome.kind === 'http' ? outcome.status : outcome.kind;
+        log.info({ try: n, tries, status, durationMs, url: where }, `SAP try ${n}: ${status} in ${durationMs} ms`);
 
-      if (outcome.kind === 'http' && outcome.status >= 200 && outcome.status < 300) {
-        await sends.record(key, outcome, 'sent');
-        return { idempotencyKey: key, httpStatus: outcome.status, calcRows, tries, resumed };
-      }
-      const retryable = retryableOutcome(outcome);
-      if (!retryable || n >= retry.maxTries) {
-        const err = sapFailure(outcome, { where, key, tries: n, retryable });
-        await sends.record(key, outcome, 'failed', err);
-        throw err;
-      }
-      await sends.record(key, outcome, 'sending');
-      const asked = outcome.kind === 'http' ? outcome.retryAfterMs : undefined;
-      await pause(asked === undefined ? backoffMs(n, retry) : Math.min(asked, retry.maxDelayMs), signal);
+        if (outcome.kind === 'http' && outcome.status >= 200 && outcome.status < 300) {
+          await sends.record(key, outcome, 'sent');
+          return { idempotencyKey: key, httpStatus: outcome.status, calcRows, tries, resumed };
+        }
+        // retryable: no answer, a 5xx or 429 is tried again; any other 4xx fails at once.
+        last = { outcome, error: sapFailure(outcome, { where, key, tries: n, retryable: retryableOutcome(outcome) }) };
+        throw last.error;
+      }, policy, {
+        what: STEP,
+        signal,
+        // Only SAP's answer decides; a database error while recording the try is not a reason to POST again.
+        isRetryable: (err) => err instanceof StepError && err.retryable,
+        requestedDelayMs: () => (last?.outcome.kind === 'http' ? last.outcome.retryAfterMs : undefined),
+        onRetry: () => last && sends.record(key, last.outcome, 'sending'),
+      });
+    } catch (err) {
+      // The send's own failure, not a cancellation: a resumed step throws it again instead of sending.
+      if (last && err === last.error) await sends.record(key, last.outcome, 'failed', last.error);
+      throw err;
     }
   };
 }

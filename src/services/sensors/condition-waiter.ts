@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { Observable, Subscription } from 'rxjs';
 import { StepError } from '../../lib/errors.js';
 import { createRateLimitedWarn } from '../../lib/log.js';
-import { formatDuration } from '../../lib/time.js';
+import { formatDuration, MAX_TIMER_MS } from '../../lib/time.js';
 import type { Logger } from '../types.js';
 
 /** What a parked waiter is told when its condition holds. */
@@ -82,8 +82,6 @@ interface Waiter<K> {
   resolve: (r: WaitResult) => void;
   reject: (err: unknown) => void;
 }
-
-const MAX_TIMER_MS = 2_147_483_647; // setTimeout fires at once for anything longer
 
 /** One hub, many waiters: parks keys and answers them all with one batched check per hint, reconnect or poll. */
 export function createConditionWaiter<K extends string>(opts: ConditionWaiterOptions<K>): ConditionWaiter<K> {
