@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { Subject, type Observable } from 'rxjs';
-import type { SessionLocks } from '../services/db/index.js';
+import { retry, type RetryPolicy } from '../lib/retry.js';
+import type { HeldLock, SessionLocks } from '../services/db/index.js';
 
 /**
  * The process's lock connection and every lock it holds: one per executed run, one of the max_active_runs slots
@@ -8,6 +9,11 @@ import type { SessionLocks } from '../services/db/index.js';
  * locks, so PostgreSQL frees all of them when the connection (or the process) dies; ownership needs no lease or
  * timeout logic. Keeping them all on one connection is what keeps l2flow's connection count flat: a run waiting for
  * a pool slot holds no pooled connection, and nothing holds one connection while it waits for another.
+ *
+ * When the connection breaks (a network blip, a server restart) the locks are taken again on a new connection
+ * within `recoverWithinMs` (15 s): runs whose locks come back keep running, so a step that failed in the same outage fails
+ * its run as it would have anyway instead of the whole process dropping its runs. Locks another session took in the
+ * gap are reported lost; if the connection does not come back in time, everything is lost.
  */
 
 const RUN_LOCK_SPACE = 727_002;
@@ -16,31 +22,60 @@ const RUN_SLOT_SPACE = 727_003;
 /** One leader per workflow across processes: the only one that may create scheduled runs. */
 const LEADER_SPACE = 727_004;
 
-/** Identifies the connection a lock was taken on: once that connection is gone, so are its locks. */
+/** Identifies the lock session a lock was taken in; it outlives a connection whose locks were all taken again. */
 export type LockEpoch = object;
+
+/** The locks a reconnection could not take again (another session took them in the gap). */
+export interface Relocked {
+  runs: string[];
+  slots: number[];
+  leader: boolean;
+  /** Pool-slot locks ("namespace:key"). */
+  named: string[];
+}
 
 export interface RunLocks extends SessionLocks {
   /** Open the lock connection now (it is also opened lazily). */
   connect(): Promise<void>;
-  /** The current connection's identity, or null while there is none. */
+  /** The current lock session, or null while there is none. */
   epoch(): LockEpoch | null;
   tryLockRun(runId: string): Promise<boolean>;
   /** Take a free one of the max_active_runs slots shared by every process, or null when all are held. */
   trySlot(): Promise<number | null>;
   tryLead(): Promise<boolean>;
-  /** Release a run's lock (and its slot) if they were taken on the current connection. */
+  /** Release a run's lock (and its slot) if they were taken in the current session. */
   unlock(runId: string, slot: number | null, takenOn?: LockEpoch | null): Promise<void>;
-  /** Emits once per lost connection: every lock taken on it is gone. */
+  /** Emits when the connection broke and could not be re-established in time: every lock is gone. */
   lost$: Observable<Error>;
+  /** Emits after the connection was re-established and the locks taken again, with those that could not be. */
+  relocked$: Observable<Relocked>;
   /** Close the connection, releasing everything. */
   end(): Promise<void>;
 }
 
+/** Reconnecting the lock session: 100 ms, 200 ms, 400 ms … 2 s, for at most `recoverWithinMs`. */
+const RECONNECT: Omit<RetryPolicy, 'maxElapsedMs'> = { maxTries: Infinity, baseDelayMs: 100, maxDelayMs: 2_000, jitter: 'none' };
+
+type Lock = { text: string; values: unknown[] };
+const lockSql = (fn: 'pg_try_advisory_lock' | 'pg_advisory_unlock', k: Key): Lock =>
+  k.kind === 'named'
+    ? { text: `select ${fn}(hashtext($1), $2) as ok`, values: [k.namespace, k.key] }
+    : k.kind === 'slot'
+      ? { text: `select ${fn}($1::int, $2::int) as ok`, values: [RUN_SLOT_SPACE, k.slot] }
+      : { text: `select ${fn}($1, hashtext($2)) as ok`, values: [k.kind === 'run' ? RUN_LOCK_SPACE : LEADER_SPACE, k.id] };
+type Key = { kind: 'run' | 'leader'; id: string } | { kind: 'slot'; slot: number } | { kind: 'named'; namespace: string; key: number };
+const keyOf = (k: Key) => (k.kind === 'named' ? `named:${k.namespace}:${k.key}` : k.kind === 'slot' ? `slot:${k.slot}` : `${k.kind}:${k.id}`);
+
 /** Build the lock session of one process. */
-export function createRunLocks(o: { connectionString: string; maxActiveRuns: number; workflowId: string }): RunLocks {
+export function createRunLocks(o: { connectionString: string; maxActiveRuns: number; workflowId: string; recoverWithinMs?: number }): RunLocks {
   let client: pg.Client | null = null;
+  let session: LockEpoch | null = null;
   let opening: Promise<pg.Client> | null = null;
+  let ended = false;
+  /** Every lock held now, to take again after a reconnection. */
+  const held = new Map<string, Key>();
   const lost = new Subject<Error>();
+  const relocked = new Subject<Relocked>();
   /** One statement at a time on the connection: pg would queue them anyway, and warns when asked to. */
   let tail: Promise<unknown> = Promise.resolve();
 
@@ -51,14 +86,44 @@ export function createRunLocks(o: { connectionString: string; maxActiveRuns: num
       // for a connection that was already replaced.
       if (client !== c) return;
       client = null;
-      lost.next(err);
+      if (!ended) opening = recover(err);
     });
     await c.connect();
     // The server must notice a vanished host (no FIN) to free this process's run locks: without these settings
     // that takes the OS default of two hours and more; with them about 25 s. Unix sockets ignore them.
     await c.query('set tcp_keepalives_idle = 10; set tcp_keepalives_interval = 5; set tcp_keepalives_count = 3');
     client = c;
+    session ??= {};
     return c;
+  }
+
+  /** Reconnect and take every held lock again; what cannot be is reported, and all of it when time runs out. */
+  async function recover(cause: Error): Promise<pg.Client> {
+    try {
+      const c = await retry(() => open(), { ...RECONNECT, maxElapsedMs: o.recoverWithinMs ?? 15_000 }, {
+        what: 'reconnecting the lock connection',
+        isRetryable: () => !ended,
+      });
+      const gone: Relocked = { runs: [], slots: [], leader: false, named: [] };
+      for (const [id, k] of [...held]) {
+        const { rows } = await c.query<{ ok: boolean }>(lockSql('pg_try_advisory_lock', k));
+        if (rows[0]?.ok) continue;
+        held.delete(id);
+        if (k.kind === 'slot') gone.slots.push(k.slot);
+        else if (k.kind === 'named') gone.named.push(`${k.namespace}:${k.key}`);
+        else if (k.kind === 'run') gone.runs.push(k.id);
+        else gone.leader = true;
+      }
+      relocked.next(gone);
+      return c;
+    } catch (err) {
+      held.clear();
+      session = null;
+      lost.next(cause);
+      throw err;
+    } finally {
+      opening = null;
+    }
   }
 
   async function current(): Promise<pg.Client> {
@@ -70,76 +135,77 @@ export function createRunLocks(o: { connectionString: string; maxActiveRuns: num
   }
 
   /** Run one statement on the lock connection (opening it when needed), after every statement queued before it. */
-  function query<R extends pg.QueryResultRow>(text: string, values: unknown[], on?: pg.Client): Promise<{ rows: R[]; on: pg.Client }> {
-    const run = tail.then(async () => {
-      const c = on ?? (await current());
-      const { rows } = await c.query<R>(text, values);
-      return { rows, on: c };
-    });
+  function query<R extends pg.QueryResultRow>(sql: Lock): Promise<R[]> {
+    const run = tail.then(async () => (await (await current()).query<R>(sql.text, sql.values)).rows);
     tail = run.catch(() => undefined);
     return run;
   }
 
-  const ok = async (text: string, values: unknown[]) => (await query<{ ok: boolean }>(text, values)).rows[0]?.ok ?? false;
+  async function take(k: Key): Promise<boolean> {
+    const ok = (await query<{ ok: boolean }>(lockSql('pg_try_advisory_lock', k)))[0]?.ok === true;
+    if (ok) held.set(keyOf(k), k);
+    return ok;
+  }
+
+  async function release(k: Key): Promise<boolean> {
+    // Gone with its session: unlocking in a newer one would free someone else's lock.
+    if (!held.delete(keyOf(k))) return false;
+    const rows = await query<{ ok: boolean }>(lockSql('pg_advisory_unlock', k)).catch(() => null);
+    return rows?.[0]?.ok === true;
+  }
 
   return {
     lost$: lost.asObservable(),
+    relocked$: relocked.asObservable(),
     async connect() {
       await current();
     },
-    epoch: () => client,
-    tryLockRun: (runId) => ok('select pg_try_advisory_lock($1, hashtext($2)) as ok', [RUN_LOCK_SPACE, runId]),
+    epoch: () => session,
+    tryLockRun: (runId) => take({ kind: 'run', id: runId }),
     async trySlot() {
       for (let tries = 0; tries < 3; tries++) {
-        const { rows } = await query<{ slot: number | null; ok: boolean | null }>(
-          `select s.i as slot, pg_try_advisory_lock($1::int, s.i) as ok
+        const [row] = await query<{ slot: number | null; ok: boolean | null }>({
+          text: `select s.i as slot, pg_try_advisory_lock($1::int, s.i) as ok
              from (select i from generate_series(0, $2::int - 1) i
                     where not exists (select 1 from pg_locks l where l.locktype = 'advisory' and l.classid = $1::int::oid
                                         and l.objid = i::oid and l.objsubid = 2 and l.granted)
                     order by i limit 1) s`,
-          [RUN_SLOT_SPACE, o.maxActiveRuns],
-        );
-        const row = rows[0];
-        if (!row) return null;
-        if (row.ok) return row.slot;
+          values: [RUN_SLOT_SPACE, o.maxActiveRuns],
+        });
+        if (!row || row.slot === null) return null;
+        if (row.ok) {
+          held.set(keyOf({ kind: 'slot', slot: row.slot }), { kind: 'slot', slot: row.slot });
+          return row.slot;
+        }
         // Another process took that slot between the look and the lock: look again.
       }
       return null;
     },
     async tryLead() {
-      if (!client) return false;
-      return ok('select pg_try_advisory_lock($1, hashtext($2)) as ok', [LEADER_SPACE, o.workflowId]);
+      if (!client || held.has(keyOf({ kind: 'leader', id: o.workflowId }))) return false;
+      return take({ kind: 'leader', id: o.workflowId });
     },
-    async tryLock(namespace, key) {
-      const { rows, on } = await query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1), $2) as ok', [namespace, key]);
-      if (!rows[0]?.ok) return null;
-      let released = false;
-      return {
-        async release() {
-          if (released) return false;
-          released = true;
-          // Gone with its connection: unlocking on a newer connection would free someone else's lock.
-          if (client !== on) return false;
-          const r = await query<{ ok: boolean }>('select pg_advisory_unlock(hashtext($1), $2) as ok', [namespace, key], on).catch(() => null);
-          return r?.rows[0]?.ok === true;
-        },
-      };
+    async tryLock(namespace, key): Promise<HeldLock | null> {
+      const k: Key = { kind: 'named', namespace, key };
+      if (!(await take(k))) return null;
+      const takenIn = session;
+      return { release: async () => takenIn === session && release(k) };
     },
-    async unlock(runId, slot, takenOn = client) {
-      const c = client;
-      if (!c || takenOn !== c) return; // the locks died with their connection
-      const sql =
-        slot === null
-          ? { text: 'select pg_advisory_unlock($1, hashtext($2))', values: [RUN_LOCK_SPACE, runId] }
-          : { text: 'select pg_advisory_unlock($1, hashtext($2)), pg_advisory_unlock($3, $4)', values: [RUN_LOCK_SPACE, runId, RUN_SLOT_SPACE, slot] };
-      await query(sql.text, sql.values, c).catch(() => undefined);
+    async unlock(runId, slot, takenOn = session) {
+      if (!session || takenOn !== session) return; // the locks died with their session
+      await release({ kind: 'run', id: runId });
+      if (slot !== null) await release({ kind: 'slot', slot });
     },
     async end() {
+      ended = true;
       await tail;
       const c = client;
       client = null;
+      session = null;
+      held.clear();
       await c?.end().catch(() => undefined);
       lost.complete();
+      relocked.complete();
     },
   };
 }

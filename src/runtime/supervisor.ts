@@ -1,29 +1,22 @@
 import type pg from 'pg';
-import { BehaviorSubject, Subject, filter, type Observable, type Subscription } from 'rxjs';
-import { createActor, type Actor, type Subscription as ActorSubscription } from 'xstate';
-import { activeSteps, type WorkflowInput, type WorkflowMachine, type WorkflowSnapshot } from '../machines/workflow.js';
+import { Subject, filter, type Observable, type Subscription } from 'rxjs';
+import type { WorkflowInput, WorkflowMachine } from '../machines/workflow.js';
 import { toErrorInfo } from '../lib/errors.js';
+import { createClaimLoop } from './claim-loop.js';
+import { createLeadership } from './leadership.js';
+import { startLiveRun, type LiveRun, type LiveRunHost, type RunEvent } from './live-run.js';
 import type { Logger } from './logger.js';
-import { MAX_TIMER_MS } from '../lib/time.js';
-import type { LockEpoch, RunLocks } from './run-locks.js';
-import { failRun, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
-import { createSnapshotWriter, statusOf, type SnapshotWriter } from './snapshot-writer.js';
+import type { RunLocks } from './run-locks.js';
+import { failRun, runsNoLongerActive, takeRun, unfinishedRunIds } from './run-store.js';
+
+export type { RunEvent } from './live-run.js';
 
 /**
  * The one place where runs are started, restored and stopped. A run is executed by whoever holds its session
  * advisory lock: the lock lives on this process's lock connection, so a crashed process frees its runs with no
- * timeout logic. After every transition the actor's persisted snapshot is written, newest-wins and in order.
+ * timeout logic. The supervisor composes the claim loop (which runs to take), the live runs (executing them),
+ * leadership, and cancel detection (NOTIFY, with a check of the live runs on every claim round as the safety net).
  */
-
-
-export interface RunEvent {
-  runId: string;
-  logicalDate: string;
-  type: 'started' | 'restored' | 'transition' | 'finished' | 'released';
-  steps: string[];
-  status: RunStatus;
-  at: number;
-}
 
 export interface SupervisorOptions {
   pool: pg.Pool;
@@ -32,30 +25,16 @@ export interface SupervisorOptions {
   machine: WorkflowMachine;
   workflowId: string;
   owner: string;
-  maxActiveRuns: number;
   sensorTimeoutMs: WorkflowInput['sensorTimeoutMs'];
   /** Whole-run timeout (Airflow's dagrun_timeout), or null. */
   runTimeoutMs?: number | null;
-  /** Notifications of channel l2flow_run (queued runs wake the claim loop) and listener reconnects. */
+  /** Notifications of channel l2flow_run (queued runs wake the claim loop, cancelled ones stop) and listener reconnects. */
   runNotifications$: Observable<{ status?: unknown; workflow_id?: unknown; run_id?: unknown }>;
   reconnects$: Observable<void>;
   claimIntervalMs?: number;
   logger: Logger;
   /** Called after a run ends failed (the failure mail was queued): lets the mail dispatcher deliver at once. */
   onRunFailed?: (runId: string) => void;
-}
-
-interface LiveRun {
-  row: RunRow;
-  slot: number;
-  /** The lock connection that holds this run's locks: once it is gone, unlocking on a newer one would free others' slots. */
-  lockedOn: LockEpoch;
-  actor: Actor<WorkflowMachine>;
-  sub: ActorSubscription;
-  /** Fires RUN_TIMEOUT at the run's deadline; re-armed from the snapshot's deadline after a restore. */
-  deadlineTimer: NodeJS.Timeout | null;
-  writer: SnapshotWriter;
-  log: Logger;
 }
 
 export interface Supervisor {
@@ -74,41 +53,43 @@ export interface Supervisor {
 
 /** Build the supervisor for one process. */
 export function createSupervisor(o: SupervisorOptions): Supervisor {
+  const { locks, logger } = o;
   const live = new Map<string, LiveRun>();
   /** Runs stopped here whose last snapshot is still being written: not claimable until that write settles. */
   const releasing = new Set<string>();
   const events = new Subject<RunEvent>();
-  const leadership = new BehaviorSubject<boolean>(false);
   const subs: Subscription[] = [];
   let stopping = false;
-  let claiming: Promise<void> | null = null;
-  let claimAgain = false;
-  let timer: NodeJS.Timeout | null = null;
-  let claimFailing = false;
+  const leadership = createLeadership({ locks, owner: o.owner, logger });
+  const loop = createClaimLoop({ round: claimOnce, logger });
 
-  const emit = (run: LiveRun, type: RunEvent['type'], snap: WorkflowSnapshot, status: RunStatus) =>
-    events.next({ runId: run.row.run_id, logicalDate: run.row.logical_date, type, steps: activeSteps(snap.value), status, at: Date.now() });
-
-  const locks = o.locks;
-  subs.push(
-    locks.lost$.subscribe((err) => {
-      // Losing the lock connection loses every run lock: stop executing them; whoever locks them next resumes them.
-      o.logger.error({ err: toErrorInfo(err) }, 'lock connection lost: releasing all runs of this process');
-      setLeader(false);
-      void releaseAll('lock connection lost').then(() => scheduleClaim(1000));
-    }),
-  );
+  const host: LiveRunHost = {
+    pool: o.pool,
+    machine: o.machine,
+    owner: o.owner,
+    logger,
+    sensorTimeoutMs: o.sensorTimeoutMs,
+    runTimeoutMs: o.runTimeoutMs ?? null,
+    emit: (e) => events.next(e),
+    onEnded(run, snap, status) {
+      if (live.get(run.row.run_id) !== run) return;
+      live.delete(run.row.run_id);
+      void locks.unlock(run.row.run_id, run.slot, run.lockedOn).then(() => {
+        run.log.info({ status, failure: snap.context.failure ?? undefined }, 'run finished %s', status);
+        if (status === 'failed') o.onRunFailed?.(run.row.run_id);
+        loop.later(0);
+      });
+    },
+    onLost: (run, why) => void drop(run, why),
+  };
 
   /** Stop a live run here without touching its record (it stays resumable), then release its lock. */
   async function drop(run: LiveRun, why: string): Promise<void> {
     if (live.get(run.row.run_id) !== run) return;
     live.delete(run.row.run_id);
     releasing.add(run.row.run_id);
-    if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
-    run.sub.unsubscribe();
-    run.actor.stop();
     try {
-      await run.writer.flushed();
+      await run.stop();
       await locks.unlock(run.row.run_id, run.slot, run.lockedOn);
     } finally {
       releasing.delete(run.row.run_id);
@@ -121,89 +102,29 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     await Promise.all([...live.values()].map((r) => drop(r, why)));
   }
 
-  function launch(row: RunRow, slot: number, lockedOn: LockEpoch): void {
-    const log = o.logger.child({ runId: row.run_id, logicalDate: row.logical_date, ...(row.load_id ? { loadId: row.load_id } : {}) });
-    const input: WorkflowInput = {
-      runId: row.run_id,
-      workflowId: row.workflow_id,
-      logicalDate: row.logical_date,
-      businessDate: row.business_date,
-      attempt: row.attempt,
-      sensorTimeoutMs: o.sensorTimeoutMs,
-      runTimeoutMs: o.runTimeoutMs ?? null,
-    };
-    const restoring = row.snapshot !== null && row.snapshot !== undefined;
-    const actor = restoring
-      ? createActor(o.machine, { snapshot: row.snapshot as never, input })
-      : createActor(o.machine, { input });
-    const writer = createSnapshotWriter({
-      pool: o.pool,
-      runId: row.run_id,
-      owner: o.owner,
-      log,
-      onCancelled: () => cancelLive(row.run_id),
-      onNotOwner: () => void drop(run, 'not owner'),
-    });
-    const run: LiveRun = { row, slot, lockedOn, actor, sub: undefined as never, deadlineTimer: null, writer, log };
-    live.set(row.run_id, run);
-    let last = '';
-    run.sub = actor.subscribe({
-      next: (snap) => {
-        const steps = activeSteps(snap.value).join(',');
-        if (steps !== last) log.info({ steps: steps || statusOf(snap), loadId: snap.context.loadId ?? undefined }, 'run entered %s', steps || statusOf(snap));
-        last = steps;
-        const status = statusOf(snap);
-        emit(run, 'transition', snap, status);
-        // Taken now, not when the write happens: a write that outlives the actor (a retry during an outage, a
-        // release) would otherwise store the stopped actor's snapshot, which restores as a dead run.
-        void run.writer.write(snap, actor.getPersistedSnapshot()).then(() => {
-          if (status !== 'running' && live.get(row.run_id) === run) void finish(run, snap, status);
-        });
-      },
-      error: (err) => {
-        // An error nothing in the machine handled: record it so the run is never left half-recorded.
-        log.error({ err: toErrorInfo(err) }, 'run actor crashed');
-        void failRun(o.pool, row.run_id, { code: 'INTERNAL', message: `run actor crashed: ${toErrorInfo(err).message}` }).finally(() => drop(run, 'actor error'));
-      },
-    });
-    actor.start();
-    const deadline = actor.getSnapshot().context.runDeadline;
-    if (deadline !== null && deadline !== undefined) {
-      run.deadlineTimer = setTimeout(() => {
-        run.log.warn('run timeout reached: failing the run');
-        actor.send({ type: 'RUN_TIMEOUT' });
-      }, Math.min(Math.max(0, deadline - Date.now()), MAX_TIMER_MS));
-      run.deadlineTimer.unref();
-    }
-    const snap = actor.getSnapshot();
-    emit(run, restoring ? 'restored' : 'started', snap, statusOf(snap));
-    log.info({ restored: restoring, steps: activeSteps(snap.value) }, restoring ? 'run restored from its snapshot' : 'run started');
-  }
-
-  async function finish(run: LiveRun, snap: WorkflowSnapshot, status: RunStatus): Promise<void> {
-    live.delete(run.row.run_id);
-    if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
-    run.sub.unsubscribe();
-    await locks.unlock(run.row.run_id, run.slot, run.lockedOn);
-    emit(run, 'finished', snap, status);
-    run.log.info({ status, failure: snap.context.failure ?? undefined }, 'run finished %s', status);
-    if (status === 'failed') o.onRunFailed?.(run.row.run_id);
-    scheduleClaim(0);
-  }
-
-  function setLeader(leader: boolean): void {
-    if (leadership.value === leader) return;
-    o.logger.info({ owner: o.owner }, leader ? 'this process is now the leader (the one that creates scheduled runs)' : 'this process is no longer the leader');
-    leadership.next(leader);
-  }
-
-  /** Leadership is a session advisory lock on the lock connection: it dies with the process that holds it. */
-  async function tryLead(): Promise<void> {
-    if (!leadership.value && (await locks.tryLead())) setLeader(true);
-  }
+  subs.push(
+    locks.lost$.subscribe((err) => {
+      // The lock connection broke and did not come back in time: every run lock is gone. Stop executing them;
+      // whoever locks them next resumes them.
+      logger.error({ err: toErrorInfo(err) }, 'lock connection lost: releasing all runs of this process');
+      leadership.lose();
+      void releaseAll('lock connection lost').then(() => loop.later(1000));
+    }),
+    locks.relocked$.subscribe((gone) => {
+      // Back after a break, with every lock taken again except those another process took in the gap.
+      logger.warn({ lost: gone }, 'lock connection re-established; its runs keep running here');
+      if (gone.leader) leadership.lose();
+      for (const run of [...live.values()]) {
+        // A pool slot taken elsewhere in the gap may hold another run's step now: be safe, release them all.
+        if (gone.named.length > 0 || gone.runs.includes(run.row.run_id) || gone.slots.includes(run.slot)) {
+          void drop(run, 'its lock was taken by another process while the lock connection was down');
+        }
+      }
+    }),
+  );
 
   async function claimOnce(): Promise<void> {
-    await tryLead();
+    await leadership.tryLead();
     await cancelStale();
     for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
       if (stopping) return;
@@ -221,100 +142,53 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
         throw err;
       });
       if (!row || stopping || !lockedOn || locks.epoch() !== lockedOn) {
-        // Finished meanwhile, or the lock connection died while we claimed it (it stays resumable).
+        // Finished meanwhile, or the lock session was lost while we claimed it (it stays resumable).
         await locks.unlock(runId, slot);
         continue;
       }
       try {
-        launch(row, slot, lockedOn);
+        live.set(runId, startLiveRun(host, row, slot, lockedOn));
       } catch (err) {
         // A snapshot this machine cannot read: fail the run with the reason instead of retrying it forever.
-        live.delete(runId);
         const info = toErrorInfo(err);
-        o.logger.error({ runId, err: info }, 'cannot start or restore run');
+        logger.error({ runId, err: info }, 'cannot start or restore run');
         await failRun(o.pool, runId, { code: 'RESTORE_FAILED', message: `cannot restore run ${runId}: ${info.message}` });
         await locks.unlock(runId, slot);
       }
     }
   }
 
-  /** Runs cancelled by an operator: send CANCEL so the machine aborts the step in flight (and its query). */
-  function cancelLive(runId: string): void {
-    const run = live.get(runId);
-    // A run that just ended is still live until its last write settles: there is nothing left to cancel.
-    if (!run || run.actor.getSnapshot().status !== 'active') return;
-    run.log.info('cancel requested: stopping the run');
-    run.actor.send({ type: 'CANCEL' });
-  }
-
   /** Safety net for a missed cancel notification: live runs whose row is no longer queued/running. */
   async function cancelStale(): Promise<void> {
     if (live.size === 0) return;
-    for (const runId of await runsNoLongerActive(o.pool, [...live.keys()])) cancelLive(runId);
-  }
-
-  async function claim(): Promise<void> {
-    if (stopping) return;
-    if (claiming) {
-      claimAgain = true;
-      return claiming;
-    }
-    claiming = (async () => {
-      do {
-        claimAgain = false;
-        await claimOnce().then(
-          () => {
-            if (claimFailing) o.logger.info('claiming runs works again');
-            claimFailing = false;
-          },
-          (err: unknown) => {
-            // An outage would log every claim tick: warn at its start, then only at debug level.
-            if (claimFailing) o.logger.debug({ err: toErrorInfo(err) }, 'claiming runs still fails');
-            else o.logger.warn({ err: toErrorInfo(err) }, 'claiming runs failed; will retry');
-            claimFailing = true;
-          },
-        );
-      } while (claimAgain && !stopping);
-    })().finally(() => {
-      claiming = null;
-    });
-    return claiming;
-  }
-
-  function scheduleClaim(ms: number): void {
-    if (stopping) return;
-    setTimeout(() => void claim(), ms).unref();
+    for (const runId of await runsNoLongerActive(o.pool, [...live.keys()])) live.get(runId)?.cancel();
   }
 
   return {
     events$: events.asObservable(),
-    leadership$: leadership.asObservable(),
-    isLeader: () => leadership.value,
+    leadership$: leadership.leadership$,
+    isLeader: leadership.isLeader,
     activeRunIds: () => [...live.keys()],
-    claim,
+    claim: () => loop.claim(),
     async start() {
       await locks.connect();
       subs.push(
         o.runNotifications$
           .pipe(filter((n) => n.status === 'queued' && (n.workflow_id === undefined || n.workflow_id === o.workflowId)))
-          .subscribe(() => void claim()),
+          .subscribe(() => void loop.claim()),
         o.runNotifications$
           .pipe(filter((n) => n.status === 'cancelled' && typeof n.run_id === 'string'))
-          .subscribe((n) => cancelLive(n.run_id as string)),
-        o.reconnects$.subscribe(() => void claim()),
+          .subscribe((n) => live.get(n.run_id as string)?.cancel()),
+        o.reconnects$.subscribe(() => void loop.claim()),
       );
-      const interval = o.claimIntervalMs ?? 5000;
-      timer = setInterval(() => void claim(), interval);
-      timer.unref();
-      await claim();
+      loop.start(o.claimIntervalMs ?? 5000);
+      await loop.claim();
     },
     async stop() {
       stopping = true;
-      if (timer) clearInterval(timer);
       for (const s of subs) s.unsubscribe();
-      await claiming?.catch(() => undefined);
+      await loop.stop();
       await releaseAll('shutdown');
-      setLeader(false);
       leadership.complete();
       events.complete();
     },
