@@ -36,6 +36,8 @@ export interface FileOverrides {
   children?: Record<string, Record<string, unknown>>;
   sap?: Record<string, number>;
   sensors?: Record<string, Record<string, unknown>>;
+  workflow?: Record<string, unknown>;
+  pools?: Record<string, { slots: number }>;
 }
 
 export interface RunView {
@@ -68,7 +70,8 @@ export interface Fixture {
   lines: string[];
   /** Errors that escaped to the process (unhandled rejections, uncaught exceptions). */
   escaped: unknown[];
-  startApp(date: string, o?: { file?: FileOverrides; sapUri?: string; app?: AppOptions }): Promise<App>;
+  /** `env` adds environment variables (they win over the file, as in production). */
+  startApp(date: string, o?: { file?: FileOverrides; sapUri?: string; app?: AppOptions; env?: Record<string, string> }): Promise<App>;
   /** `l2flow trigger --date D`; with `flag`, the flag row for D − 1 is inserted first. */
   trigger(date: string, o?: { flag?: boolean }): Promise<void>;
   insertFlag(businessDate: string, flagCode?: string): Promise<void>;
@@ -172,6 +175,7 @@ export async function createFixture(): Promise<Fixture> {
         // The run's own date is the first one: wait_for_success_end passes at once.
         L2FLOW_START_DATE: date,
         L2FLOW_CONFIG: file,
+        ...o.env,
       });
       const logger = createLogger({
         level: 'debug',

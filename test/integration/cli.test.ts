@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dateInZone } from '../../src/lib/dates.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
@@ -75,6 +76,18 @@ afterAll(async () => {
   await db?.drop();
   rmSync(tmp, { recursive: true, force: true });
 });
+
+/** Sessions ever opened on database `name` (pg_stat_database.sessions, PostgreSQL 14+), read from another database. */
+async function sessionsOpened(name: string): Promise<number> {
+  const admin = new pg.Client({ connectionString: db.uri.replace(/\/[^/]*$/, '/postgres') });
+  await admin.connect();
+  try {
+    const { rows } = await admin.query<{ n: number }>('select sessions::int as n from pg_stat_database where datname = $1', [name]);
+    return rows[0]?.n ?? 0;
+  } finally {
+    await admin.end();
+  }
+}
 
 async function runsOf(d: TestDb, where = 'true'): Promise<{ run_id: string; logical_date: string; status: string; triggered_by: string }[]> {
   const { rows } = await d.pool.query(`select run_id, logical_date::text, status, triggered_by from l2flow.run where ${where} order by logical_date`);
@@ -297,14 +310,28 @@ describe('run refuses to start on a bad setup, leaving nothing behind', () => {
   });
 
   it('missing EMAIL_RECIPIENTS: exit 2 naming it, and no connection opened', async () => {
-    const r = await cli(['run'], runEnv(dwh, { EMAIL_RECIPIENTS: undefined }));
-    expect(r.code).toBe(2);
-    expect(r.err).toMatch(/EMAIL_RECIPIENTS: .*export EMAIL_RECIPIENTS=/);
-    const { rows } = await db.pool.query<{ n: number }>(
-      `select count(*)::int as n from pg_stat_activity where datname = $1 and application_name in ('l2flow', 'l2flow-cli')`,
-      [db.name],
-    );
-    expect(rows[0]!.n).toBe(0);
+    // Counted, not looked for: a connection opened and closed before the command returned is gone from
+    // pg_stat_activity, but not from pg_stat_database.sessions. A database of its own, so nothing else connects.
+    const d = await createTestDb({ migrate: false });
+    try {
+      const before = await sessionsOpened(d.name);
+      const r = await cli(['run'], runEnv(withPassword(d.uri), { EMAIL_RECIPIENTS: undefined }));
+      expect(r.code).toBe(2);
+      expect(r.err).toMatch(/EMAIL_RECIPIENTS: .*export EMAIL_RECIPIENTS=/);
+      // One probe session of our own, opened after the command returned: once it is counted, any session the
+      // command opened (counted at its first query, or at the latest when it closed) is counted too.
+      const probe = new pg.Client({ connectionString: d.uri });
+      await probe.connect();
+      await probe.query('select 1');
+      await probe.end();
+      let after = before;
+      for (const end = Date.now() + 10_000; after === before && Date.now() < end; await new Promise((res) => setTimeout(res, 50))) {
+        after = await sessionsOpened(d.name);
+      }
+      expect(after - before, 'sessions opened on the database (the probe is one)').toBe(1);
+    } finally {
+      await d.drop();
+    }
   });
 
   it('a malformed SAP connection: exit 2 naming the variable, password not shown', async () => {

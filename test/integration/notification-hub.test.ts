@@ -143,12 +143,14 @@ describe('notification hub', () => {
     await hub.start();
     let completed = false;
     hub.notifications$.subscribe({ complete: () => (completed = true) });
-    await hub.stop();
-    expect(hub.isConnected()).toBe(false);
-    expect(completed).toBe(true);
     const count = async () =>
       (await db.pool.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity
         where application_name = 'l2flow-listener' and datname = current_database()`)).rows[0]?.n;
+    // Seen while connected: without it, a count of 0 after stop() would also hold for a connection never found.
+    expect(await count()).toBe(1);
+    await hub.stop();
+    expect(hub.isConnected()).toBe(false);
+    expect(completed).toBe(true);
     const until = Date.now() + 2_000;
     while ((await count()) !== 0 && Date.now() < until) await sleep(20);
     expect(await count()).toBe(0);
