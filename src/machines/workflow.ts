@@ -1,6 +1,7 @@
 import { assign, fromPromise, setup, type SnapshotFrom, type StateValue } from 'xstate';
 // Pure helpers only: lib/errors.ts does no I/O.
 import { toErrorInfo, type ErrorCode } from '../lib/errors.js';
+import { STEP_IDS, STEP_TABLE, type StepId } from './steps.js';
 
 /**
  * The statechart of WF_MAIN_DATASETS_LOAD_L2_TO_L2. State keys are the original Airflow task ids, so operators
@@ -10,20 +11,7 @@ import { toErrorInfo, type ErrorCode } from '../lib/errors.js';
 
 export const WORKFLOW_ID = 'WF_MAIN_DATASETS_LOAD_L2_TO_L2';
 
-/** Every step id, in the order of the SPEC. */
-export const STEP_IDS = [
-  'wait_for_l2_full_load',
-  'get_load_id',
-  'workflow_registration',
-  'wait_for_success_end',
-  'run_sys_kill_all_session_pg',
-  'run_wf_data_preparation_for_reports',
-  'load_ds_client_segmentation',
-  'send_flg_to_sap',
-  'end',
-  'email_on_failure',
-] as const;
-export type StepId = (typeof STEP_IDS)[number];
+export { STEP_IDS, STEP_TABLE, type StepId } from './steps.js';
 
 export type SensorStep = 'wait_for_l2_full_load' | 'wait_for_success_end';
 
@@ -201,7 +189,7 @@ export const workflowMachine = setup({
     wait_for_l2_full_load: {
       entry: [start('wait_for_l2_full_load'), arm('wait_for_l2_full_load')],
       invoke: {
-        src: 'waitForL2FullLoad',
+        src: STEP_TABLE.wait_for_l2_full_load.actor,
         input: ({ context }) => sensorInput(context, 'wait_for_l2_full_load'),
         onDone: { target: 'get_load_id', actions: finish('wait_for_l2_full_load') },
         onError: onStepError('wait_for_l2_full_load'),
@@ -210,7 +198,7 @@ export const workflowMachine = setup({
     get_load_id: {
       entry: start('get_load_id'),
       invoke: {
-        src: 'getLoadId',
+        src: STEP_TABLE.get_load_id.actor,
         input: ({ context }) => stepInput(context),
         onDone: {
           target: 'workflow_registration',
@@ -222,7 +210,7 @@ export const workflowMachine = setup({
     workflow_registration: {
       entry: start('workflow_registration'),
       invoke: {
-        src: 'workflowRegistration',
+        src: STEP_TABLE.workflow_registration.actor,
         input: ({ context }) => stepInput(context),
         onDone: { target: 'wait_for_success_end', actions: finish('workflow_registration') },
         onError: onStepError('workflow_registration'),
@@ -231,7 +219,7 @@ export const workflowMachine = setup({
     wait_for_success_end: {
       entry: [start('wait_for_success_end'), arm('wait_for_success_end')],
       invoke: {
-        src: 'waitForSuccessEnd',
+        src: STEP_TABLE.wait_for_success_end.actor,
         input: ({ context }) => sensorInput(context, 'wait_for_success_end'),
         onDone: { target: 'run_sys_kill_all_session_pg', actions: finish('wait_for_success_end') },
         onError: onStepError('wait_for_success_end'),
@@ -240,7 +228,7 @@ export const workflowMachine = setup({
     run_sys_kill_all_session_pg: {
       entry: start('run_sys_kill_all_session_pg'),
       invoke: {
-        src: 'runSysKillAllSessionPg',
+        src: STEP_TABLE.run_sys_kill_all_session_pg.actor,
         input: ({ context }) => stepInput(context),
         onDone: { target: 'branches', actions: finish('run_sys_kill_all_session_pg') },
         onError: onStepError('run_sys_kill_all_session_pg'),
@@ -257,7 +245,7 @@ export const workflowMachine = setup({
             run_wf_data_preparation_for_reports: {
               entry: start('run_wf_data_preparation_for_reports'),
               invoke: {
-                src: 'runWfDataPreparationForReports',
+                src: STEP_TABLE.run_wf_data_preparation_for_reports.actor,
                 input: ({ context }) => stepInput(context),
                 onDone: { target: 'done', actions: finish('run_wf_data_preparation_for_reports') },
                 onError: onStepError('run_wf_data_preparation_for_reports'),
@@ -272,7 +260,7 @@ export const workflowMachine = setup({
             load_ds_client_segmentation: {
               entry: start('load_ds_client_segmentation'),
               invoke: {
-                src: 'loadDsClientSegmentation',
+                src: STEP_TABLE.load_ds_client_segmentation.actor,
                 input: ({ context }) => stepInput(context),
                 onDone: { target: 'send_flg_to_sap', actions: finish('load_ds_client_segmentation') },
                 onError: onStepError('load_ds_client_segmentation'),
@@ -281,7 +269,7 @@ export const workflowMachine = setup({
             send_flg_to_sap: {
               entry: start('send_flg_to_sap'),
               invoke: {
-                src: 'sendFlgToSap',
+                src: STEP_TABLE.send_flg_to_sap.actor,
                 input: ({ context }) => stepInput(context),
                 onDone: { target: 'done', actions: finish('send_flg_to_sap') },
                 onError: onStepError('send_flg_to_sap'),
@@ -295,7 +283,7 @@ export const workflowMachine = setup({
     end: {
       entry: start('end'),
       invoke: {
-        src: 'end',
+        src: STEP_TABLE.end.actor,
         input: ({ context }) => stepInput(context),
         onDone: { target: 'success', actions: finish('end') },
         onError: onStepError('end'),
@@ -304,7 +292,7 @@ export const workflowMachine = setup({
     email_on_failure: {
       entry: start('email_on_failure'),
       invoke: {
-        src: 'emailOnFailure',
+        src: STEP_TABLE.email_on_failure.actor,
         input: ({ context }) => ({ ...stepInput(context), failure: context.failure! }),
         onDone: { target: 'failed', actions: finish('email_on_failure') },
         // A notification that cannot even be queued must not hide the run's own failure.

@@ -14,7 +14,8 @@ import { createSapSender, describeSapEndpoint, parseSapConnection } from '../ser
 import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
-import { STEP_CHILDREN, type Config } from './config.js';
+import { poolOf, STEP_CHILDREN, type ChildStep } from '../machines/steps.js';
+import type { Config } from './config.js';
 import type { Logger } from './logger.js';
 import { createNotificationHub, type NotificationHub } from './notification-hub.js';
 import { createRunLocks } from './run-locks.js';
@@ -99,7 +100,14 @@ export function buildActors(d: {
     logger,
     onQueued: d.onMailQueued,
   });
-  const prepareReports = children.run(STEP_CHILDREN.run_wf_data_preparation_for_reports);
+  /** A child step as the step table says: its child workflow, inside a slot of its pool when it names one. */
+  const childStep = (step: ChildStep) => {
+    const run = children.run(STEP_CHILDREN[step]);
+    const pool = poolOf(step);
+    return actor<StepContext>((input, signal) =>
+      pool ? d.pools.withSlot(pool, signal, () => run(input, signal), { runId: input.runId, step }) : run(input, signal),
+    );
+  };
 
   return {
     waitForL2FullLoad: actor(createFlagSensor({ ...sensorDeps, ...config.flagSensor })),
@@ -113,11 +121,9 @@ export function buildActors(d: {
         pokeIntervalMs: config.successEndSensor.pokeIntervalMs,
       }),
     ),
-    runSysKillAllSessionPg: actor(children.run(STEP_CHILDREN.run_sys_kill_all_session_pg)),
-    runWfDataPreparationForReports: actor<StepContext>((input, signal) =>
-      d.pools.withSlot('dwh_l2', signal, () => prepareReports(input, signal), { runId: input.runId, step: 'run_wf_data_preparation_for_reports' }),
-    ),
-    loadDsClientSegmentation: actor(children.run(STEP_CHILDREN.load_ds_client_segmentation)),
+    runSysKillAllSessionPg: childStep('run_sys_kill_all_session_pg'),
+    runWfDataPreparationForReports: childStep('run_wf_data_preparation_for_reports'),
+    loadDsClientSegmentation: childStep('load_ds_client_segmentation'),
     sendFlgToSap: actor(sendToSap),
     end: actor(metadata.end),
     emailOnFailure: actor<Parameters<typeof notifyFailure>[0]>(async (input, signal) => {

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { CONNECTION_KINDS, ConnectionError, displayUri, parseConnection, type ConnectionKind } from '../lib/connection.js';
+import { STEP_CHILDREN } from '../machines/steps.js';
 import { WORKFLOW_ID } from '../machines/workflow.js';
 import type { ChildConfig } from '../services/children/index.js';
 import { parseSmtpConnection } from '../services/mail/index.js';
@@ -42,12 +43,7 @@ export interface Config {
   logLevel: string;
 }
 
-/** Child workflows the SPEC's steps run, by step. */
-export const STEP_CHILDREN = {
-  run_sys_kill_all_session_pg: 'sys_kill_all_session_pg',
-  run_wf_data_preparation_for_reports: 'wf_data_preparation_for_reports',
-  load_ds_client_segmentation: 'l1_to_l2_p_load_data_ds_client_segmentation_full',
-} as const;
+export { STEP_CHILDREN };
 
 /** The configuration's values in the runtime's units (ms), from checked settings; connections are resolved apart. */
 function fromSettings(s: Settings): Omit<Config, 'connections'> {
