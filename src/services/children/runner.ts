@@ -123,7 +123,6 @@ export function createChildRunner(opts: {
     const started = Date.now();
     const conn = await connections.acquire(signal, `child workflow ${child}`);
     const client = conn.client;
-    let clean = false;
     try {
       const pid = (await client.query<{ pid: number }>(SESSION_SETUP)).rows[0]!.pid;
       const transactional = cfg.kind === 'sql' && cfg.transactional !== false;
@@ -144,14 +143,15 @@ export function createChildRunner(opts: {
       if (transactional) await client.query(fresh ? 'commit' : 'rollback');
       if (!fresh) {
         const winner = await readMemo<ChildResult>(client, ctx, memoStep(child));
-        clean = true;
+        conn.release();
         return { ...(winner ?? result), resumed: true };
       }
-      clean = true;
+      conn.release();
       return result;
-    } finally {
+    } catch (err) {
       // After a failure the connection is closed: an open transaction or a cancelled statement ends with it.
-      conn.release(!clean);
+      conn.release(err);
+      throw err;
     }
   }
 

@@ -2,4 +2,4 @@
 export { checkout, placeholdersIn, isQualifiedName, quoteQualified, withTransaction, type CheckedOutClient } from './sql.js';
 export { memoized, readMemo, writeMemo, type Queryable } from './step-memo.js';
 export { createPools, type HeldLock, type Pools, type PoolsOptions, type SessionLocks } from './pools.js';
-export { createDedicatedConnections, type DedicatedConnection, type DedicatedConnections } from './connections.js';
+export { createDedicatedConnections, type DedicatedConnections } from './connections.js';

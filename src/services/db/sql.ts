@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { StepError } from '../../lib/errors.js';
 
 export interface CheckedOutClient {
   client: pg.PoolClient;
@@ -13,8 +14,8 @@ export interface CheckedOutClient {
  * on checkout, and pg emits 'error' on a client whose connection ends (a restart, pg_terminate_backend) even
  * when a query already got the error: with no listener, that event would crash the process.
  */
-export async function checkout(pool: pg.Pool): Promise<CheckedOutClient> {
-  const client = await pool.connect();
+export async function checkout(pool: pg.Pool, wait?: { signal: AbortSignal; what: string }): Promise<CheckedOutClient> {
+  const client = wait ? await connectAbortably(pool, wait.signal, wait.what) : await pool.connect();
   let broken: Error | undefined;
   const onError = (err: Error) => {
     broken ??= err;
@@ -33,6 +34,26 @@ export async function checkout(pool: pg.Pool): Promise<CheckedOutClient> {
       client.off('error', onError);
     },
   };
+}
+
+/** pool.connect(), given up with ABORTED when `signal` fires first (pg's queue cannot be left: a late client goes back). */
+async function connectAbortably(pool: pg.Pool, signal: AbortSignal, what: string): Promise<pg.PoolClient> {
+  const aborted = () => new StepError('ABORTED', `${what} was cancelled while waiting for a database connection`, { cause: signal.reason });
+  if (signal.aborted) throw aborted();
+  const connecting = pool.connect();
+  let onAbort: (() => void) | undefined;
+  const gaveUp = new Promise<never>((_, reject) => {
+    onAbort = () => reject(aborted());
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([connecting, gaveUp]);
+  } catch (err) {
+    void connecting.then((c) => c.release(), () => undefined);
+    throw err;
+  } finally {
+    signal.removeEventListener('abort', onAbort!);
+  }
 }
 
 /**
