@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { abortableSleep } from '../../lib/time.js';
-import { placeholdersIn, readMemo, writeMemo, type DedicatedConnections } from '../db/index.js';
+import { inTransaction, placeholdersIn, readMemo, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
 
 /** How a child workflow runs: SQL in the warehouse, or a native builtin. */
@@ -127,27 +127,25 @@ export function createChildRunner(opts: {
       const pid = (await client.query<{ pid: number }>(SESSION_SETUP)).rows[0]!.pid;
       const transactional = cfg.kind === 'sql' && cfg.transactional !== false;
       const query = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx) : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds ?? 600] };
-      if (transactional) await client.query('begin');
-      const res = await cancellable(child, client, pid, query, cfg.timeoutMs, signal);
-      const result: ChildResult = { child, kind: cfg.kind, durationMs: Date.now() - started, resumed: false };
-      if (cfg.kind === 'sql') result.rowCount = res.rowCount ?? 0;
-      else {
-        result.terminated = res.rowCount ?? 0;
-        const sessions = res.rows.map((r: { pid: number; usename: string; application_name: string }) =>
-          ({ pid: r.pid, user: r.usename, application: r.application_name }));
-        logger.info({ child, runId: ctx.runId, sessions }, `terminated ${result.terminated} idle session(s)`);
-      }
       // Without a transaction (procedures that COMMIT inside, or terminating sessions) a crash between the
-      // statement and this memo re-runs the child: at-least-once for those, exactly-once for transactional ones.
-      const fresh = await writeMemo(client, ctx, memoStep(child), result);
-      if (transactional) await client.query(fresh ? 'commit' : 'rollback');
-      if (!fresh) {
-        const winner = await readMemo<ChildResult>(client, ctx, memoStep(child));
-        conn.release();
-        return { ...(winner ?? result), resumed: true };
-      }
+      // statement and its memo re-runs the child: at-least-once for those, exactly-once for transactional ones.
+      const work = async () => {
+        const res = await cancellable(child, client, pid, query, cfg.timeoutMs, signal);
+        const result: ChildResult = { child, kind: cfg.kind, durationMs: Date.now() - started, resumed: false };
+        if (cfg.kind === 'sql') result.rowCount = res.rowCount ?? 0;
+        else {
+          result.terminated = res.rowCount ?? 0;
+          const sessions = res.rows.map((r: { pid: number; usename: string; application_name: string }) =>
+            ({ pid: r.pid, user: r.usename, application: r.application_name }));
+          logger.info({ child, runId: ctx.runId, sessions }, `terminated ${result.terminated} idle session(s)`);
+        }
+        return { result, fresh: await writeMemo(client, ctx, memoStep(child), result) };
+      };
+      // Another invocation recorded the child first: ours is rolled back and theirs is the result.
+      const { result, fresh } = transactional ? await inTransaction(client, work, (r) => r.fresh) : await work();
+      const output = fresh ? result : { ...((await readMemo<ChildResult>(client, ctx, memoStep(child))) ?? result), resumed: true };
       conn.release();
-      return result;
+      return output;
     } catch (err) {
       // After a failure the connection is closed: an open transaction or a cancelled statement ends with it.
       conn.release(err);

@@ -57,26 +57,37 @@ async function connectAbortably(pool: pg.Pool, signal: AbortSignal, what: string
 }
 
 /**
- * Run `fn` inside a transaction on a client from the pool; rolls back on any error, and also when `commitIf` says
- * the result must not be kept (the result is still returned). A client whose rollback failed is discarded.
+ * Run `fn` in a transaction on `client`: committed when `commitIf(result)` holds, else rolled back (the result is
+ * still returned); on an error rolled back and rethrown. The one shape of a transaction in l2flow.
  */
+export async function inTransaction<T>(client: pg.ClientBase, fn: () => Promise<T>, commitIf: (result: T) => boolean = () => true): Promise<T> {
+  await client.query('begin');
+  let result: T;
+  try {
+    result = await fn();
+  } catch (err) {
+    // A rollback that fails leaves the session unusable: callers discard a connection whose transaction threw.
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  }
+  await client.query(commitIf(result) ? 'commit' : 'rollback');
+  return result;
+}
+
+/** `inTransaction` on a client from the pool; a client whose transaction threw is discarded, never reused. */
 export async function withTransaction<T>(
   pool: pg.Pool,
   fn: (client: pg.PoolClient) => Promise<T>,
-  commitIf: (result: T) => boolean = () => true,
+  commitIf?: (result: T) => boolean,
 ): Promise<T> {
   const c = await checkout(pool);
-  let failed: unknown;
   try {
-    await c.client.query('begin');
-    const result = await fn(c.client);
-    await c.client.query(commitIf(result) ? 'commit' : 'rollback');
+    const result = await inTransaction(c.client, () => fn(c.client), commitIf);
+    c.release();
     return result;
   } catch (err) {
-    await c.client.query('rollback').catch((e: unknown) => (failed = e));
+    c.release(err);
     throw err;
-  } finally {
-    c.release(failed);
   }
 }
 
