@@ -3,7 +3,7 @@ import { Subject, type Observable } from 'rxjs';
 import { addDays, dateInZone, isIsoDate } from '../lib/dates.js';
 import { toErrorInfo } from '../lib/errors.js';
 import { emailOutboxStatus, type EmailOutboxStatus } from '../services/mail/index.js';
-import { createApp, type App } from './app.js';
+import { createApp, createPool, type App } from './app.js';
 import { ConfigError, loadConfig, redactUri, type Config, type FileConfig } from './config.js';
 import { createLogger, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate, type MigrateResult } from './migrate.js';
@@ -130,7 +130,8 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
   async function query<T>(fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
     if (stopping) throw new L2flowError('NOT_AVAILABLE', 'this l2flow instance is stopped: create a new one with createL2flow()');
     if (!pool) {
-      pool = new pg.Pool({ connectionString: config.connections.dwh, max: 2, application_name: options.applicationName ?? 'l2flow-api' });
+      // The one pool of this instance: the runtime started by start() shares it, so the connection budget holds.
+      pool = createPool(config, options.applicationName ?? 'l2flow');
       // An idle connection's failure surfaces on the next query; nothing to do here.
       pool.on('error', () => undefined);
     }
@@ -150,7 +151,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     if (scope !== 'full') throw new L2flowError('NOT_AVAILABLE', "start() needs the full configuration: create the instance without scope: 'dwh'");
     const problem = await query((p) => checkFlagTrigger(p, config.flagSensor.flagTable));
     if (problem) throw new L2flowError('FLAG_TRIGGER_MISSING', problem);
-    const built = createApp(config, getLogger());
+    const built = createApp(config, getLogger(), { pool: await query(async (p) => p) });
     built.supervisor.events$.subscribe({ next: (e) => events.next(e) });
     app = built;
     try {

@@ -49,6 +49,8 @@ export interface App {
 }
 
 export interface AppOptions {
+  /** The shared pool, when the caller owns it (the embedding API); it must hold at most config.poolSize connections. */
+  pool?: pg.Pool;
   /** Override polling cadences for tests and benchmarks. */
   claimIntervalMs?: number;
   mailPollIntervalMs?: number;
@@ -136,13 +138,20 @@ export function buildActors(d: {
   };
 }
 
+/** The shared pool of one process: its whole share of the server besides the listener, the locks and children. */
+export function createPool(config: Config, applicationName = 'l2flow'): pg.Pool {
+  // application_name starts with l2flow: the builtin session killer never terminates our own connections.
+  return new pg.Pool({ connectionString: config.connections.dwh, max: config.poolSize, application_name: applicationName });
+}
+
 /** Build the runtime from a validated configuration. Nothing connects until `start()`. */
 export function createApp(config: Config, logger: Logger, opts: AppOptions = {}): App {
   const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   // application_name starts with l2flow: the builtin session killer never terminates our own connections.
   // The pool is l2flow's whole share of the server besides the listener, the lock connection and the child
   // statements executing now: however many runs are active or parked, no more connections are opened.
-  const pool = new pg.Pool({ connectionString: config.connections.dwh, max: config.poolSize, application_name: 'l2flow' });
+  const ownPool = !opts.pool;
+  const pool = opts.pool ?? createPool(config);
   // A restart kills every idle connection at once: one line per outage, not one per connection.
   const poolWarn = createRateLimitedWarn(logger, 60_000);
   pool.on('error', (err) => poolWarn('pool', { err: toErrorInfo(err) }, 'idle database connection failed; the pool replaces it'));
@@ -222,7 +231,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       await dispatcher.stop();
       await hub.stop();
       await mailer.close();
-      await pool.end();
+      if (ownPool) await pool.end();
       sensorChecks.complete();
     },
   };

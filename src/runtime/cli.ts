@@ -184,7 +184,7 @@ async function cmdCancel(l2: L2flow, dateFlag: string, io: Out): Promise<number>
 }
 
 async function cmdRun(io: Out): Promise<number> {
-  const l2 = createL2flow({ env: process.env, applicationName: 'l2flow-cli' });
+  const l2 = createL2flow({ env: process.env });
   const { logger } = l2;
   let stopping: Promise<void> | null = null;
   let firstSignalAt = 0;

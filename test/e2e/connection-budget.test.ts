@@ -4,9 +4,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addDays } from '../../src/lib/dates.js';
-import { createApp, type App } from '../../src/runtime/app.js';
-import { loadConfig } from '../../src/runtime/config.js';
-import { createLogger } from '../../src/runtime/logger.js';
+import { createL2flow, type L2flow } from '../../src/index.js';
 import { migrate } from '../../src/runtime/migrate.js';
 import { createRun } from '../../src/runtime/run-store.js';
 import { createSegmentationView } from '../helpers/db.js';
@@ -65,10 +63,11 @@ describe('connections stay within the budget whatever max_active_runs is', () =>
     return { uri, admin };
   }
 
-  function startApps(uri: string, n: number, lines: string[]): Promise<App[]> {
+  /** `n` runtimes through the embedding API, the path `l2flow run` takes too. */
+  function startApps(uri: string, n: number, lines: string[]): Promise<L2flow[]> {
     const file = path.join(dir, `budget-${n}.json`);
     writeFileSync(file, JSON.stringify({
-      workflow: { maxActiveRuns: RUNS, poolSize: POOL_SIZE, childConnections: CHILD_CONNECTIONS, startDate: FIRST },
+      workflow: { maxActiveRuns: RUNS, poolSize: POOL_SIZE, childConnections: CHILD_CONNECTIONS, startDate: FIRST, claimIntervalSeconds: 0.5 },
       // Every run's predecessor date falls before startDate: the 200 runs do not chain, they all run at once.
       sensors: { wait_for_l2_full_load: { pokeIntervalSeconds: 60 }, wait_for_success_end: { executionDeltaDays: 1000 } },
       children: {
@@ -79,20 +78,19 @@ describe('connections stay within the budget whatever max_active_runs is', () =>
       pools: { dwh_l2: { slots: 2 } },
       sap: { retryBaseDelayMs: 20 },
     }));
-    const config = loadConfig({
+    const env = {
       L2FLOW_CONN_DWH: uri,
       L2FLOW_CONN_SAP_CONN: `${sap.base}/readiness`,
       L2FLOW_CONN_SMTP_DEFAULT: smtp.uri(),
       EMAIL_RECIPIENTS: 'dwh-team@bank.example',
       L2FLOW_CONFIG: file,
-    });
-    expect(config).toMatchObject({ poolSize: POOL_SIZE, childConnections: CHILD_CONNECTIONS, maxActiveRuns: RUNS });
+    };
     return Promise.all(
       Array.from({ length: n }, async () => {
-        const logger = createLogger({ level: 'info', secrets: [], destination: { write: (s: string) => void lines.push(s) } });
-        const app = createApp(config, logger, { claimIntervalMs: 500 });
-        await app.start();
-        return app;
+        const l2 = createL2flow({ env, logger: { level: 'info', destination: { write: (s: string) => void lines.push(s) } } });
+        expect(l2.config).toMatchObject({ poolSize: POOL_SIZE, childConnections: CHILD_CONNECTIONS, maxActiveRuns: RUNS });
+        await l2.start();
+        return l2;
       }),
     );
   }
@@ -128,7 +126,6 @@ describe('connections stay within the budget whatever max_active_runs is', () =>
   async function releaseAll(runtimes: number): Promise<void> {
     const { uri, admin } = await warehouse(`budget_${runtimes}`);
     const lines: string[] = [];
-    const tStart = Date.now();
     const apps = await startApps(uri, runtimes, lines);
     try {
       const count = async (where: string) =>
@@ -136,8 +133,6 @@ describe('connections stay within the budget whatever max_active_runs is', () =>
       await until('every run to park in wait_for_l2_full_load', async () =>
         (await count(`current_step = 'wait_for_l2_full_load'`)) === RUNS, 120_000, 200);
       // Parked runs hold no connection: what is open now is the pool's idle ones, listener and lock connection.
-      const t0 = Date.now();
-      console.log('parked after', t0 - tStart);
       const sampler = sampleConnections(admin);
       await admin.query(
         `insert into md.dwh_flag (flag_cd, bussines_date)
@@ -146,7 +141,7 @@ describe('connections stay within the budget whatever max_active_runs is', () =>
       );
       await until('every run to end', async () => (await count(`status in ('success', 'failed')`)) === RUNS, 240_000, 250);
       const { max, maxByApp } = await sampler.stop();
-      console.log('finished after', Date.now() - t0, max, maxByApp);
+      console.log(`[budget] ${runtimes} runtime(s): ${RUNS} runs done, at most ${max} l2flow connections at once ${JSON.stringify(maxByApp)}`);
 
       expect(await count(`status = 'success'`)).toBe(RUNS);
       const budget = runtimes * (POOL_SIZE + 2 + CHILD_CONNECTIONS);
