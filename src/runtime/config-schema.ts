@@ -17,7 +17,7 @@ const MAX_TIMER_S = Math.floor(MAX_TIMER_MS / 1000);
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 /** The builtin child every deployment has; the file may configure it further. */
-const BUILTIN_CHILDREN = { sys_kill_all_session_pg: { kind: 'builtin', name: 'sys_kill_all_session_pg' } } as const;
+const BUILTIN_CHILDREN = { sys_kill_all_session_pg: { kind: 'builtin', name: 'sys_kill_all_session_pg', idleSeconds: 600 } } as const;
 /** Pools the workflow's steps use; the file may resize them or add others. */
 const REQUIRED_POOLS = { dwh_l2: { slots: 1 } };
 
@@ -46,12 +46,12 @@ const childSchema = z.discriminatedUnion(
           error: 'may reference only $1 (the logical date) and $2 (the load id): remove the other $n placeholders',
         }),
       timeoutSeconds: positive('seconds', { timer: true }).optional(),
-      transactional: z.boolean({ error: 'must be true or false' }).optional(),
+      transactional: z.boolean({ error: 'must be true or false' }).default(true),
     }),
     z.strictObject({
       kind: z.literal('builtin'),
       name: z.literal('sys_kill_all_session_pg', { error: 'must be sys_kill_all_session_pg, the only builtin child' }),
-      idleSeconds: z.number({ error: WHOLE_SECONDS }).int({ error: WHOLE_SECONDS }).nonnegative({ error: 'must be 0 or more seconds' }).optional(),
+      idleSeconds: z.number({ error: WHOLE_SECONDS }).int({ error: WHOLE_SECONDS }).nonnegative({ error: 'must be 0 or more seconds' }).default(600),
       timeoutSeconds: positive('seconds', { timer: true }).optional(),
     }),
   ],

@@ -15,14 +15,14 @@ const ctx = (loadId: number | null = 42): StepContext => ({
 });
 
 const children: Record<string, ChildConfig> = {
-  insert_both: { kind: 'sql', statement: 'insert into t (ld, lid) values ($1, $2)' },
-  load_id_only: { kind: 'sql', statement: 'insert into t (lid) values ($2)' },
-  plain: { kind: 'sql', statement: 'select 1' },
-  call_proc: { kind: 'sql', statement: 'CALL p($1::date, $2::bigint)' },
+  insert_both: { kind: 'sql', statement: 'insert into t (ld, lid) values ($1, $2)', transactional: true },
+  load_id_only: { kind: 'sql', statement: 'insert into t (lid) values ($2)', transactional: true },
+  plain: { kind: 'sql', statement: 'select 1', transactional: true },
+  call_proc: { kind: 'sql', statement: 'CALL p($1::date, $2::bigint)', transactional: true },
   call_committing: { kind: 'sql', statement: 'call p_commit($1)', transactional: false },
-  broken: { kind: 'sql', statement: 'select 1 / 0' },
-  slow: { kind: 'sql', statement: 'select pg_sleep(30)', timeoutMs: 300 },
-  slow_no_timeout: { kind: 'sql', statement: 'select pg_sleep(31)' },
+  broken: { kind: 'sql', statement: 'select 1 / 0', transactional: true },
+  slow: { kind: 'sql', statement: 'select pg_sleep(30)', timeoutMs: 300, transactional: true },
+  slow_no_timeout: { kind: 'sql', statement: 'select pg_sleep(31)', transactional: true },
   kill_idle: { kind: 'builtin', name: 'sys_kill_all_session_pg', idleSeconds: 0 },
   kill_very_idle: { kind: 'builtin', name: 'sys_kill_all_session_pg', idleSeconds: 3600 },
 };

@@ -72,9 +72,9 @@ describe('loadConfig: defaults and sources', () => {
     expect(c.flagSensor).toEqual({ flagTable: 'md.dwh_flag', flagCode: 'l1_to_l2_load_successfull', pokeIntervalMs: 60_000, timeoutMs: 7 * 24 * 3600 * 1000 });
     expect(c.successEndSensor).toEqual({ pokeIntervalMs: 100_000, timeoutMs: 7 * 24 * 3600 * 1000, executionDeltaDays: 1 });
     expect(c.pools).toEqual({ dwh_l2: { slots: 1 } });
-    expect(c.children.sys_kill_all_session_pg).toEqual({ kind: 'builtin', name: 'sys_kill_all_session_pg' });
-    expect(c.children[STEP_CHILDREN.run_wf_data_preparation_for_reports]).toEqual({ kind: 'sql', statement: 'call l2.prep($1::date, $2::bigint)' });
-    expect(c.children[STEP_CHILDREN.load_ds_client_segmentation]).toEqual({ kind: 'sql', statement: 'call l2.seg($1::date)', timeoutMs: 3_600_000 });
+    expect(c.children.sys_kill_all_session_pg).toEqual({ kind: 'builtin', name: 'sys_kill_all_session_pg', idleSeconds: 600 });
+    expect(c.children[STEP_CHILDREN.run_wf_data_preparation_for_reports]).toEqual({ kind: 'sql', statement: 'call l2.prep($1::date, $2::bigint)', transactional: true });
+    expect(c.children[STEP_CHILDREN.load_ds_client_segmentation]).toEqual({ kind: 'sql', statement: 'call l2.seg($1::date)', timeoutMs: 3_600_000, transactional: true });
     expect(c.connectionIds).toEqual({ dwh: 'dwh', sap: 'sap_conn', smtp: 'smtp_default' });
     expect(c.connections).toEqual({ dwh: DWH, sap: SAP, smtp: SMTP });
     expect(c.email.recipients).toEqual(['dwh-team@bank.example', 'oncall@bank.example']);

@@ -6,8 +6,8 @@ import type { Logger, StepContext, StepFn } from '../types.js';
 
 /** How a child workflow runs: SQL in the warehouse, or a native builtin. */
 export type ChildConfig =
-  | { kind: 'sql'; statement: string; timeoutMs?: number; transactional?: boolean }
-  | { kind: 'builtin'; name: 'sys_kill_all_session_pg'; idleSeconds?: number; timeoutMs?: number };
+  | { kind: 'sql'; statement: string; timeoutMs?: number; transactional: boolean }
+  | { kind: 'builtin'; name: 'sys_kill_all_session_pg'; idleSeconds: number; timeoutMs?: number };
 
 export interface ChildResult {
   child: string;
@@ -125,8 +125,8 @@ export function createChildRunner(opts: {
     const client = conn.client;
     try {
       const pid = (await client.query<{ pid: number }>(SESSION_SETUP)).rows[0]!.pid;
-      const transactional = cfg.kind === 'sql' && cfg.transactional !== false;
-      const query = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx) : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds ?? 600] };
+      const transactional = cfg.kind === 'sql' && cfg.transactional;
+      const query = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx) : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds] };
       // Without a transaction (procedures that COMMIT inside, or terminating sessions) a crash between the
       // statement and its memo re-runs the child: at-least-once for those, exactly-once for transactional ones.
       const work = async () => {
