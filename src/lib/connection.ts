@@ -1,17 +1,17 @@
 /**
- * The one parser of connection URIs (postgres, SAP over http(s), smtp): what to connect to, how to authenticate,
+ * The one parser of connection URIs (postgres, SAP and Airflow over http(s), smtp): what to connect to, how to authenticate,
  * how to show the URI to a human, and which secrets to remove from anything that leaves the process. Every other
  * module's masking and scrubbing comes from here, so a secret is found by one rule.
  */
 
-export type ConnectionKind = 'postgres' | 'sap' | 'smtp';
+export type ConnectionKind = 'postgres' | 'sap' | 'smtp' | 'airflow';
 
 /** How a connection authenticates; `basic` also covers a database or SMTP user and password. */
 export type ConnectionAuth = { type: 'bearer'; token: string } | { type: 'basic'; user: string; password: string } | { type: 'none' };
 
 export interface ParsedConnection {
   kind: ConnectionKind;
-  /** The URI without its credentials: no user info, no `__extra__` (nor, for SAP, `token`) parameter, no fragment. */
+  /** The URI without its credentials: no user info, no `__extra__` (nor, for SAP and Airflow, `token`) parameter, no fragment. */
   url: string;
   auth: ConnectionAuth;
   /** The URI as a human may see it: the password and every secret-named parameter replaced by ***. */
@@ -63,6 +63,15 @@ export const CONNECTION_KINDS: Record<ConnectionKind, KindRules> = {
     tokens: false,
     pathAllowed: false,
   },
+  airflow: {
+    label: 'Airflow connection URI',
+    schemes: ['http', 'https'],
+    names: 'http or https',
+    example: 'http://user:password@airflow.bank.example:8080/?api_version=2',
+    help: 'write it as http://user:password@host:8080/ (Airflow 2: basic auth; Airflow 3: the user and password get a token), adding ?api_version=1 or 2 or a path ending in /api/v1 or /api/v2 unless the child sets apiVersion (percent-encode special characters)',
+    tokens: true,
+    pathAllowed: true,
+  },
 };
 
 /** A connection URI that cannot be used; the message never quotes the URI, which may hold a secret. */
@@ -103,6 +112,13 @@ export function authSecrets(auth: ConnectionAuth): string[] {
   if (auth.type === 'none' || auth.password === '') return [];
   const { user, password } = auth;
   return [password, encodeURIComponent(password), base64(`${user}:${password}`), base64(password), base64(`\0${user}\0${password}`), base64(`${user}\0${user}\0${password}`)];
+}
+
+/** The value of an HTTP Authorization header for `auth`, or undefined when it has no credentials. */
+export function authorizationValue(auth: ConnectionAuth): string | undefined {
+  if (auth.type === 'bearer') return `Bearer ${auth.token}`;
+  if (auth.type === 'basic') return `Basic ${base64(`${auth.user}:${auth.password}`)}`;
+  return undefined;
 }
 
 /** The secret values written in a parsed URI: the password, secret-named parameters and secret keys of `__extra__`. */

@@ -1,4 +1,4 @@
-import { authSecrets, parseConnection, redactor, type ConnectionAuth } from '../../lib/connection.js';
+import { authorizationValue, authSecrets, parseConnection, redactor, type ConnectionAuth } from '../../lib/connection.js';
 
 /** How l2flow authenticates to SAP: a bearer token, basic credentials, or nothing. */
 export type SapAuth =
@@ -49,7 +49,5 @@ export function credentialScrubber(auth: SapAuth): (text: string) => string {
 
 /** The value of the Authorization header, or undefined when the endpoint has no authentication. */
 export function authorizationHeader(auth: SapAuth): string | undefined {
-  if (auth.kind === 'bearer') return `Bearer ${auth.token}`;
-  if (auth.kind === 'basic') return `Basic ${Buffer.from(`${auth.username}:${auth.password}`, 'utf8').toString('base64')}`;
-  return undefined;
+  return authorizationValue(connectionAuth(auth));
 }
