@@ -3,11 +3,17 @@ import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { abortableSleep } from '../../lib/time.js';
 import { inTransaction, placeholdersIn, readMemo, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
+import { createAirflowChild, type AirflowChildConfig, type AirflowOutcome } from './airflow/child.js';
+import { parseAirflowConnection } from './airflow/connection.js';
 
-/** How a child workflow runs: SQL in the warehouse, or a native builtin. */
+/** How a child workflow runs: SQL in the warehouse, a native builtin, or a DAG in Airflow. */
 export type ChildConfig =
   | { kind: 'sql'; statement: string; timeoutMs?: number; transactional: boolean }
-  | { kind: 'builtin'; name: 'sys_kill_all_session_pg'; idleSeconds: number; timeoutMs?: number };
+  | { kind: 'builtin'; name: 'sys_kill_all_session_pg'; idleSeconds: number; timeoutMs?: number }
+  | AirflowChildConfig;
+
+/** The children that run on a warehouse connection. */
+type WarehouseChild = Exclude<ChildConfig, { kind: 'airflow' }>;
 
 export interface ChildResult {
   child: string;
@@ -15,6 +21,10 @@ export interface ChildResult {
   durationMs: number;
   rowCount?: number;
   terminated?: number;
+  /** Airflow children: the DAG, its run and the state it ended in. */
+  dagId?: AirflowOutcome['dagId'];
+  dagRunId?: AirflowOutcome['dagRunId'];
+  state?: AirflowOutcome['state'];
   /** True when the result was recorded by an earlier invocation and nothing ran now. */
   resumed: boolean;
 }
@@ -60,9 +70,28 @@ export function createChildRunner(opts: {
   /** Where each child statement gets a connection of its own. */
   connections: DedicatedConnections;
   children: Record<string, ChildConfig>;
+  /** The URI of every connection id an airflow child names (secrets: never logged). */
+  airflowConnections?: Record<string, string>;
   logger: Logger;
 }): ChildRunner {
   const { pool, connections, children, logger } = opts;
+  const airflow = new Map<string, (ctx: StepContext, signal: AbortSignal) => Promise<AirflowOutcome>>();
+  for (const [child, cfg] of Object.entries(children)) {
+    if (cfg.kind !== 'airflow') continue;
+    const uri = opts.airflowConnections?.[cfg.connection];
+    if (uri === undefined) throw new Error(`child workflow ${child} names connection "${cfg.connection}", which was not resolved: load it with loadConfig`);
+    const endpoint = parseAirflowConnection(uri, cfg.connection, cfg.apiVersion);
+    airflow.set(child, createAirflowChild({ pool, logger, child, cfg, endpoint }));
+  }
+
+  /** Run an airflow child and record its result; like a non-transactional child, a crash before the memo runs it again (re-attaching). */
+  async function runAirflow(child: string, ctx: StepContext, signal: AbortSignal): Promise<ChildResult> {
+    const started = Date.now();
+    const outcome = await airflow.get(child)!(ctx, signal);
+    const result: ChildResult = { child, kind: 'airflow', durationMs: Date.now() - started, ...outcome, resumed: false };
+    if (await writeMemo(pool, ctx, memoStep(child), result)) return result;
+    return { ...((await readMemo<ChildResult>(pool, ctx, memoStep(child))) ?? result), resumed: true };
+  }
 
   /**
    * Run `query` on `client`; on abort or timeout cancel it with pg_cancel_backend from another connection and
@@ -116,7 +145,7 @@ export function createChildRunner(opts: {
   /** Run one child on a dedicated client; a transactional child commits its memo in its own transaction. */
   async function runOnClient(
     child: string,
-    cfg: ChildConfig,
+    cfg: WarehouseChild,
     ctx: StepContext,
     signal: AbortSignal,
   ): Promise<ChildResult> {
@@ -160,7 +189,7 @@ export function createChildRunner(opts: {
         if (!cfg) {
           throw new StepError('CHILD_NOT_CONFIGURED',
             `child workflow ${childName} is not configured: add children.${childName} ` +
-            `({ kind: 'sql', statement: 'CALL …' } or a builtin) to the l2flow config`);
+            `({ kind: 'sql', statement: 'CALL …' }, { kind: 'airflow', dagId, connection } or a builtin) to the l2flow config`);
         }
         throwIfAborted(signal, `child workflow ${childName}`);
         const recorded = await readMemo<ChildResult>(pool, ctx, memoStep(childName));
@@ -169,7 +198,7 @@ export function createChildRunner(opts: {
           return { ...recorded, resumed: true };
         }
         logger.info({ child: childName, runId: ctx.runId, kind: cfg.kind }, 'child workflow starting');
-        const result = await runOnClient(childName, cfg, ctx, signal);
+        const result = cfg.kind === 'airflow' ? await runAirflow(childName, ctx, signal) : await runOnClient(childName, cfg, ctx, signal);
         logger.info({ child: childName, runId: ctx.runId, durationMs: result.durationMs }, 'child workflow finished');
         return result;
       };
