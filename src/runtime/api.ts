@@ -4,7 +4,7 @@ import { addDays, dateInZone, isIsoDate } from '../lib/dates.js';
 import { toErrorInfo } from '../lib/errors.js';
 import { emailOutboxStatus, type EmailOutboxStatus } from '../services/mail/index.js';
 import { createApp, createPool, type App } from './app.js';
-import { ConfigError, loadConfig, redactUri, type Config, type FileConfig } from './config.js';
+import { ConfigError, connectionUris, loadConfig, redactUri, type Config, type FileConfig } from './config.js';
 import { createLogger, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate, type MigrateResult } from './migrate.js';
 import { cancelRun, createRun, getRunByDate, listRuns, listSteps, type RunRow, type StepRow } from './run-store.js';
@@ -120,7 +120,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     const own = options.logger;
     logger ??= createLogger({
       level: own?.level ?? config.logLevel,
-      secrets: secretsOf(Object.values(config.connections)),
+      secrets: secretsOf(connectionUris(config)),
       ...(own?.destination ? { destination: own.destination } : {}),
     });
     return logger;

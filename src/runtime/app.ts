@@ -85,7 +85,13 @@ export function buildActors(d: {
     onCheck: d.onSensorCheck,
   };
   const metadata = createMetadata({ pool, logger: logger.child({ module: 'metadata' }) });
-  const children = createChildRunner({ pool, connections: d.childConnections, children: config.children, logger: logger.child({ module: 'children' }) });
+  const children = createChildRunner({
+    pool,
+    connections: d.childConnections,
+    children: config.children,
+    airflowConnections: config.airflowConnections,
+    logger: logger.child({ module: 'children' }),
+  });
   const sendToSap = createSapSender({
     pool,
     endpoint: parseSapConnection(config.connections.sap),

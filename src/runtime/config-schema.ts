@@ -33,6 +33,29 @@ const positive = (what: 'seconds' | 'milliseconds', opts: { timer?: boolean } = 
 const SQL_STATEMENT_HELP = 'must be a SQL statement, e.g. "call l2.my_proc($1::date, $2::bigint)"';
 const WHOLE_SECONDS = 'must be a whole number of seconds, e.g. 300';
 
+const AIRFLOW_ID_HELP = 'must be an Airflow DAG id (letters, digits, _ . -), e.g. wf_data_preparation_for_reports';
+
+/** A DAG in Airflow, triggered through its REST API (services/children/airflow); the poke backoff also paces API retries. */
+const airflowChildSchema = z.strictObject({
+  kind: z.literal('airflow'),
+  dagId: z.string({ error: AIRFLOW_ID_HELP }).trim().regex(/^[A-Za-z0-9_.-]{1,250}$/, { error: AIRFLOW_ID_HELP }),
+  connection: z
+    .string({ error: 'must be a connection id, e.g. airflow_default (its URI: L2FLOW_CONN_<ID> or AIRFLOW_CONN_<ID>)' })
+    .trim()
+    .min(1, { error: 'must be a connection id, e.g. airflow_default' }),
+  apiVersion: z.union([z.literal(1), z.literal(2)], { error: 'must be 1 (Airflow 2, /api/v1) or 2 (Airflow 3, /api/v2)' }).optional(),
+  conf: z.record(z.string(), z.unknown(), { error: 'must be a mapping (the DAG run conf), e.g. { source: l2flow }' }).default({}),
+  resetDagRun: z.boolean({ error: 'must be true or false' }).default(true),
+  waitForCompletion: z.boolean({ error: 'must be true or false' }).default(true),
+  pokeIntervalSeconds: positive('seconds', { timer: true }).default(60),
+  maxPokeIntervalSeconds: positive('seconds', { timer: true }).default(600),
+  timeoutSeconds: positive('seconds', { timer: true }).optional(),
+  requestTimeoutSeconds: positive('seconds', { timer: true }).default(30),
+  maxTries: z.number().int().positive({ error: 'must be 1 or more tries' }).default(5),
+}).refine((c) => c.maxPokeIntervalSeconds >= c.pokeIntervalSeconds, {
+  error: 'maxPokeIntervalSeconds must be at least pokeIntervalSeconds', path: ['maxPokeIntervalSeconds'],
+});
+
 const childSchema = z.discriminatedUnion(
   'kind',
   [
@@ -54,10 +77,11 @@ const childSchema = z.discriminatedUnion(
       idleSeconds: z.number({ error: WHOLE_SECONDS }).int({ error: WHOLE_SECONDS }).nonnegative({ error: 'must be 0 or more seconds' }).default(600),
       timeoutSeconds: positive('seconds', { timer: true }).optional(),
     }),
+    airflowChildSchema,
   ],
   {
     error: (iss) =>
-      `${iss.input && typeof iss.input === 'object' && 'kind' in iss.input ? `unknown child kind ${quote((iss.input as { kind: unknown }).kind)}` : 'kind is missing'}: write kind: sql (with statement: "call ...", run in the warehouse) or kind: builtin (with name: sys_kill_all_session_pg)`,
+      `${iss.input && typeof iss.input === 'object' && 'kind' in iss.input ? `unknown child kind ${quote((iss.input as { kind: unknown }).kind)}` : 'kind is missing'}: write kind: sql (with statement: "call ...", run in the warehouse), kind: airflow (with dagId and connection) or kind: builtin (with name: sys_kill_all_session_pg)`,
   },
 );
 

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { CONNECTION_KINDS, ConnectionError, displayUri, parseConnection, type ConnectionKind } from '../lib/connection.js';
 import { STEP_CHILDREN } from '../machines/steps.js';
 import { WORKFLOW_ID } from '../machines/workflow.js';
-import type { ChildConfig } from '../services/children/index.js';
+import { parseAirflowConnection, type ChildConfig } from '../services/children/index.js';
 import { parseSmtpConnection } from '../services/mail/index.js';
 import { ENV_KEYS, envIssueMessage, envSourceOf, envValue, overlayEnv } from './config-env.js';
 import { ConfigError, fileErrorMap, fileIssueError, readConfigFile } from './config-file.js';
@@ -34,6 +34,8 @@ export interface Config {
   /** Connection URIs; they may hold secrets: never log them (see describeConfig). */
   connections: { dwh: string; sap: string; smtp: string };
   connectionIds: { dwh: string; sap: string; smtp: string };
+  /** The URI of every connection id an airflow child names; secrets too (see connectionUris). */
+  airflowConnections: Record<string, string>;
   email: { recipients: string[]; from: string };
   flagSensor: { flagTable: string; flagCode: string; pokeIntervalMs: number; timeoutMs: number };
   successEndSensor: { pokeIntervalMs: number; timeoutMs: number; executionDeltaDays: number };
@@ -46,11 +48,22 @@ export interface Config {
 export { STEP_CHILDREN };
 
 /** The configuration's values in the runtime's units (ms), from checked settings; connections are resolved apart. */
-function fromSettings(s: Settings): Omit<Config, 'connections'> {
+function fromSettings(s: Settings): Omit<Config, 'connections' | 'airflowConnections'> {
   const flag = s.sensors.wait_for_l2_full_load;
   const prev = s.sensors.wait_for_success_end;
   const children: Record<string, ChildConfig> = {};
   for (const [name, c] of Object.entries(s.children)) {
+    if (c.kind === 'airflow') {
+      const { pokeIntervalSeconds, maxPokeIntervalSeconds, timeoutSeconds, requestTimeoutSeconds, ...rest } = c;
+      children[name] = {
+        ...rest,
+        pokeIntervalMs: pokeIntervalSeconds * 1000,
+        maxPokeIntervalMs: maxPokeIntervalSeconds * 1000,
+        requestTimeoutMs: requestTimeoutSeconds * 1000,
+        ...(timeoutSeconds === undefined ? {} : { timeoutMs: timeoutSeconds * 1000 }),
+      };
+      continue;
+    }
     const { timeoutSeconds, ...rest } = c as ChildConfig & { timeoutSeconds?: number };
     children[name] = timeoutSeconds === undefined ? rest : { ...rest, timeoutMs: timeoutSeconds * 1000 };
   }
@@ -84,7 +97,7 @@ function fromSettings(s: Settings): Omit<Config, 'connections'> {
 const DEFAULT_SETTINGS = settingsSchema.parse({});
 
 /** Every default, in the shape services receive it: tests and embedders take values from here instead of repeating them. */
-export const DEFAULTS: Readonly<Omit<Config, 'connections'>> = Object.freeze(fromSettings(DEFAULT_SETTINGS));
+export const DEFAULTS: Readonly<Omit<Config, 'connections' | 'airflowConnections'>> = Object.freeze(fromSettings(DEFAULT_SETTINGS));
 
 /** The default of a settings key, written as an environment variable's value would be. */
 function defaultText(key: string): string | undefined {
@@ -138,7 +151,40 @@ export function loadConfig(
       );
     }
   }
-  return { ...fromSettings(settings), connections };
+  const airflowConnections: Record<string, string> = {};
+  for (const [name, c] of full ? Object.entries(settings.children) : []) {
+    if (c.kind !== 'airflow') continue;
+    const key = `children.${name}.connection`;
+    airflowConnections[c.connection] ??= resolveConnection(env, settings.connections, fileName, key, c.connection, 'airflow');
+    checkAirflowVersion(env, settings.connections, fileName, name, c.connection, c.apiVersion);
+  }
+  return { ...fromSettings(settings), connections, airflowConnections };
+}
+
+/** Refuse at start-up an airflow child whose API version neither its config nor its connection URI says. */
+function checkAirflowVersion(
+  env: NodeJS.ProcessEnv, fileConnections: Record<string, string>, fileName: string | undefined, child: string, id: string, apiVersion: 1 | 2 | undefined,
+): void {
+  const [key, uri, source] = connectionSource(env, fileConnections, fileName, id)!;
+  try {
+    parseAirflowConnection(uri, id, apiVersion);
+  } catch (err) {
+    if (!(err instanceof ConnectionError)) throw err;
+    throw new ConfigError(key, `connection "${id}" of child workflow ${child} ${err.problem}: ${err.help}`, source);
+  }
+}
+
+/** Where the URI of connection `id` comes from, strongest first: L2FLOW_CONN_<ID>, AIRFLOW_CONN_<ID>, the file. */
+function connectionSource(
+  env: NodeJS.ProcessEnv, fileConnections: Record<string, string>, fileName: string | undefined, id: string,
+): [key: string, value: string, source?: string] | undefined {
+  const upper = id.toUpperCase();
+  const sources: [key: string, value: string | undefined, source?: string][] = [
+    [`L2FLOW_CONN_${upper}`, envValue(env, `L2FLOW_CONN_${upper}`)],
+    [`AIRFLOW_CONN_${upper}`, envValue(env, `AIRFLOW_CONN_${upper}`)],
+    [`connections.${id}`, fileConnections[id]?.trim() || undefined, fileName],
+  ];
+  return sources.find((s): s is [string, string, string?] => s[1] !== undefined);
 }
 
 /**
@@ -150,19 +196,14 @@ function resolveConnection(
   env: NodeJS.ProcessEnv, fileConnections: Record<string, string>, fileName: string | undefined, idKey: string, id: string, kind: ConnectionKind,
 ): string {
   const upper = id.toUpperCase();
-  const sources: [key: string, value: string | undefined, source?: string][] = [
-    [`L2FLOW_CONN_${upper}`, envValue(env, `L2FLOW_CONN_${upper}`)],
-    [`AIRFLOW_CONN_${upper}`, envValue(env, `AIRFLOW_CONN_${upper}`)],
-    [`connections.${id}`, fileConnections[id]?.trim() || undefined, fileName],
-  ];
-  const found = sources.find(([, v]) => v !== undefined);
+  const found = connectionSource(env, fileConnections, fileName, id);
   if (!found) {
     throw new ConfigError(
       `L2FLOW_CONN_${upper}`,
       `connection "${id}" (named by ${idKey}) is not set: export L2FLOW_CONN_${upper}=${CONNECTION_KINDS[kind].example} (AIRFLOW_CONN_${upper} works too, or connections.${id} in the L2FLOW_CONFIG file)`,
     );
   }
-  const [key, uri, source] = found as [string, string, string | undefined];
+  const [key, uri, source] = found;
   try {
     // Run now so a bad URI stops start-up here rather than half-way through it.
     if (kind === 'smtp') parseSmtpConnection(uri);
@@ -179,10 +220,16 @@ export function redactUri(uri: string): string {
   return displayUri(uri);
 }
 
+/** Every connection URI of the configuration, Airflow's included: the logger scrubs their secrets from every line. */
+export function connectionUris(cfg: Pick<Config, 'connections' | 'airflowConnections'>): string[] {
+  return [...Object.values(cfg.connections), ...Object.values(cfg.airflowConnections)].filter(Boolean);
+}
+
 /** The configuration with every secret masked. */
 export function describeConfig(cfg: Config): Record<string, unknown> {
   return {
     ...cfg,
+    airflowConnections: Object.fromEntries(Object.entries(cfg.airflowConnections).map(([id, uri]) => [id, redactUri(uri)])),
     connections: {
       dwh: redactUri(cfg.connections.dwh),
       sap: cfg.connections.sap && redactUri(cfg.connections.sap),

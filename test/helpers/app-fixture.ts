@@ -4,7 +4,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { createApp, type App, type AppOptions } from '../../src/runtime/app.js';
-import { loadConfig } from '../../src/runtime/config.js';
+import { connectionUris, loadConfig } from '../../src/runtime/config.js';
 import { createLogger, secretsOf } from '../../src/runtime/logger.js';
 import { addDays } from '../../src/lib/dates.js';
 import { createSegmentationView, createTestDb, type TestDb } from './db.js';
@@ -179,7 +179,7 @@ export async function createFixture(): Promise<Fixture> {
       });
       const logger = createLogger({
         level: 'debug',
-        secrets: secretsOf(Object.values(config.connections)),
+        secrets: secretsOf(connectionUris(config)),
         destination: { write: (s: string) => void lines.push(s) },
       });
       const app = createApp(config, logger, { claimIntervalMs: 200, mailPollIntervalMs: 100, mailRetryBaseDelayMs: 50, ...o.app });

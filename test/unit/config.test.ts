@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError, describeConfig, loadConfig, redactUri, STEP_CHILDREN } from '../../src/runtime/config.js';
+import { ConfigError, connectionUris, describeConfig, loadConfig, redactUri, STEP_CHILDREN } from '../../src/runtime/config.js';
 
 const SECRET = 'S3cr3t-Pa55';
 const DWH = `postgres://dwh_user:${SECRET}@db.example:5432/dwh`;
@@ -313,11 +313,42 @@ describe('loadConfig: invalid values', () => {
   });
 
   it('an unknown child kind names the kinds there are', () => {
-    const f = file(`${CHILDREN_YAML}  extra_child:\n    kind: airflow\n    dagId: x\n`);
+    const f = file(`${CHILDREN_YAML}  extra_child:\n    kind: dagster\n    dagId: x\n`);
     const e = configError(() => loadConfig(fullEnv({ L2FLOW_CONFIG: f })));
     expect(e.key).toBe('children.extra_child.kind');
     expect(e.source).toBe(path.basename(f));
-    expect(e.message).toMatch(/unknown child kind "airflow": write kind: sql .* or kind: builtin/);
+    expect(e.message).toMatch(/unknown child kind "dagster": write kind: sql .*, kind: airflow .* or kind: builtin/);
+  });
+
+  it('an airflow child: defaults in ms, its connection resolved like the others, the API version from the URI', () => {
+    const f = file(`${CHILDREN_YAML}  extra_child:\n    kind: airflow\n    dagId: reports_dag\n    connection: airflow_prod\n    timeoutSeconds: 7200\n`);
+    const uri = `http://etl:${SECRET}@airflow.bank.example:8080/?api_version=2`;
+    const cfg = loadConfig(fullEnv({ L2FLOW_CONFIG: f, AIRFLOW_CONN_AIRFLOW_PROD: uri }));
+    expect(cfg.children.extra_child).toEqual({
+      kind: 'airflow', dagId: 'reports_dag', connection: 'airflow_prod', conf: {}, resetDagRun: true, waitForCompletion: true,
+      pokeIntervalMs: 60_000, maxPokeIntervalMs: 600_000, requestTimeoutMs: 30_000, maxTries: 5, timeoutMs: 7_200_000,
+    });
+    expect(cfg.airflowConnections).toEqual({ airflow_prod: uri });
+    expect(connectionUris(cfg)).toContain(uri);
+    expect(JSON.stringify(describeConfig(cfg))).not.toContain(SECRET);
+  });
+
+  it('an airflow child without a connection, with an unset one, or with no API version says what to write', () => {
+    const child = (extra: string) => file(`${CHILDREN_YAML}  extra_child:\n    kind: airflow\n    dagId: reports_dag\n${extra}`);
+    let e = configError(() => loadConfig(fullEnv({ L2FLOW_CONFIG: child('') })));
+    expect(e.key).toBe('children.extra_child.connection');
+    expect(e.message).toMatch(/connection id/);
+    e = configError(() => loadConfig(fullEnv({ L2FLOW_CONFIG: child('    connection: af\n') })));
+    expect(e.key).toBe('L2FLOW_CONN_AF');
+    expect(e.message).toMatch(/named by children\.extra_child\.connection.*export L2FLOW_CONN_AF=http:/);
+    e = configError(() => loadConfig(fullEnv({ L2FLOW_CONFIG: child('    connection: af\n'), AIRFLOW_CONN_AF: `http://etl:${SECRET}@af:8080/` })));
+    expect(e.key).toBe('AIRFLOW_CONN_AF');
+    expect(e.message).toMatch(/child workflow extra_child does not say which Airflow API.*api_version=1/);
+    e = configError(() => loadConfig(fullEnv({ L2FLOW_CONFIG: child('    connection: af\n    apiVersion: 1\n'), AIRFLOW_CONN_AF: `http://etl:${SECRET}@af:8080/api/v2` })));
+    expect(e.message).toMatch(/says API version 1 and 2/);
+    e = configError(() => loadConfig(fullEnv({ L2FLOW_CONFIG: child('    connection: af\n    apiVersion: 3\n') })));
+    expect(e.key).toBe('children.extra_child.apiVersion');
+    expect(e.message).toMatch(/must be 1 \(Airflow 2, \/api\/v1\) or 2/);
   });
 
   it('a child without kind, without statement, or with a wrong builtin name', () => {
