@@ -78,6 +78,9 @@ export async function followBackfill(o: FollowOptions): Promise<FollowResult> {
       const all = await l2.runsBetween(readFrom, o.to);
       const runs = all.filter((r) => r.logical_date >= o.from);
       const blocked = findBlocked(runs.map((r) => r.logical_date), all, { deltaDays, startDate });
+      const failed = runs.filter((r) => r.status === 'failed' || r.status === 'cancelled');
+      const succeeded = runs.filter((r) => r.status === 'success').length;
+      progress.update({ total: runs.length, succeeded, failed: failed.length, blocked: blocked.size });
       for (const r of runs) {
         if (!isFinal(r.status) || seen.get(r.logical_date) === r.status) continue;
         seen.set(r.logical_date, r.status);
@@ -85,9 +88,6 @@ export async function followBackfill(o: FollowOptions): Promise<FollowResult> {
         if (!first) progress.finished(r);
       }
       if (runs.some((r) => r.status === 'running')) lastStartSeenAt = Date.now();
-      const failed = runs.filter((r) => r.status === 'failed' || r.status === 'cancelled');
-      const succeeded = runs.filter((r) => r.status === 'success').length;
-      progress.update({ total: runs.length, succeeded, failed: failed.length, blocked: blocked.size });
       const open = runs.filter((r) => !isFinal(r.status) && !blocked.has(r.logical_date));
       if (open.length === 0 || o.signal.aborted) {
         result = { interrupted: open.length > 0, succeeded, failed, blocked, total: runs.length, elapsedMs: Date.now() - startedAt };

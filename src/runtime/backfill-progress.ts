@@ -25,12 +25,12 @@ export interface Progress {
   end(): void;
 }
 
-/** `2024-05-01  success  load id 17  took 1.2 s`, or the failed step and error. */
+/** `2024-05-01  success    load id 17  took 1.2 s`, or the status and the run's error (which names the step). */
 export function finishedLine(r: RunSummary): string {
-  const took = r.started_at && r.finished_at ? `  took ${formatDuration(r.finished_at.getTime() - r.started_at.getTime())}` : '';
-  if (r.status === 'success') return `${r.logical_date}  success    load id ${r.load_id ?? '-'}${took}`;
-  const err = r.error ? `  ${r.error.code}: ${r.error.message}` : '';
-  return `${r.logical_date}  ${r.status.padEnd(9)}  ${r.current_step ?? '-'}${err}${took}`;
+  const took = r.started_at && r.finished_at ? `took ${formatDuration(r.finished_at.getTime() - r.started_at.getTime())}` : '';
+  if (r.status === 'success') return `${r.logical_date}  success    load id ${r.load_id ?? '-'}  ${took}`.trimEnd();
+  const err = r.error ? `${r.error.code}: ${r.error.message}  ` : '';
+  return `${r.logical_date}  ${r.status.padEnd(9)}  ${err}${took}`.trimEnd();
 }
 
 /**

@@ -58,7 +58,7 @@ export async function cmdBackfill(l2: L2flow, flags: BackfillFlags, io: Out): Pr
   const count = (v: BackfillDate['verdict']) => dates.filter((d) => d.verdict === v).length;
   const summary = (['new', 'success', 'failed', 'cancelled', 'running', 'queued'] as const)
     .filter((v) => count(v) > 0)
-    .map((v) => `${count(v)} ${v === 'new' ? 'new' : `already ${v}`}`)
+    .map((v) => `${count(v)} ${v === 'new' ? 'new' : `already ${v === 'success' ? 'successful' : v}`}`)
     .join(', ');
   // Lines per date for a dry run or a short range; a long range gets its summary only.
   if (flags.dryRun || dates.length <= 31) for (const d of dates) io.out(verdictLine(d, flags.dryRun));
