@@ -64,14 +64,14 @@ export function timelineLines(run: TimelineRun, o: { color?: boolean; now?: numb
     const state = stateOf(s);
     const took = formatDuration(stepDurationMs(s, now)) + (s.finished_at ? '' : ' so far');
     const tryCell = withTries ? `try ${tryOf(s) ?? 1}`.padEnd(7) : '';
-    lines.push(`${symbolOf(state, o.color)} ${s.step.padEnd(36)} ${tryCell}${state.padEnd(11)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at).padEnd(19)}  ${took}`);
-    if (s.error) lines.push(`      ${s.error.code}: ${s.error.message}`);
+    const error = s.error ? `  ${s.error.code}: ${s.error.message}` : '';
+    lines.push(`${symbolOf(state, o.color)} ${s.step.padEnd(36)} ${tryCell}${state.padEnd(11)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at).padEnd(19)}  ${took}${error}`);
     if (state === 'waiting' && run.waitingOn?.step === s.step) lines.push(`      ${describeWaitingOn(run.waitingOn)}`);
   }
   if (run.failureEmail.length === 0 && run.status === 'failed') lines.push('failure mail: none queued');
   for (const m of run.failureEmail) {
-    const when = m.status === 'sent' && m.sentAt ? ` at ${fmtTime(m.sentAt)}` : m.status === 'pending' ? `; next try ${fmtTime(m.nextAttemptAt)}` : '';
-    lines.push(`failure mail: ${m.status} after ${m.tries} tr${m.tries === 1 ? 'y' : 'ies'}${when}${m.lastError ? `; last error: ${m.lastError}` : ''}`);
+    const when = m.status === 'sent' && m.sentAt ? ` at ${fmtTime(m.sentAt)}` : m.status === 'pending' ? `; next try at ${fmtTime(m.nextAttemptAt)}` : '';
+    lines.push(`failure mail: ${m.status} after ${m.tries} tr${m.tries === 1 ? 'y' : 'ies'}${m.lastError ? `; last error: ${m.lastError}` : ''}${when}`);
   }
   // HOOK (audit): clear / mark / retry entries, oldest first, once getRun() returns them.
   if (run.audit?.length) {
