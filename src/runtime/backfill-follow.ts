@@ -96,7 +96,7 @@ export async function followBackfill(o: FollowOptions): Promise<FollowResult> {
       if (!warnedIdle && Date.now() - lastStartSeenAt >= idleWarnMs && open.every((r) => r.status === 'queued')) {
         warnedIdle = true;
         progress.note(
-          `no run has started for ${formatDuration(Date.now() - lastStartSeenAt)}: no l2flow run process seems to be running: start one with \`l2flow run\``,
+          `no run has started for ${formatDuration(Date.now() - lastStartSeenAt)}; no \`l2flow run\` process seems to be running: start one with \`l2flow run\``,
         );
       }
       if (!pending) {
