@@ -8,7 +8,8 @@ export type { ConfigObject, L2flow, L2flowErrorCode, L2flowOptions, RunDetails }
 export { ConfigError } from './runtime/config.js';
 export type { ChildConfig, Config } from './runtime/config.js';
 export type { RunEvent } from './runtime/supervisor.js';
-export type { RunRow, RunStatus, StepRow } from './runtime/run-store.js';
+export type { RunRow, RunStatus, RunSummary, StepRow } from './runtime/run-store.js';
+export type { BackfillDate, BackfillVerdict } from './runtime/backfill.js';
 export type { MigrateResult } from './runtime/migrate.js';
 export type { EmailOutboxStatus } from './services/mail/index.js';
 export type { ErrorInfo } from './lib/errors.js';

@@ -7,7 +7,8 @@ import { createApp, createPool, type App } from './app.js';
 import { ConfigError, connectionUris, loadConfig, redactUri, type Config, type FileConfig } from './config.js';
 import { createLogger, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate, type MigrateResult } from './migrate.js';
-import { cancelRun, createRun, getRunByDate, listRuns, listSteps, type RunRow, type StepRow } from './run-store.js';
+import { checkRange, datesBetween, judgeDates, type BackfillDate } from './backfill.js';
+import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, runsBetween, stepsOfRuns, type RunRow, type RunSummary, type StepRow } from './run-store.js';
 import type { RunEvent } from './supervisor.js';
 
 /**
@@ -18,8 +19,10 @@ import type { RunEvent } from './supervisor.js';
 export type L2flowErrorCode =
   /** A date argument is not a calendar date YYYY-MM-DD. */
   | 'INVALID_DATE'
-  /** trigger(): the logical date is before the workflow's start date. */
+  /** trigger(), backfill(): the logical date is before the workflow's start date. */
   | 'BEFORE_START_DATE'
+  /** backfill(): `to` is before `from`, or the range holds more than MAX_BACKFILL_DATES dates. */
+  | 'INVALID_RANGE'
   /** l2flow's tables are missing: run migrate() first. */
   | 'NOT_MIGRATED'
   /** start(): the flag table or its notify trigger is missing. */
@@ -91,6 +94,15 @@ export interface L2flow {
   getRun(logicalDate: string): Promise<RunDetails | null>;
   /** The newest runs first (default 20). */
   listRuns(opts?: { limit?: number }): Promise<RunRow[]>;
+  /**
+   * Queue a run (triggered_by `backfill`) for every logical date from … to that has none; existing runs are left as
+   * they are. With `dryRun` nothing is created. Each date comes back with its verdict and its run.
+   */
+  backfill(from: string, to: string, opts?: { dryRun?: boolean }): Promise<BackfillDate[]>;
+  /** The runs of logical dates from … to, oldest first, without snapshots (cheap enough to poll for years of dates). */
+  runsBetween(from: string, to: string): Promise<RunSummary[]>;
+  /** The step rows of each run's current attempt, by run id. */
+  stepsOf(runs: Pick<RunRow, 'run_id' | 'attempt'>[]): Promise<Map<string, StepRow[]>>;
 }
 
 function isLogger(l: L2flowOptions['logger']): l is Logger {
@@ -212,6 +224,21 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     },
     async listRuns(opts = {}) {
       return query((p) => listRuns(p, config.workflowId, opts.limit ?? 20));
+    },
+    async backfill(from, to, opts = {}) {
+      const problem = checkRange(checkDate(from), checkDate(to), config.startDate);
+      if (problem) throw new L2flowError(problem.flag === 'from' && from < config.startDate ? 'BEFORE_START_DATE' : 'INVALID_RANGE', problem.message);
+      const dates = datesBetween(from, to);
+      return query(async (p) => {
+        const created = opts.dryRun ? [] : await createRuns(p, { workflowId: config.workflowId, dates, triggeredBy: 'backfill' });
+        return judgeDates(dates, await runsBetween(p, config.workflowId, from, to), new Set(created));
+      });
+    },
+    async runsBetween(from, to) {
+      return query((p) => runsBetween(p, config.workflowId, checkDate(from), checkDate(to)));
+    },
+    async stepsOf(runs) {
+      return query((p) => stepsOfRuns(p, runs));
     },
   };
 }

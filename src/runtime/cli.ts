@@ -1,9 +1,10 @@
-import { isIsoDate } from '../lib/dates.js';
 import { toErrorInfo } from '../lib/errors.js';
 import { createL2flow, L2flowError, type L2flow } from './api.js';
 import { parseFlags, UsageError } from './args.js';
+import { cmdBackfill, parseBackfillFlags } from './cli-backfill.js';
+import { parseDate, processIo, type Out } from './cli-io.js';
+import { cmdStatus, parseStatusFlags } from './cli-status.js';
 import { ConfigError } from './config.js';
-import type { RunRow } from './run-store.js';
 
 /** `l2flow <command>`: exit 0 ok, 1 failure, 2 bad usage or configuration. */
 
@@ -13,16 +14,16 @@ commands:
   migrate                      create or upgrade l2flow's tables and the md schema, install the flag trigger
   run                          run the workflow runtime (long-running; SIGTERM/SIGINT stop it gracefully)
   trigger [--date YYYY-MM-DD]  queue a run for a logical date (default: today in the workflow timezone)
-  status [--date D] [--json]   show recent runs, or one run with its steps and failure mail
+  status [--date D] [--json] [--limit N]
+                               grid of recent runs (dates down, steps across), or one run's timeline
+  backfill --from D1 --to D2 [--dry-run] [--no-wait]
+                               queue a run per date and follow them to the end (exit 1 if any failed)
   cancel --date YYYY-MM-DD     cancel a queued or running run wherever it runs (its warehouse query too; no mail)
 
 configuration: environment variables (see README), optionally L2FLOW_CONFIG=<file.yaml|json>`;
 
-type Out = { out: (s: string) => void; err: (s: string) => void };
-const stdio: Out = { out: (s) => process.stdout.write(`${s}\n`), err: (s) => process.stderr.write(`${s}\n`) };
-
 /** Entry point of the bin; resolves to the process exit code. */
-export async function main(argv: string[], io: Out = stdio): Promise<number> {
+export async function main(argv: string[], io: Out = processIo(process.env)): Promise<number> {
   const [command, ...rest] = argv;
   try {
     switch (command) {
@@ -37,11 +38,12 @@ export async function main(argv: string[], io: Out = stdio): Promise<number> {
         return await withApi((l2) => cmdTrigger(l2, f.date as string | undefined, io));
       }
       case 'status': {
-        const f = parseFlags('status', rest, [
-          { name: 'date', type: 'string', description: 'the logical date, YYYY-MM-DD' },
-          { name: 'json', type: 'boolean', description: 'print JSON' },
-        ]);
-        return await withApi((l2) => cmdStatus(l2, f.date as string | undefined, f.json === true, io));
+        const f = parseStatusFlags(rest);
+        return await withApi((l2) => cmdStatus(l2, f, io));
+      }
+      case 'backfill': {
+        const f = parseBackfillFlags(rest);
+        return await withApi((l2) => cmdBackfill(l2, f, io));
       }
       case 'cancel': {
         const f = parseFlags('cancel', rest, [{ name: 'date', type: 'string', description: 'the logical date of the run to cancel, YYYY-MM-DD' }]);
@@ -88,11 +90,6 @@ async function cmdMigrate(l2: L2flow, io: Out): Promise<number> {
   return 0;
 }
 
-function parseDate(flag: string, value: string): string {
-  if (!isIsoDate(value)) throw new UsageError(`--${flag} "${value}" is not a date: write YYYY-MM-DD, e.g. --${flag} 2024-03-15`);
-  return value;
-}
-
 async function cmdTrigger(l2: L2flow, dateFlag: string | undefined, io: Out): Promise<number> {
   const { run, created } = await l2.trigger(dateFlag === undefined ? undefined : parseDate('date', dateFlag)).catch((err: unknown) => {
     if (err instanceof L2flowError && err.code === 'BEFORE_START_DATE') throw new UsageError(`--date ${err.message}`);
@@ -104,68 +101,6 @@ async function cmdTrigger(l2: L2flow, dateFlag: string | undefined, io: Out): Pr
   }
   io.out(`a run for ${run.logical_date} already exists: ${run.run_id} is ${run.status}`);
   return run.status === 'queued' || run.status === 'running' ? 0 : 1;
-}
-
-function fmtTime(d: Date | null): string {
-  return d ? d.toISOString().replace('T', ' ').slice(0, 19) : '-';
-}
-
-/** Columns as wide as their widest cell; the last column is not padded. */
-function printTable(io: Out, header: string[], rows: string[][]): void {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();
-  io.out(line(header));
-  for (const r of rows) io.out(line(r));
-}
-
-function runJson(r: RunRow) {
-  return {
-    logical_date: r.logical_date,
-    business_date: r.business_date,
-    run_id: r.run_id,
-    status: r.status,
-    attempt: r.attempt,
-    load_id: r.load_id === null ? null : Number(r.load_id),
-    current_step: r.current_step,
-    started_at: r.started_at,
-    finished_at: r.finished_at,
-    error: r.error,
-  };
-}
-
-async function cmdStatus(l2: L2flow, dateFlag: string | undefined, json: boolean, io: Out): Promise<number> {
-  const date = dateFlag === undefined ? undefined : parseDate('date', dateFlag);
-  if (date === undefined) {
-    const runs = await l2.listRuns({ limit: 20 });
-    if (json) io.out(JSON.stringify(runs.map(runJson)));
-    else if (runs.length === 0) io.out('no runs yet: queue one with `l2flow trigger --date YYYY-MM-DD`');
-    else {
-      const rows = runs.map((r) => [r.logical_date, r.status, r.load_id ?? '-', r.current_step ?? '-', fmtTime(r.started_at), fmtTime(r.finished_at), r.error?.message ?? '']);
-      printTable(io, ['logical_date', 'status', 'load_id', 'current_step', 'started_at', 'finished_at', 'error'], rows);
-    }
-    return 0;
-  }
-  const run = await l2.getRun(date);
-  if (!run) {
-    if (json) io.out(JSON.stringify(null));
-    else io.out(`no run for ${date}: queue one with \`l2flow trigger --date ${date}\``);
-    return 1;
-  }
-  const { steps, failureEmail: mail } = run;
-  if (json) {
-    io.out(JSON.stringify({ ...runJson(run), steps, failure_email: mail }));
-    return 0;
-  }
-  io.out(`${run.run_id}  ${run.status}  (attempt ${run.attempt}, load id ${run.load_id ?? '-'})`);
-  io.out(`logical date ${run.logical_date}, business date ${run.business_date}; current step: ${run.current_step ?? '-'}`);
-  if (run.error) io.out(`error: ${run.error.code}: ${run.error.message}`);
-  for (const s of steps) {
-    io.out(`  ${s.step.padEnd(36)} ${s.status.padEnd(9)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at)}${s.error ? `  ${s.error.code}: ${s.error.message}` : ''}`);
-  }
-  for (const m of mail) {
-    io.out(`failure mail: ${m.status} after ${m.tries} tr${m.tries === 1 ? 'y' : 'ies'}${m.lastError ? `; last error: ${m.lastError}` : ''}`);
-  }
-  return 0;
 }
 
 async function cmdCancel(l2: L2flow, dateFlag: string, io: Out): Promise<number> {

@@ -40,7 +40,7 @@ const RUN_COLUMNS = `run_id, workflow_id, logical_date::text, business_date::tex
 /** Queue a run for a logical date; an existing run for that date is returned unchanged (`created: false`). */
 export async function createRun(
   db: pg.Pool | pg.ClientBase,
-  r: { workflowId: string; logicalDate: string; businessDate: string; triggeredBy: 'manual' | 'scheduled' },
+  r: { workflowId: string; logicalDate: string; businessDate: string; triggeredBy: 'manual' | 'scheduled' | 'backfill' },
 ): Promise<{ run: RunRow; created: boolean }> {
   const inserted = await db.query<RunRow>(
     `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by)
@@ -185,4 +185,46 @@ export async function listSteps(db: pg.Pool, runId: string, attempt: number): Pr
     [runId, attempt],
   );
   return rows;
+}
+
+/** A run without its snapshot: what following many runs (backfill) needs, cheap to read for thousands of dates. */
+export type RunSummary = Omit<RunRow, 'snapshot' | 'owner' | 'workflow_id'>;
+
+/** The runs of logical dates `from` … `to` (inclusive), oldest first, without snapshots. */
+export async function runsBetween(db: pg.Pool, workflowId: string, from: string, to: string): Promise<RunSummary[]> {
+  const { rows } = await db.query<RunSummary>(
+    `select run_id, logical_date::text, business_date::text, status, attempt, load_id::text, current_step, error,
+            triggered_by, created_at, started_at, finished_at
+       from l2flow.run where workflow_id = $1 and logical_date between $2 and $3 order by logical_date`,
+    [workflowId, from, to],
+  );
+  return rows;
+}
+
+/** Step rows of the current attempt of each run, by run id, in start order (every try, if a step has several). */
+export async function stepsOfRuns(db: pg.Pool, runs: Pick<RunRow, 'run_id' | 'attempt'>[]): Promise<Map<string, StepRow[]>> {
+  const { rows } = await db.query<StepRow & { run_id: string }>(
+    `select s.run_id, s.step, s.attempt, s.status, s.started_at, s.finished_at, s.error
+       from l2flow.step s join unnest($1::text[], $2::int[]) as r(run_id, attempt) using (run_id, attempt)
+      order by s.run_id, s.started_at, s.step`,
+    [runs.map((r) => r.run_id), runs.map((r) => r.attempt)],
+  );
+  const byRun = new Map<string, StepRow[]>(runs.map((r) => [r.run_id, []]));
+  for (const { run_id, ...step } of rows) byRun.get(run_id)?.push(step);
+  return byRun;
+}
+
+/** Queue a run for each of `dates` that has none (one statement); returns the dates that got a new run. */
+export async function createRuns(
+  db: pg.Pool,
+  r: { workflowId: string; dates: string[]; triggeredBy: 'manual' | 'scheduled' | 'backfill' },
+): Promise<string[]> {
+  const { rows } = await db.query<{ d: string }>(
+    `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by)
+     select $3 || '__' || d::text, $1, d, d - 1, $3 from unnest($2::date[]) as d
+     order by d
+     on conflict (workflow_id, logical_date) do nothing returning logical_date::text as d`,
+    [r.workflowId, r.dates, r.triggeredBy],
+  );
+  return rows.map((x) => x.d);
 }

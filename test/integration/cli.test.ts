@@ -99,7 +99,7 @@ describe('usage', () => {
     const r = await cli([], env);
     expect(r.code).toBe(2);
     expect(r.err).toMatch(/usage: l2flow <command>/);
-    for (const cmd of ['migrate', 'run', 'trigger', 'status', 'cancel']) expect(r.err).toContain(cmd);
+    for (const cmd of ['migrate', 'run', 'trigger', 'status', 'cancel', 'backfill']) expect(r.err).toContain(cmd);
   });
 
   it('help exits 0', async () => {
@@ -225,7 +225,7 @@ describe('trigger and status', () => {
     const r = await cli(['status'], env);
     expect(r.code).toBe(0);
     const lines = r.out.split('\n');
-    expect(lines[0]).toMatch(/^logical_date\s+status\s+load_id\s+current_step/);
+    expect(lines[0]).toMatch(/^logical_date\s+status\s+load_id\s+1  2  3/);
     const march = lines.filter((l) => l.startsWith('2024-03-'));
     expect(march.map((l) => l.slice(0, 10))).toEqual(['2024-03-15', '2024-03-10']);
     expect(march[0]).toMatch(/^2024-03-15\s+queued/);

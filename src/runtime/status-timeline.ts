@@ -1,0 +1,85 @@
+import { formatDuration } from '../lib/time.js';
+import type { RunDetails } from './api.js';
+import { fmtTime } from './cli-io.js';
+import type { RunSummary, StepRow } from './run-store.js';
+import { stateOf, symbolOf } from './status-view.js';
+
+/**
+ * `l2flow status --date D`: one run's timeline — each step with start, end, duration, state and error; what a
+ * waiting sensor waits on; the failure mail; and the audit trail once the audit table exists.
+ */
+
+/** What a waiting sensor step waits on, in words and as data. */
+export type WaitingOn =
+  | { step: 'wait_for_l2_full_load'; flagCode: string; flagTable: string; businessDate: string }
+  | { step: 'wait_for_success_end'; logicalDate: string; run: Pick<RunSummary, 'run_id' | 'status' | 'current_step'> | null };
+
+/**
+ * HOOK (per-step retries + audit): an audit entry as the audit table will hold it. getRun() returns `audit` once that
+ * table exists; until then the section is left out. Fields beyond these are ignored here.
+ */
+export interface AuditEntry {
+  at: Date | string;
+  actor?: string | null;
+  action: string;
+  step?: string | null;
+  note?: string | null;
+}
+
+/** A run as the timeline shows it: getRun()'s details plus what its waiting sensor waits on. */
+export interface TimelineRun extends RunDetails {
+  waitingOn: WaitingOn | null;
+  audit?: AuditEntry[];
+}
+
+/** How long a step took, or has been running so far. */
+export function stepDurationMs(s: Pick<StepRow, 'started_at' | 'finished_at'>, now = Date.now()): number {
+  return (s.finished_at ? s.finished_at.getTime() : now) - s.started_at.getTime();
+}
+
+/** The sentence under a waiting sensor step. */
+export function describeWaitingOn(w: WaitingOn): string {
+  if (w.step === 'wait_for_l2_full_load') {
+    return `waits for flag '${w.flagCode}' in ${w.flagTable} for business date ${w.businessDate}`;
+  }
+  if (!w.run) return `waits for a successful run of ${w.logicalDate}, which has no run: queue it with \`l2flow trigger --date ${w.logicalDate}\``;
+  const where = w.run.status === 'running' && w.run.current_step ? ` in ${w.run.current_step}` : '';
+  const stuck = w.run.status === 'failed' || w.run.status === 'cancelled' ? ': this run cannot go on until that run succeeds' : '';
+  return `waits for the run of ${w.logicalDate} to succeed; it is ${w.run.status}${where}${stuck}`;
+}
+
+/** The timeline's lines. */
+export function timelineLines(run: TimelineRun, o: { color?: boolean; now?: number } = {}): string[] {
+  const now = o.now ?? Date.now();
+  const lines = [
+    `${run.run_id}  ${run.status}  (attempt ${run.attempt}, load id ${run.load_id ?? '-'}, triggered by ${run.triggered_by})`,
+    `logical date ${run.logical_date}, business date ${run.business_date}; current step: ${run.current_step ?? '-'}`,
+  ];
+  if (run.error) lines.push(`error: ${run.error.code}: ${run.error.message}`);
+  if (run.steps.length === 0) lines.push('  no step has started yet');
+  // HOOK (per-step retries): rows carry try_number once steps are recorded per try; the column shows when present.
+  const tryOf = (s: StepRow) => (s as StepRow & { try_number?: number }).try_number;
+  const withTries = run.steps.some((s) => tryOf(s) !== undefined);
+  for (const s of run.steps) {
+    const state = stateOf(s);
+    const took = formatDuration(stepDurationMs(s, now)) + (s.finished_at ? '' : ' so far');
+    const tryCell = withTries ? `try ${tryOf(s) ?? 1}`.padEnd(7) : '';
+    const error = s.error ? `  ${s.error.code}: ${s.error.message}` : '';
+    lines.push(`${symbolOf(state, o.color)} ${s.step.padEnd(36)} ${tryCell}${state.padEnd(11)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at).padEnd(19)}  ${took}${error}`);
+    if (state === 'waiting' && run.waitingOn?.step === s.step) lines.push(`      ${describeWaitingOn(run.waitingOn)}`);
+  }
+  if (run.failureEmail.length === 0 && run.status === 'failed') lines.push('failure mail: none queued');
+  for (const m of run.failureEmail) {
+    const when = m.status === 'sent' && m.sentAt ? ` at ${fmtTime(m.sentAt)}` : m.status === 'pending' ? `; next try at ${fmtTime(m.nextAttemptAt)}` : '';
+    lines.push(`failure mail: ${m.status} after ${m.tries} tr${m.tries === 1 ? 'y' : 'ies'}${m.lastError ? `; last error: ${m.lastError}` : ''}${when}`);
+  }
+  // HOOK (audit): clear / mark / retry entries, oldest first, once getRun() returns them.
+  if (run.audit?.length) {
+    lines.push('audit:');
+    for (const a of run.audit) {
+      const at = a.at instanceof Date ? fmtTime(a.at) : String(a.at);
+      lines.push(`  ${at}  ${a.action}${a.step ? ` ${a.step}` : ''}${a.actor ? ` by ${a.actor}` : ''}${a.note ? `: ${a.note}` : ''}`);
+    }
+  }
+  return lines;
+}
