@@ -8,6 +8,7 @@ import { ConfigError, loadConfig, redactUri, type Config, type FileConfig } from
 import { createLogger, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate, type MigrateResult } from './migrate.js';
 import { cancelRun, createRun, getRunByDate, listRuns, listSteps, type RunRow, type StepRow } from './run-store.js';
+import { skippedSummary, type SkippedSummary } from './schedule-store.js';
 import type { RunEvent } from './supervisor.js';
 
 /**
@@ -20,6 +21,8 @@ export type L2flowErrorCode =
   | 'INVALID_DATE'
   /** trigger(): the logical date is before the workflow's start date. */
   | 'BEFORE_START_DATE'
+  /** trigger(): manual runs are off (schedule.manual: false). */
+  | 'MANUAL_DISABLED'
   /** l2flow's tables are missing: run migrate() first. */
   | 'NOT_MIGRATED'
   /** start(): the flag table or its notify trigger is missing. */
@@ -91,6 +94,8 @@ export interface L2flow {
   getRun(logicalDate: string): Promise<RunDetails | null>;
   /** The newest runs first (default 20). */
   listRuns(opts?: { limit?: number }): Promise<RunRow[]>;
+  /** Dates a schedule passed over that still have no run: how many, by reason, and the newest few. */
+  skippedDates(): Promise<SkippedSummary>;
 }
 
 function isLogger(l: L2flowOptions['logger']): l is Logger {
@@ -192,6 +197,9 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       return stopping;
     },
     async trigger(logicalDate) {
+      if (!config.schedule.manual) {
+        throw new L2flowError('MANUAL_DISABLED', 'manual runs are off (schedule.manual: false): set it to true (or L2FLOW_MANUAL=true) to queue runs by hand');
+      }
       const date = logicalDate === undefined ? dateInZone(config.timezone) : checkDate(logicalDate);
       if (date < config.startDate) {
         throw new L2flowError('BEFORE_START_DATE', `${date} is before the workflow's start date ${config.startDate}: pick a later date or change workflow.startDate`);
@@ -213,5 +221,6 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     async listRuns(opts = {}) {
       return query((p) => listRuns(p, config.workflowId, opts.limit ?? 20));
     },
+    skippedDates: () => query((p) => skippedSummary(p, config.workflowId)),
   };
 }

@@ -4,6 +4,7 @@ import { createL2flow, L2flowError, type L2flow } from './api.js';
 import { parseFlags, UsageError } from './args.js';
 import { ConfigError } from './config.js';
 import type { RunRow } from './run-store.js';
+import type { SkippedSummary } from './schedule-store.js';
 
 /** `l2flow <command>`: exit 0 ok, 1 failure, 2 bad usage or configuration. */
 
@@ -143,6 +144,7 @@ async function cmdStatus(l2: L2flow, dateFlag: string | undefined, json: boolean
       const rows = runs.map((r) => [r.logical_date, r.status, r.load_id ?? '-', r.current_step ?? '-', fmtTime(r.started_at), fmtTime(r.finished_at), r.error?.message ?? '']);
       printTable(io, ['logical_date', 'status', 'load_id', 'current_step', 'started_at', 'finished_at', 'error'], rows);
     }
+    if (!json) printSkipped(io, await l2.skippedDates());
     return 0;
   }
   const run = await l2.getRun(date);
@@ -166,6 +168,14 @@ async function cmdStatus(l2: L2flow, dateFlag: string | undefined, json: boolean
     io.out(`failure mail: ${m.status} after ${m.tries} tr${m.tries === 1 ? 'y' : 'ies'}${m.lastError ? `; last error: ${m.lastError}` : ''}`);
   }
   return 0;
+}
+
+/** One line about dates a schedule passed over (nothing when there are none). */
+function printSkipped(io: Out, s: SkippedSummary): void {
+  if (s.count === 0) return;
+  const reasons = Object.entries(s.byReason).map(([r, n]) => `${r} ${n}`).join(', ');
+  const more = s.count > s.latest.length ? ', …' : '';
+  io.out(`skipped: ${s.count} date${s.count === 1 ? '' : 's'} (${reasons}; newest ${s.latest.map((d) => d.logicalDate).join(', ')}${more}) — see l2flow.skipped_date`);
 }
 
 async function cmdCancel(l2: L2flow, dateFlag: string, io: Out): Promise<number> {

@@ -7,8 +7,10 @@ import { parseSmtpConnection } from '../services/mail/index.js';
 import { ENV_KEYS, envIssueMessage, envSourceOf, envValue, overlayEnv } from './config-env.js';
 import { ConfigError, fileErrorMap, fileIssueError, readConfigFile } from './config-file.js';
 import { settingsSchema, type Settings } from './config-schema.js';
+import { scheduleFromSettings, type ScheduleConfig } from './config-schedule.js';
 
 export type { ChildConfig };
+export type { ScheduleConfig, DateWindow } from './config-schedule.js';
 export type { FileConfig } from './config-schema.js';
 export { ConfigError, ENV_KEYS };
 
@@ -41,12 +43,16 @@ export interface Config {
   pools: Record<string, { slots: number }>;
   sap: { viewName: string; connectTimeoutMs: number; timeoutMs: number; maxTries: number; retryBaseDelayMs: number; retryMaxDelayMs: number };
   logLevel: string;
+  /** Last logical date (workflow.endDate), or null. */
+  endDate: string | null;
+  /** How runs are created besides `trigger` (cron, onFlag), each with its date window resolved. */
+  schedule: ScheduleConfig;
 }
 
 export { STEP_CHILDREN };
 
 /** The configuration's values in the runtime's units (ms), from checked settings; connections are resolved apart. */
-function fromSettings(s: Settings): Omit<Config, 'connections'> {
+function fromSettings(s: Settings, source?: string): Omit<Config, 'connections'> {
   const flag = s.sensors.wait_for_l2_full_load;
   const prev = s.sensors.wait_for_success_end;
   const children: Record<string, ChildConfig> = {};
@@ -78,6 +84,8 @@ function fromSettings(s: Settings): Omit<Config, 'connections'> {
       retryMaxDelayMs: s.sap.retryMaxDelayMs,
     },
     logLevel: s.logLevel,
+    endDate: s.workflow.endDate ?? null,
+    schedule: scheduleFromSettings(s, source),
   };
 }
 
@@ -138,7 +146,7 @@ export function loadConfig(
       );
     }
   }
-  return { ...fromSettings(settings), connections };
+  return { ...fromSettings(settings, fileName), connections };
 }
 
 /**
