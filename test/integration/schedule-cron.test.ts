@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { App } from '../../src/runtime/app.js';
 import { dateInZone } from '../../src/lib/dates.js';
 import { skippedSummary } from '../../src/runtime/schedule-store.js';
-import { until } from '../helpers/process.js';
+import { runMain, until } from '../helpers/process.js';
 import { useScheduleFixture, WF } from '../helpers/schedule-fixture.js';
 
 // schedule.cron on the leader: ticks in the workflow timezone, catchup, enabled, start/end dates, leader changes.
@@ -94,6 +94,8 @@ describe('schedule.cron', () => {
       byReason: { catchup_false: 3 },
       latest: ['2024-05-03', '2024-05-02', '2024-05-01'].map((logicalDate) => ({ logicalDate, reason: 'catchup_false' })),
     });
+    const status = await runMain(['status'], { L2FLOW_CONN_DWH: f.db().uri });
+    expect(status.out).toContain('skipped: 3 dates (catchup_false 3; newest 2024-05-03, 2024-05-02, 2024-05-01)');
     // A skipped date that gets a run by hand no longer counts as skipped.
     await f.db().pool.query(`insert into l2flow.run (run_id, workflow_id, logical_date, business_date) values ('manual__2024-05-02', $1, '2024-05-02', '2024-05-01')`, [WF]);
     expect((await skippedSummary(f.db().pool, WF)).count).toBe(2);
