@@ -9,6 +9,7 @@ import { createLogger, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate, type MigrateResult } from './migrate.js';
 import { checkRange, datesBetween, judgeDates, type BackfillDate } from './backfill.js';
 import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, runsBetween, stepsOfRuns, type RunRow, type RunSummary, type StepRow } from './run-store.js';
+import { skippedSummary, type SkippedSummary } from './schedule-store.js';
 import type { RunEvent } from './supervisor.js';
 
 /**
@@ -23,6 +24,8 @@ export type L2flowErrorCode =
   | 'BEFORE_START_DATE'
   /** backfill(): `to` is before `from`, or the range holds more than MAX_BACKFILL_DATES dates. */
   | 'INVALID_RANGE'
+  /** trigger(): manual runs are off (schedule.manual: false). */
+  | 'MANUAL_DISABLED'
   /** l2flow's tables are missing: run migrate() first. */
   | 'NOT_MIGRATED'
   /** start(): the flag table or its notify trigger is missing. */
@@ -103,6 +106,8 @@ export interface L2flow {
   runsBetween(from: string, to: string): Promise<RunSummary[]>;
   /** The step rows of each run's current attempt, by run id. */
   stepsOf(runs: Pick<RunRow, 'run_id' | 'attempt'>[]): Promise<Map<string, StepRow[]>>;
+  /** Dates a schedule passed over that still have no run: how many, by reason, and the newest few. */
+  skippedDates(): Promise<SkippedSummary>;
 }
 
 function isLogger(l: L2flowOptions['logger']): l is Logger {
@@ -204,6 +209,9 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       return stopping;
     },
     async trigger(logicalDate) {
+      if (!config.schedule.manual) {
+        throw new L2flowError('MANUAL_DISABLED', 'manual runs are off (schedule.manual: false): set it to true (or L2FLOW_MANUAL=true) to queue runs by hand');
+      }
       const date = logicalDate === undefined ? dateInZone(config.timezone) : checkDate(logicalDate);
       if (date < config.startDate) {
         throw new L2flowError('BEFORE_START_DATE', `${date} is before the workflow's start date ${config.startDate}: pick a later date or change workflow.startDate`);
@@ -240,5 +248,6 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     async stepsOf(runs) {
       return query((p) => stepsOfRuns(p, runs));
     },
+    skippedDates: () => query((p) => skippedSummary(p, config.workflowId)),
   };
 }

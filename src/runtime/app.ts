@@ -11,7 +11,7 @@ import { createMailer } from '../services/mail/index.js';
 import { createMetadata } from '../services/metadata.js';
 import { createDedicatedConnections, createPools, type DedicatedConnections, type Pools } from '../services/db/index.js';
 import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap/index.js';
-import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
+import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, flagDates, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { poolOf, STEP_CHILDREN, type ChildStep } from '../machines/steps.js';
@@ -20,6 +20,7 @@ import type { Logger } from './logger.js';
 import { createNotificationHub, type NotificationHub } from './notification-hub.js';
 import { createRunLocks } from './run-locks.js';
 import { createSupervisor, type Supervisor } from './supervisor.js';
+import { createScheduler, type Scheduler } from './scheduler.js';
 
 export type { SensorCheck } from '../services/sensors/index.js';
 
@@ -33,6 +34,8 @@ export interface App {
   pool: pg.Pool;
   hub: NotificationHub;
   supervisor: Supervisor;
+  /** schedule.cron and schedule.onFlag, active while this process leads. */
+  scheduler: Scheduler;
   dispatcher: EmailDispatcher;
   machine: WorkflowMachine;
   owner: string;
@@ -56,6 +59,8 @@ export interface AppOptions {
   mailPollIntervalMs?: number;
   mailRetryBaseDelayMs?: number;
   heartbeatMs?: number;
+  /** The scheduler's wall clock (tests move it). */
+  now?: () => Date;
 }
 
 /** Wrap a plain step function as a named promise actor: the signal is XState's, aborted when the state is left. */
@@ -213,6 +218,15 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     claimIntervalMs: opts.claimIntervalMs ?? config.claimIntervalMs,
     onRunFailed: () => dispatcher.kick(),
   });
+  const scheduler = createScheduler({
+    pool,
+    config,
+    leadership$: supervisor.leadership$,
+    flagHints$: flagDates(hub.notifications$, config.flagSensor.flagCode),
+    reconnects$: hub.connected$,
+    logger,
+    ...(opts.now ? { now: opts.now } : {}),
+  });
   logger.info({ owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)) }, 'l2flow runtime built');
 
   return {
@@ -220,6 +234,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     pool,
     hub,
     supervisor,
+    scheduler,
     dispatcher,
     machine,
     owner,
@@ -227,9 +242,11 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     async start() {
       await hub.start();
       dispatcher.start();
+      scheduler.start();
       await supervisor.start();
     },
     async stop() {
+      await scheduler.stop();
       await supervisor.stop();
       await pools.close();
       await locks.end();

@@ -2,6 +2,7 @@ import { addDays } from '../lib/dates.js';
 import type { L2flow } from './api.js';
 import { parseFlags, UsageError } from './args.js';
 import { parseDate, type Out } from './cli-io.js';
+import type { SkippedSummary } from './schedule-store.js';
 import { gridJson, gridLines, runJson, stateOf } from './status-view.js';
 import { stepDurationMs, timelineLines, type TimelineRun, type WaitingOn } from './status-timeline.js';
 
@@ -30,6 +31,7 @@ export async function cmdStatus(l2: L2flow, flags: { date?: string; json: boolea
     if (flags.json) io.out(JSON.stringify(grid.map(gridJson)));
     else if (runs.length === 0) io.out('no runs yet: queue one with `l2flow trigger --date YYYY-MM-DD` or `l2flow backfill --from D1 --to D2`');
     else for (const line of gridLines(grid, { color, width: io.tty?.columns ?? 100 })) io.out(line);
+    if (!flags.json) printSkipped(io, await l2.skippedDates());
     return 0;
   }
   const run = await timelineRun(l2, flags.date);
@@ -62,4 +64,12 @@ async function timelineRun(l2: L2flow, date: string): Promise<TimelineRun | null
     waitingOn = { step: waiting.step, logicalDate: previous, run: prev && { run_id: prev.run_id, status: prev.status, current_step: prev.current_step } };
   }
   return { ...run, waitingOn };
+}
+
+/** One line about dates a schedule passed over (nothing when there are none). */
+function printSkipped(io: Out, s: SkippedSummary): void {
+  if (s.count === 0) return;
+  const reasons = Object.entries(s.byReason).map(([r, n]) => `${r} ${n}`).join(', ');
+  const more = s.count > s.latest.length ? ', …' : '';
+  io.out(`skipped: ${s.count} date${s.count === 1 ? '' : 's'} (${reasons}; newest ${s.latest.map((d) => d.logicalDate).join(', ')}${more}) — see l2flow.skipped_date`);
 }

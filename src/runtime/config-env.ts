@@ -7,7 +7,7 @@ import { quote } from './config-file.js';
  * about it names the variable.
  */
 
-type EnvValue = 'text' | 'number' | 'list';
+type EnvValue = 'text' | 'number' | 'list' | 'boolean';
 
 interface EnvSetting {
   /** The settings key (as the L2FLOW_CONFIG file writes it). */
@@ -33,6 +33,13 @@ export const ENV_KEYS: Readonly<Record<string, EnvSetting>> = {
   EMAIL_RECIPIENTS: { key: 'email.recipients', type: 'list', example: 'dwh-team@bank.example,oncall@bank.example' },
   EMAIL_FROM: { key: 'email.from', type: 'text' },
   L2FLOW_LOG_LEVEL: { key: 'logLevel', type: 'text' },
+  // Schedules: an operator pauses or moves them without editing the file.
+  L2FLOW_END_DATE: { key: 'workflow.endDate', type: 'text', example: '2025-12-31' },
+  L2FLOW_CRON: { key: 'schedule.cron.expression', type: 'text', example: "'0 3 * * *'" },
+  L2FLOW_CRON_ENABLED: { key: 'schedule.cron.enabled', type: 'boolean', example: 'false' },
+  L2FLOW_CRON_CATCHUP: { key: 'schedule.cron.catchup', type: 'boolean', example: 'true' },
+  L2FLOW_ON_FLAG: { key: 'schedule.onFlag.enabled', type: 'boolean', example: 'true' },
+  L2FLOW_MANUAL: { key: 'schedule.manual', type: 'boolean', example: 'true' },
 };
 
 /** An environment variable's value; unset and empty count as not given. */
@@ -45,6 +52,7 @@ function typed(value: string, type: EnvValue): unknown {
   if (type === 'list') return value.split(',');
   // Not a number: left as text, so the schema says what is wrong with it.
   if (type === 'number') return Number.isFinite(Number(value)) ? Number(value) : value;
+  if (type === 'boolean') return value === 'true' ? true : value === 'false' ? false : value;
   return value;
 }
 

@@ -3,6 +3,7 @@ import { isIsoDate, isTimeZone } from '../lib/dates.js';
 import { isQualifiedName, placeholdersIn } from '../services/db/index.js';
 import { quote } from './config-file.js';
 import { MAX_TIMER_MS } from '../lib/time.js';
+import { cronProblem } from '../lib/cron.js';
 
 /**
  * The one schema of l2flow's settings, written as the L2FLOW_CONFIG file writes them. It holds every default:
@@ -96,6 +97,38 @@ const emailAddress = z.string().refine((r) => /^[^@\s;<>]+@[^@\s;<>]+$/.test(r),
 /** A mapping of settings; absent, it is parsed as {} so that its keys' defaults apply. */
 const section = <T extends z.core.$ZodLooseShape>(shape: T) => z.strictObject(shape).prefault({} as never);
 
+const calendarDate = z.string().refine(isIsoDate, { error: (iss) => `${quote(iss.input)} is not a calendar date: write YYYY-MM-DD, e.g. 2023-12-22` });
+const onOff = z.boolean({ error: 'must be true or false' });
+
+// ---- schedule: how runs are created (manual, cron, onFlag; combinable). See README "Schedules". ----
+const CRON_HELP = 'write 5 fields (minute hour day month weekday), 6 with seconds first, or a preset, e.g. "0 3 * * *" or "@daily"';
+/** Each schedule's own date window; it narrows workflow.startDate/endDate, never widens them. */
+const scheduleWindow = { startDate: calendarDate.optional(), endDate: calendarDate.optional() };
+const scheduleSchema = section({
+  /** Runs queued by `l2flow trigger` / trigger(); false refuses them. */
+  manual: onOff.default(true),
+  cron: z
+    .strictObject({
+      expression: z.string({ error: CRON_HELP }).refine((e) => cronProblem(e) === null, {
+        error: (iss) => `${quote(iss.input)} is not a cron expression (${cronProblem(String(iss.input))}): ${CRON_HELP}`,
+      }),
+      /** false: due dates are recorded as skipped ('disabled') and no run is created. */
+      enabled: onOff.default(true),
+      /** false: of the dates due at once, only the latest gets a run; the others are recorded as skipped. */
+      catchup: onOff.default(false),
+      ...scheduleWindow,
+    })
+    .nullable()
+    .default(null),
+  onFlag: section({
+    enabled: onOff.default(false),
+    /** At start, flags this many days older than the newest run are still looked at for missing runs. */
+    lookbackDays: z.number().int().nonnegative().max(366).default(7),
+    ...scheduleWindow,
+  }),
+});
+// ---- end schedule ----
+
 /** Every setting, its rule and its default. */
 export const settingsSchema = z.strictObject({
   workflow: section({
@@ -103,10 +136,9 @@ export const settingsSchema = z.strictObject({
       .string()
       .refine(isTimeZone, { error: (iss) => `${quote(iss.input)} is not an IANA time zone: write e.g. Asia/Tashkent or UTC` })
       .default('Asia/Tashkent'),
-    startDate: z
-      .string()
-      .refine(isIsoDate, { error: (iss) => `${quote(iss.input)} is not a calendar date: write YYYY-MM-DD, e.g. 2023-12-22` })
-      .default('2023-12-22'),
+    startDate: calendarDate.default('2023-12-22'),
+    /** Last logical date any schedule creates; none by default. */
+    endDate: calendarDate.optional(),
     maxActiveRuns: z.number().int().positive().default(20),
     /** Connections of the runtime's database pool. */
     poolSize: z.number().int().positive().default(10),
@@ -160,6 +192,7 @@ export const settingsSchema = z.strictObject({
     retryMaxDelayMs: positive('milliseconds', { timer: true }).default(60_000),
   }),
   logLevel: z.enum(LOG_LEVELS).default('info'),
+  schedule: scheduleSchema,
 });
 
 /** The settings after parsing: every default filled in. */

@@ -7,8 +7,10 @@ import { parseSmtpConnection } from '../services/mail/index.js';
 import { ENV_KEYS, envIssueMessage, envSourceOf, envValue, overlayEnv } from './config-env.js';
 import { ConfigError, fileErrorMap, fileIssueError, readConfigFile } from './config-file.js';
 import { settingsSchema, type Settings } from './config-schema.js';
+import { scheduleFromSettings, type ScheduleConfig } from './config-schedule.js';
 
 export type { ChildConfig };
+export type { ScheduleConfig, DateWindow } from './config-schedule.js';
 export type { FileConfig } from './config-schema.js';
 export { ConfigError, ENV_KEYS };
 
@@ -43,12 +45,16 @@ export interface Config {
   pools: Record<string, { slots: number }>;
   sap: { viewName: string; connectTimeoutMs: number; timeoutMs: number; maxTries: number; retryBaseDelayMs: number; retryMaxDelayMs: number };
   logLevel: string;
+  /** Last logical date (workflow.endDate), or null. */
+  endDate: string | null;
+  /** How runs are created besides `trigger` (cron, onFlag), each with its date window resolved. */
+  schedule: ScheduleConfig;
 }
 
 export { STEP_CHILDREN };
 
 /** The configuration's values in the runtime's units (ms), from checked settings; connections are resolved apart. */
-function fromSettings(s: Settings): Omit<Config, 'connections' | 'airflowConnections'> {
+function fromSettings(s: Settings, source?: string): Omit<Config, 'connections' | 'airflowConnections'> {
   const flag = s.sensors.wait_for_l2_full_load;
   const prev = s.sensors.wait_for_success_end;
   const children: Record<string, ChildConfig> = {};
@@ -91,6 +97,8 @@ function fromSettings(s: Settings): Omit<Config, 'connections' | 'airflowConnect
       retryMaxDelayMs: s.sap.retryMaxDelayMs,
     },
     logLevel: s.logLevel,
+    endDate: s.workflow.endDate ?? null,
+    schedule: scheduleFromSettings(s, source),
   };
 }
 
@@ -158,7 +166,7 @@ export function loadConfig(
     airflowConnections[c.connection] ??= resolveConnection(env, settings.connections, fileName, key, c.connection, 'airflow');
     checkAirflowVersion(env, settings.connections, fileName, name, c.connection, c.apiVersion);
   }
-  return { ...fromSettings(settings), connections, airflowConnections };
+  return { ...fromSettings(settings, fileName), connections, airflowConnections };
 }
 
 /** Refuse at start-up an airflow child whose API version neither its config nor its connection URI says. */

@@ -4,6 +4,8 @@ import type { ErrorCode, ErrorInfo } from '../lib/errors.js';
 
 /** l2flow.run and l2flow.step: the durable record of every run. All SQL about runs lives here. */
 
+/** Who created a run: `l2flow trigger`, schedule.cron, or schedule.onFlag. */
+export type TriggeredBy = 'manual' | 'scheduled' | 'flag' | 'backfill';
 export type RunStatus = 'queued' | 'running' | 'success' | 'failed' | 'cancelled';
 export const FINAL_STATUSES: readonly RunStatus[] = ['success', 'failed', 'cancelled'];
 
@@ -40,7 +42,7 @@ const RUN_COLUMNS = `run_id, workflow_id, logical_date::text, business_date::tex
 /** Queue a run for a logical date; an existing run for that date is returned unchanged (`created: false`). */
 export async function createRun(
   db: pg.Pool | pg.ClientBase,
-  r: { workflowId: string; logicalDate: string; businessDate: string; triggeredBy: 'manual' | 'scheduled' | 'backfill' },
+  r: { workflowId: string; logicalDate: string; businessDate: string; triggeredBy: TriggeredBy },
 ): Promise<{ run: RunRow; created: boolean }> {
   const inserted = await db.query<RunRow>(
     `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by)

@@ -3,6 +3,7 @@ export {
   createFlagSensor,
   createPreviousRunSensor,
   DWH_FLAG_CHANNEL,
+  flagDates,
   RUN_CHANNEL,
   type PreviousRunSensorOutput,
   type SensorCheck,

@@ -55,9 +55,7 @@ export function createFlagSensor(
     name: 'wait_for_l2_full_load',
     describeKey: (date) => `flag '${flagCode}' in ${flagTable} for business date ${date}`,
     check: async (dates) => new Set((await opts.pool.query<{ d: string }>(sql, [flagCode, dates])).rows.map((r) => r.d)),
-    hints$: hintsFrom(opts.notifications$, DWH_FLAG_CHANNEL, (p) =>
-      p.flag_cd === flagCode && isDate(p.business_date) ? p.business_date : null,
-    ),
+    hints$: flagDates(opts.notifications$, flagCode).pipe(map((date) => [date])),
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs,
     logger: opts.logger,
@@ -91,7 +89,7 @@ export function createPreviousRunSensor(
       p.status === 'success' && typeof p.workflow_id === 'string' && isDate(p.logical_date)
         ? runKey(p.workflow_id, p.logical_date)
         : null,
-    ),
+    ).pipe(map((key) => [key])),
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs,
     logger: opts.logger,
@@ -109,6 +107,11 @@ export function createPreviousRunSensor(
       .catch(inRun(input, `finish (or mark successful) the run of ${previousLogicalDate}, then re-run the step`));
     return { satisfiedAt: new Date().toISOString(), checks, previousLogicalDate, skipped: false };
   };
+}
+
+/** The business dates that flag notifications name for `flagCode` (the sensor's hints; schedule.onFlag's too). */
+export function flagDates(notifications$: Observable<SensorNotification>, flagCode: string): Observable<string> {
+  return hintsFrom(notifications$, DWH_FLAG_CHANNEL, (p) => (p.flag_cd === flagCode && isDate(p.business_date) ? p.business_date : null));
 }
 
 /** Dates arrive in notifications and inputs as plain JSON; only real YYYY-MM-DD calendar dates are used. */
@@ -129,12 +132,11 @@ function hintsFrom(
   notifications$: Observable<SensorNotification>,
   channel: string,
   keyOf: (payload: Record<string, unknown>) => string | null,
-): Observable<string[]> {
+): Observable<string> {
   return notifications$.pipe(
     filter((n) => n.channel === channel && typeof n.payload === 'object' && n.payload !== null),
     map((n) => keyOf(n.payload as Record<string, unknown>)),
     filter((key): key is string => key !== null),
-    map((key) => [key]),
   );
 }
 

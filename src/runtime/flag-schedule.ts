@@ -1,0 +1,99 @@
+import type pg from 'pg';
+import type { Observable, Subscription } from 'rxjs';
+import { addDays, dateInZone } from '../lib/dates.js';
+import { toErrorInfo } from '../lib/errors.js';
+import type { ScheduleConfig } from './config.js';
+import type { Logger } from './logger.js';
+import { createRuns, flaggedDatesWithoutRun, latestRunDate } from './schedule-store.js';
+
+/**
+ * schedule.onFlag on the leader: the flag for business date B creates the run of logical date B + 1. A notification
+ * (the flag sensor's channel) names B, and the flag table decides; a scan finds flags that have no run yet when
+ * this process becomes the leader, after every reconnect of the listener (notifications in the gap are lost) and on
+ * the flag sensor's fallback poll. Runs are keyed by date, so a hint and a scan meeting on one date are harmless.
+ */
+
+export interface FlagSchedule {
+  begin(): void;
+  /** Stop; resolves once the work in flight ended. */
+  end(): Promise<void>;
+  /** Look for flags without a run now; resolves with the logical dates whose run it created. */
+  scan(): Promise<string[]>;
+}
+
+/** Build the onFlag schedule of one process; nothing runs until begin(). */
+export function createFlagSchedule(o: {
+  pool: pg.Pool;
+  workflowId: string;
+  timezone: string;
+  onFlag: ScheduleConfig['onFlag'];
+  flagTable: string;
+  flagCode: string;
+  /** Business dates the flag notifications name (already filtered to the flag code). */
+  hints$: Observable<string>;
+  reconnects$: Observable<void>;
+  pollIntervalMs: number;
+  logger: Logger;
+  now: () => Date;
+}): FlagSchedule {
+  const { onFlag, workflowId } = o;
+  const log = o.logger.child({ module: 'scheduler', schedule: 'onFlag' });
+  const query = { flagTable: o.flagTable, flagCode: o.flagCode, workflowId, window: onFlag };
+  let subs: Subscription[] = [];
+  let poll: NodeJS.Timeout | null = null;
+  /** One piece of work at a time: hints and scans queue behind each other instead of racing for the same dates. */
+  let tail: Promise<unknown> = Promise.resolve();
+
+  function queue<T>(what: string, fn: () => Promise<T>, fallback: T): Promise<T> {
+    const p = tail.then(fn).catch((err: unknown) => {
+      log.warn({ err: toErrorInfo(err) }, `onFlag ${what} failed; the next scan (at most ${o.pollIntervalMs / 1000} s) tries again`);
+      return fallback;
+    });
+    tail = p;
+    return p;
+  }
+
+  async function create(dates: string[], why: string, t0: number): Promise<string[]> {
+    const created = await createRuns(o.pool, workflowId, dates, 'flag');
+    for (const d of created) log.info({ logicalDate: d, businessDate: addDays(d, -1), why, ms: Date.now() - t0 }, 'run created by the flag for %s', addDays(d, -1));
+    return created;
+  }
+
+  function onHint(businessDate: string): void {
+    const t0 = Date.now();
+    const logicalDate = addDays(businessDate, 1);
+    if (logicalDate < onFlag.startDate || (onFlag.endDate !== null && logicalDate > onFlag.endDate)) {
+      log.info({ businessDate, startDate: onFlag.startDate, endDate: onFlag.endDate }, 'flag outside the onFlag dates: no run');
+      return;
+    }
+    void queue('run creation', async () => create(await flaggedDatesWithoutRun(o.pool, { ...query, since: businessDate, only: businessDate }), 'notification', t0), []);
+  }
+
+  const schedule: FlagSchedule = {
+    begin() {
+      if (subs.length > 0) return;
+      log.info({ startDate: onFlag.startDate, endDate: onFlag.endDate }, 'onFlag schedule started on this process (leader)');
+      subs = [o.hints$.subscribe(onHint), o.reconnects$.subscribe(() => void schedule.scan())];
+      poll = setInterval(() => void schedule.scan(), o.pollIntervalMs);
+      poll.unref();
+      void schedule.scan();
+    },
+    async end() {
+      for (const s of subs) s.unsubscribe();
+      subs = [];
+      if (poll) clearInterval(poll);
+      poll = null;
+      await tail;
+    },
+    scan() {
+      const t0 = Date.now();
+      return queue('scan', async () => {
+        // Bounded: from lookbackDays before the newest run (a flag for today makes tomorrow's run), or the start date.
+        const newest = await latestRunDate(o.pool, workflowId, addDays(dateInZone(o.timezone, o.now()), 1));
+        const since = newest === null ? addDays(onFlag.startDate, -1) : addDays(newest, -1 - onFlag.lookbackDays);
+        return create(await flaggedDatesWithoutRun(o.pool, { ...query, since }), 'scan', t0);
+      }, []);
+    },
+  };
+  return schedule;
+}

@@ -1,0 +1,105 @@
+import type pg from 'pg';
+import { addDays } from '../lib/dates.js';
+import { quoteQualified } from '../services/db/index.js';
+import type { DateWindow } from './config.js';
+import { createRun, type TriggeredBy } from './run-store.js';
+
+/** l2flow.schedule_state and l2flow.skipped_date: where the cron schedule got to and what it passed over. All SQL of schedules lives here. */
+
+export type SkipReason = 'catchup_false' | 'disabled';
+
+/** One schedule's progress: taken under a transaction-scoped lock, so two deciders (an old and a new leader) take turns. */
+export async function lockScheduleState(client: pg.ClientBase, workflowId: string, schedule: string): Promise<string | null> {
+  await client.query(`select pg_advisory_xact_lock(hashtext('l2flow.schedule:' || $1 || ':' || $2))`, [workflowId, schedule]);
+  const { rows } = await client.query<{ d: string }>(
+    `select to_char(last_logical_date, 'YYYY-MM-DD') as d from l2flow.schedule_state where workflow_id = $1 and schedule = $2`,
+    [workflowId, schedule],
+  );
+  return rows[0]?.d ?? null;
+}
+
+/** Record the last logical date a schedule decided, in the caller's transaction. */
+export async function saveScheduleState(client: pg.ClientBase, workflowId: string, schedule: string, lastLogicalDate: string): Promise<void> {
+  await client.query(
+    `insert into l2flow.schedule_state (workflow_id, schedule, last_logical_date) values ($1, $2, $3)
+     on conflict (workflow_id, schedule) do update set last_logical_date = excluded.last_logical_date, updated_at = now()`,
+    [workflowId, schedule, lastLogicalDate],
+  );
+}
+
+/** The newest run's logical date up to `notAfter` (a run queued for a far future date must not hide the gap before it), or null. */
+export async function latestRunDate(db: pg.Pool | pg.ClientBase, workflowId: string, notAfter: string): Promise<string | null> {
+  const { rows } = await db.query<{ d: string | null }>(
+    `select to_char(max(logical_date), 'YYYY-MM-DD') as d from l2flow.run where workflow_id = $1 and logical_date <= $2`,
+    [workflowId, notAfter],
+  );
+  return rows[0]?.d ?? null;
+}
+
+/** Record dates a schedule passed over; dates that already have a run, or a skip, are left alone. Returns how many were recorded. */
+export async function recordSkipped(
+  client: pg.ClientBase, workflowId: string, schedule: string, dates: string[], reason: SkipReason,
+): Promise<number> {
+  if (dates.length === 0) return 0;
+  const { rowCount } = await client.query(
+    `insert into l2flow.skipped_date (workflow_id, logical_date, schedule, reason)
+     select $1, d, $3, $4 from unnest($2::date[]) as d
+      where not exists (select 1 from l2flow.run r where r.workflow_id = $1 and r.logical_date = d)
+     on conflict (workflow_id, logical_date) do nothing`,
+    [workflowId, dates, schedule, reason],
+  );
+  return rowCount ?? 0;
+}
+
+/** Queue the runs of `dates` (business date = logical date − 1); returns the dates that were new. */
+export async function createRuns(db: pg.Pool | pg.ClientBase, workflowId: string, dates: string[], triggeredBy: TriggeredBy): Promise<string[]> {
+  const created: string[] = [];
+  for (const logicalDate of dates) {
+    const r = await createRun(db, { workflowId, logicalDate, businessDate: addDays(logicalDate, -1), triggeredBy });
+    if (r.created) created.push(logicalDate);
+  }
+  return created;
+}
+
+/**
+ * Logical dates (business date + 1) inside `window` whose flag row exists and that have no run yet, business dates
+ * from `since` on: the query that decides for onFlag, for one notified date or a scan after a gap.
+ */
+export async function flaggedDatesWithoutRun(
+  db: pg.Pool, o: { flagTable: string; flagCode: string; workflowId: string; window: DateWindow; since: string; only?: string },
+): Promise<string[]> {
+  // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024.
+  const { rows } = await db.query<{ d: string }>(
+    `select distinct to_char(f.bussines_date + 1, 'YYYY-MM-DD') as d from ${quoteQualified(o.flagTable)} f
+      where f.flag_cd = $1 and f.bussines_date >= greatest($2::date, $3::date - 1)
+        and ($4::date is null or f.bussines_date <= $4::date - 1) and ($6::date is null or f.bussines_date = $6::date)
+        and not exists (select 1 from l2flow.run r where r.workflow_id = $5 and r.logical_date = f.bussines_date + 1)
+      order by 1`,
+    [o.flagCode, o.since, o.window.startDate, o.window.endDate, o.workflowId, o.only ?? null],
+  );
+  return rows.map((r) => r.d);
+}
+
+/** Skipped dates that still have no run: how many, by reason, and the newest few (for `l2flow status`). */
+export interface SkippedSummary {
+  count: number;
+  byReason: Partial<Record<SkipReason, number>>;
+  latest: { logicalDate: string; reason: SkipReason }[];
+}
+
+/** The summary of skipped dates without a run; the README's "countable in SQL" query is the same. */
+export async function skippedSummary(db: pg.Pool, workflowId: string, latest = 5): Promise<SkippedSummary> {
+  const { rows } = await db.query<{ reason: SkipReason; n: number; latest: string[] }>(
+    `select s.reason, count(*)::int as n, (array_agg(to_char(s.logical_date, 'YYYY-MM-DD') order by s.logical_date desc))[1:$2] as latest
+       from l2flow.skipped_date s
+      where s.workflow_id = $1
+        and not exists (select 1 from l2flow.run r where r.workflow_id = s.workflow_id and r.logical_date = s.logical_date)
+      group by s.reason`,
+    [workflowId, latest],
+  );
+  const byReason: SkippedSummary['byReason'] = {};
+  for (const r of rows) byReason[r.reason] = r.n;
+  const newest = rows.flatMap((r) => r.latest.map((logicalDate) => ({ logicalDate, reason: r.reason })));
+  newest.sort((a, b) => b.logicalDate.localeCompare(a.logicalDate));
+  return { count: rows.reduce((n, r) => n + r.n, 0), byReason, latest: newest.slice(0, latest) };
+}
