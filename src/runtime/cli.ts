@@ -1,7 +1,8 @@
-import { isIsoDate } from '../lib/dates.js';
 import { toErrorInfo } from '../lib/errors.js';
 import { createL2flow, L2flowError, type L2flow } from './api.js';
 import { parseFlags, UsageError } from './args.js';
+import { cmdClear, cmdMark, CLEAR_USAGE, printAudit, printStepHistory } from './cli-clear.js';
+import { fmtTime, parseDate, type Out } from './cli-util.js';
 import { ConfigError } from './config.js';
 import type { RunRow } from './run-store.js';
 
@@ -15,10 +16,10 @@ commands:
   trigger [--date YYYY-MM-DD]  queue a run for a logical date (default: today in the workflow timezone)
   status [--date D] [--json]   show recent runs, or one run with its steps and failure mail
   cancel --date YYYY-MM-DD     cancel a queued or running run wherever it runs (its warehouse query too; no mail)
+${CLEAR_USAGE}
 
 configuration: environment variables (see README), optionally L2FLOW_CONFIG=<file.yaml|json>`;
 
-type Out = { out: (s: string) => void; err: (s: string) => void };
 const stdio: Out = { out: (s) => process.stdout.write(`${s}\n`), err: (s) => process.stderr.write(`${s}\n`) };
 
 /** Entry point of the bin; resolves to the process exit code. */
@@ -48,6 +49,10 @@ export async function main(argv: string[], io: Out = stdio): Promise<number> {
         if (f.date === undefined) throw new UsageError('cancel: --date is required, e.g. l2flow cancel --date 2024-03-15');
         return await withApi((l2) => cmdCancel(l2, f.date as string, io));
       }
+      case 'clear':
+        return await withApi((l2) => cmdClear(l2, rest, io));
+      case 'mark':
+        return await withApi((l2) => cmdMark(l2, rest, io));
       case undefined:
       case 'help':
       case '--help':
@@ -88,11 +93,6 @@ async function cmdMigrate(l2: L2flow, io: Out): Promise<number> {
   return 0;
 }
 
-function parseDate(flag: string, value: string): string {
-  if (!isIsoDate(value)) throw new UsageError(`--${flag} "${value}" is not a date: write YYYY-MM-DD, e.g. --${flag} 2024-03-15`);
-  return value;
-}
-
 async function cmdTrigger(l2: L2flow, dateFlag: string | undefined, io: Out): Promise<number> {
   const { run, created } = await l2.trigger(dateFlag === undefined ? undefined : parseDate('date', dateFlag)).catch((err: unknown) => {
     if (err instanceof L2flowError && err.code === 'BEFORE_START_DATE') throw new UsageError(`--date ${err.message}`);
@@ -104,10 +104,6 @@ async function cmdTrigger(l2: L2flow, dateFlag: string | undefined, io: Out): Pr
   }
   io.out(`a run for ${run.logical_date} already exists: ${run.run_id} is ${run.status}`);
   return run.status === 'queued' || run.status === 'running' ? 0 : 1;
-}
-
-function fmtTime(d: Date | null): string {
-  return d ? d.toISOString().replace('T', ' ').slice(0, 19) : '-';
 }
 
 /** Columns as wide as their widest cell; the last column is not padded. */
@@ -151,20 +147,19 @@ async function cmdStatus(l2: L2flow, dateFlag: string | undefined, json: boolean
     else io.out(`no run for ${date}: queue one with \`l2flow trigger --date ${date}\``);
     return 1;
   }
-  const { steps, failureEmail: mail } = run;
+  const { steps, failureEmail: mail, audit } = run;
   if (json) {
-    io.out(JSON.stringify({ ...runJson(run), steps, failure_email: mail }));
+    io.out(JSON.stringify({ ...runJson(run), steps, failure_email: mail, audit }));
     return 0;
   }
   io.out(`${run.run_id}  ${run.status}  (attempt ${run.attempt}, load id ${run.load_id ?? '-'})`);
   io.out(`logical date ${run.logical_date}, business date ${run.business_date}; current step: ${run.current_step ?? '-'}`);
   if (run.error) io.out(`error: ${run.error.code}: ${run.error.message}`);
-  for (const s of steps) {
-    io.out(`  ${s.step.padEnd(36)} ${s.status.padEnd(9)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at)}${s.error ? `  ${s.error.code}: ${s.error.message}` : ''}`);
-  }
+  printStepHistory(io, steps);
   for (const m of mail) {
     io.out(`failure mail: ${m.status} after ${m.tries} tr${m.tries === 1 ? 'y' : 'ies'}${m.lastError ? `; last error: ${m.lastError}` : ''}`);
   }
+  printAudit(io, audit);
   return 0;
 }
 

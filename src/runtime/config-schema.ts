@@ -3,6 +3,7 @@ import { isIsoDate, isTimeZone } from '../lib/dates.js';
 import { isQualifiedName, placeholdersIn } from '../services/db/index.js';
 import { quote } from './config-file.js';
 import { MAX_TIMER_MS } from '../lib/time.js';
+import { CLEARABLE_STEPS } from '../machines/clear-plan.js';
 
 /**
  * The one schema of l2flow's settings, written as the L2FLOW_CONFIG file writes them. It holds every default:
@@ -72,6 +73,25 @@ const emailAddress = z.string().refine((r) => /^[^@\s;<>]+@[^@\s;<>]+$/.test(r),
 /** A mapping of settings; absent, it is parsed as {} so that its keys' defaults apply. */
 const section = <T extends z.core.$ZodLooseShape>(shape: T) => z.strictObject(shape).prefault({} as never);
 
+/**
+ * A step's retries (Airflow's retries, retry_delay, retry_exponential_backoff, max_retry_delay): the wait after try n
+ * is min(maxRetryDelaySeconds, retryDelaySeconds × 2^(n−1)). `workflow` holds the defaults of every step (0 retries,
+ * as the original DAG); `steps.<step_id>` overrides them key by key.
+ */
+const retryKeys = {
+  retries: z.number({ error: 'must be a whole number of retries, e.g. 2' }).int({ error: 'must be a whole number of retries, e.g. 2' }).nonnegative({ error: 'must be 0 or more' }),
+  retryDelaySeconds: positive('seconds', { timer: true }),
+  maxRetryDelaySeconds: positive('seconds', { timer: true }),
+};
+const stepSettings = z.strictObject({
+  retries: retryKeys.retries.optional(),
+  retryDelaySeconds: retryKeys.retryDelaySeconds.optional(),
+  maxRetryDelaySeconds: retryKeys.maxRetryDelaySeconds.optional(),
+});
+const stepName = z.string().refine((s) => (CLEARABLE_STEPS as string[]).includes(s), {
+  error: (iss) => `${quote(iss.input)} is not a step that can be retried: write one of ${CLEARABLE_STEPS.join(', ')}`,
+});
+
 /** Every setting, its rule and its default. */
 export const settingsSchema = z.strictObject({
   workflow: section({
@@ -90,7 +110,14 @@ export const settingsSchema = z.strictObject({
     claimIntervalSeconds: z.number().positive().max(3600).default(2),
     /** None by default, as in the original DAG. */
     runTimeoutSeconds: z.number().positive().max(MAX_TIMER_S).optional(),
+    /** Retries of every step unless `steps.<step_id>` says otherwise; 0 as in the original DAG. */
+    retries: retryKeys.retries.default(0),
+    /** Airflow's default retry_delay. */
+    retryDelaySeconds: retryKeys.retryDelaySeconds.default(300),
+    maxRetryDelaySeconds: retryKeys.maxRetryDelaySeconds.default(3600),
   }),
+  /** Per-step settings, by the original task id. */
+  steps: z.record(stepName, stepSettings).default({}),
   connections: z.record(z.string(), z.string()).default({}),
   /** The connection id of each outside system; its URI is looked up by id (see config.ts). */
   connectionIds: section({
