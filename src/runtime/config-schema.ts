@@ -4,6 +4,7 @@ import { isQualifiedName, placeholdersIn } from '../services/db/index.js';
 import { quote } from './config-file.js';
 import { MAX_TIMER_MS } from '../lib/time.js';
 import { CLEARABLE_STEPS } from '../machines/clear-plan.js';
+import type { StepId } from '../machines/steps.js';
 
 /**
  * The one schema of l2flow's settings, written as the L2FLOW_CONFIG file writes them. It holds every default:
@@ -88,9 +89,8 @@ const stepSettings = z.strictObject({
   retryDelaySeconds: retryKeys.retryDelaySeconds.optional(),
   maxRetryDelaySeconds: retryKeys.maxRetryDelaySeconds.optional(),
 });
-const stepName = z.string().refine((s) => (CLEARABLE_STEPS as string[]).includes(s), {
-  error: (iss) => `${quote(iss.input)} is not a step that can be retried: write one of ${CLEARABLE_STEPS.join(', ')}`,
-});
+/** One optional entry per step that can be retried: an unknown step id is an unknown setting, listed with the valid ones. */
+const stepsShape = Object.fromEntries(CLEARABLE_STEPS.map((step) => [step, stepSettings.optional()])) as Record<StepId, z.ZodOptional<typeof stepSettings>>;
 
 /** Every setting, its rule and its default. */
 export const settingsSchema = z.strictObject({
@@ -116,8 +116,6 @@ export const settingsSchema = z.strictObject({
     retryDelaySeconds: retryKeys.retryDelaySeconds.default(300),
     maxRetryDelaySeconds: retryKeys.maxRetryDelaySeconds.default(3600),
   }),
-  /** Per-step settings, by the original task id. */
-  steps: z.record(stepName, stepSettings).default({}),
   connections: z.record(z.string(), z.string()).default({}),
   /** The connection id of each outside system; its URI is looked up by id (see config.ts). */
   connectionIds: section({
@@ -162,6 +160,8 @@ export const settingsSchema = z.strictObject({
     retryBaseDelayMs: positive('milliseconds', { timer: true }).default(1000),
     retryMaxDelayMs: positive('milliseconds', { timer: true }).default(60_000),
   }),
+  /** Per-step settings, by the original task id. */
+  steps: section(stepsShape),
   logLevel: z.enum(LOG_LEVELS).default('info'),
 });
 
