@@ -4,7 +4,10 @@
  */
 
 export { createL2flow, L2flowError } from './runtime/api.js';
-export type { ConfigObject, L2flow, L2flowErrorCode, L2flowOptions, RunDetails } from './runtime/api.js';
+export type { ActionOptions, ClearOptions, ConfigObject, L2flow, L2flowErrorCode, L2flowOptions, RunDetails } from './runtime/api.js';
+export type { ClearedRun } from './runtime/run-actions.js';
+export type { ClearPlan } from './machines/clear-plan.js';
+export type { AuditAction, AuditRow } from './runtime/audit.js';
 export { ConfigError } from './runtime/config.js';
 export type { ChildConfig, Config } from './runtime/config.js';
 export type { RunEvent } from './runtime/supervisor.js';

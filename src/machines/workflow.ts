@@ -1,83 +1,24 @@
 import { assign, fromPromise, setup, type SnapshotFrom, type StateValue } from 'xstate';
-// Pure helpers only: lib/errors.ts does no I/O.
+// Pure helpers only: lib/errors.ts and lib/time.ts do no I/O (a timer is not I/O).
 import { toErrorInfo, type ErrorCode } from '../lib/errors.js';
+import { abortableSleep, MAX_TIMER_MS } from '../lib/time.js';
+import { startTargets } from './clear-plan.js';
+import type { FailureStepInput, SensorStep, SensorStepInput, StepInput, WorkflowContext, WorkflowEvent, WorkflowInput } from './context.js';
+import { nextTryAt } from './step-retry.js';
+import { busySteps, closeRunning, errorOf, failTryForRetry, sensorInput, startTry, stepInput } from './step-records.js';
 import { STEP_IDS, STEP_TABLE, type StepId } from './steps.js';
 
 /**
  * The statechart of WF_MAIN_DATASETS_LOAD_L2_TO_L2. State keys are the original Airflow task ids, so operators
  * recognise them. The machine does no I/O: every step is an actor named in `setup({ actors })` and supplied by
  * the runtime with `machine.provide({ actors })`; named actors are what make snapshots persistable.
+ * Each step state has two substates: `try` runs the step's actor, `retry_wait` waits for the next try.
  */
 
 export const WORKFLOW_ID = 'WF_MAIN_DATASETS_LOAD_L2_TO_L2';
 
 export { STEP_IDS, STEP_TABLE, type StepId } from './steps.js';
-
-export type SensorStep = 'wait_for_l2_full_load' | 'wait_for_success_end';
-
-export type StepStatus = 'running' | 'success' | 'failed' | 'cancelled';
-
-/** One step's record in the run: epoch-ms timestamps, so the history survives in the persisted snapshot. */
-export interface StepRecord {
-  status: StepStatus;
-  startedAt: number;
-  endedAt?: number;
-  error?: { code: string; message: string };
-}
-
-export interface RunFailure {
-  step: string;
-  code: string;
-  message: string;
-}
-
-export interface WorkflowInput {
-  runId: string;
-  workflowId: string;
-  logicalDate: string;
-  businessDate: string;
-  attempt: number;
-  /** Sensor timeouts in ms (Airflow's default is 7 days). */
-  sensorTimeoutMs: Record<SensorStep, number>;
-  /** Whole-run timeout in ms (Airflow's dagrun_timeout); null for none. */
-  runTimeoutMs?: number | null;
-}
-
-export interface WorkflowContext extends WorkflowInput {
-  loadId: number | null;
-  /** Absolute run deadline (epoch ms) fixed when the run starts; the host sends RUN_TIMEOUT when it passes. */
-  runDeadline: number | null;
-  /** Absolute sensor deadlines (epoch ms): XState does not persist `after` timers, a timestamp survives restore. */
-  deadlines: Partial<Record<SensorStep, number>>;
-  steps: Partial<Record<StepId, StepRecord>>;
-  failure: RunFailure | null;
-  /** Set when queueing the failure mail itself failed; the run still ends `failed`. */
-  notifyError: string | null;
-}
-
-/** What every step actor receives: the run's identity, never functions (it is persisted with the snapshot). */
-export interface StepInput {
-  runId: string;
-  workflowId: string;
-  /** The run's logical date, YYYY-MM-DD in the workflow timezone. */
-  logicalDate: string;
-  /** The date the run processes: logicalDate - 1, YYYY-MM-DD. */
-  businessDate: string;
-  /** Run attempt: 1 for the first run, +1 each time an operator clears and re-runs it. */
-  attempt: number;
-  /** Assigned by get_load_id; null before. */
-  loadId: number | null;
-}
-export interface SensorStepInput extends StepInput {
-  deadline: number;
-  /** When the step started (epoch ms), kept across restores: errors report the whole wait. */
-  startedAt?: number;
-}
-export interface FailureStepInput extends StepInput {
-  failure: RunFailure;
-}
-
-export type WorkflowEvent = { type: 'CANCEL'; reason?: string } | { type: 'RUN_TIMEOUT' };
+export type * from './context.js';
 
 // Placeholders that say which actor was not provided; the runtime replaces every one of them.
 function notProvided<O, I>(name: string) {
@@ -86,45 +27,52 @@ function notProvided<O, I>(name: string) {
   });
 }
 
-function stepInput(c: WorkflowContext): StepInput {
-  return {
-    runId: c.runId,
-    workflowId: c.workflowId,
-    logicalDate: c.logicalDate,
-    businessDate: c.businessDate,
-    attempt: c.attempt,
-    loadId: c.loadId,
-  };
-}
-
-function sensorInput(c: WorkflowContext, step: SensorStep): SensorStepInput {
-  return { ...stepInput(c), deadline: c.deadlines[step]!, startedAt: c.steps[step]?.startedAt };
-}
-
-/** A step's error as the run records it: the error model's code and message, no details (the snapshot stays small). */
-function errorOf(error: unknown): { code: string; message: string } {
-  const { code, message } = toErrorInfo(error);
-  return { code, message };
-}
-
-/** Close every running step with `status`; the failed step itself gets the error. */
-function closeRunning(steps: WorkflowContext['steps'], status: StepStatus, failed?: { step: StepId; error: { code: string; message: string } }) {
-  const now = Date.now();
-  const out: WorkflowContext['steps'] = { ...steps };
-  for (const id of STEP_IDS) {
-    const rec = out[id];
-    if (!rec || rec.status !== 'running') continue;
-    out[id] = failed?.step === id ? { ...rec, status: 'failed', endedAt: now, error: failed.error } : { ...rec, status, endedAt: now };
-  }
-  return out;
-}
-
 /** The one failure route: any step's error goes to email_on_failure, leaving (and stopping) the parallel regions. */
 const onStepError = (step: StepId) =>
   ({ target: '#wf.email_on_failure', actions: { type: 'failStep', params: { step } } }) as const;
 const start = (step: StepId) => ({ type: 'startStep', params: { step } }) as const;
 const finish = (step: StepId) => ({ type: 'finishStep', params: { step } }) as const;
 const arm = (step: SensorStep) => ({ type: 'armDeadline', params: { step } }) as const;
+
+/**
+ * A step as two substates: `try` invokes the step's actor; a failure that its retry policy allows waits in
+ * `retry_wait` until an absolute wake-up time kept in the step's record, then tries again. Anything else takes the
+ * one failure route.
+ */
+function stepState<S extends StepId, I extends StepInput>(
+  step: S,
+  next: string,
+  input: (c: WorkflowContext, step: S) => I,
+  o: { sensor?: SensorStep; takesLoadId?: boolean } = {},
+) {
+  return {
+    initial: 'try',
+    states: {
+      try: {
+        entry: o.sensor ? [start(step), arm(o.sensor)] : [start(step)],
+        invoke: {
+          src: STEP_TABLE[step].actor as (typeof STEP_TABLE)[S]['actor'],
+          input: ({ context }: { context: WorkflowContext }) => input(context, step),
+          onDone: { target: next, actions: o.takesLoadId ? [{ type: 'takeLoadId' } as const, finish(step)] : [finish(step)] },
+          onError: [
+            { guard: { type: 'mayRetry', params: { step } }, target: 'retry_wait', actions: { type: 'waitForRetry', params: { step } } },
+            onStepError(step),
+          ],
+        },
+      },
+      retry_wait: {
+        invoke: {
+          src: 'retryTimer',
+          input: ({ context }: { context: WorkflowContext }) => ({ at: context.steps[step]?.retryAt ?? 0 }),
+          onDone: 'try',
+        },
+      },
+    },
+  } as const;
+}
+
+/** A cleared run starts where its plan says (see clear-plan.ts); a new run at the top. */
+const sameSteps = (a: readonly string[] | null | undefined, b: readonly string[]) => !!a && a.length === b.length && a.every((s, i) => s === b[i]);
 
 export const workflowMachine = setup({
   types: {
@@ -143,25 +91,40 @@ export const workflowMachine = setup({
     sendFlgToSap: notProvided<unknown, StepInput>('sendFlgToSap'),
     end: notProvided<unknown, StepInput>('end'),
     emailOnFailure: notProvided<unknown, FailureStepInput>('emailOnFailure'),
+    // The machine's own timer, not a service: a restored snapshot re-invokes it with the same absolute time.
+    retryTimer: fromPromise<void, { at: number }>(({ input, signal }) =>
+      abortableSleep(Math.min(Math.max(0, input.at - Date.now()), MAX_TIMER_MS), signal),
+    ),
+  },
+  guards: {
+    mayRetry: ({ context, event }, { step }: { step: StepId }) =>
+      nextTryAt(context.retry, step, context.steps[step]?.try ?? 1, toErrorInfo((event as { error?: unknown }).error), context.runDeadline, Date.now()) !== null,
+    startsAt: ({ context }, { steps }: { steps: readonly StepId[] }) => sameSteps(context.startAt, steps),
   },
   actions: {
-    startStep: assign(({ context }, { step }: { step: StepId }) => ({
-      steps: { ...context.steps, [step]: { status: 'running', startedAt: Date.now() } satisfies StepRecord },
-    })),
+    startStep: assign(({ context }, { step }: { step: StepId }) => startTry(context, step)),
     finishStep: assign(({ context }, { step }: { step: StepId }) => ({
-      steps: { ...context.steps, [step]: { ...context.steps[step]!, status: 'success', endedAt: Date.now() } satisfies StepRecord },
+      steps: { ...context.steps, [step]: { ...context.steps[step]!, status: 'success', endedAt: Date.now() } },
     })),
+    takeLoadId: assign({ loadId: ({ event }) => (event as unknown as { output: { loadId: number } }).output.loadId }),
+    // A retried sensor keeps the deadline of its first try: retries never lengthen a sensor's timeout.
     armDeadline: assign(({ context }, { step }: { step: SensorStep }) => ({
-      deadlines: { ...context.deadlines, [step]: Date.now() + context.sensorTimeoutMs[step] },
+      deadlines: { ...context.deadlines, [step]: context.deadlines[step] ?? Date.now() + context.sensorTimeoutMs[step] },
     })),
+    waitForRetry: assign(({ context, event }, { step }: { step: StepId }) => {
+      const error = (event as { error?: unknown }).error;
+      const at = nextTryAt(context.retry, step, context.steps[step]?.try ?? 1, toErrorInfo(error), context.runDeadline, Date.now());
+      return failTryForRetry(context, step, error, at ?? Date.now());
+    }),
     timeOutRun: assign(({ context }) => {
-      const running = STEP_IDS.filter((id) => context.steps[id]?.status === 'running');
-      const step = running[0] ?? 'run';
+      const busy = busySteps(context.steps);
+      const step = busy[0] ?? 'run';
       const error = {
         code: 'RUN_TIMEOUT' satisfies ErrorCode,
-        message: `the run exceeded its timeout of ${Math.round((context.runTimeoutMs ?? 0) / 1000)} s while in ${running.join(', ') || 'no step'}`,
+        message: `the run exceeded its timeout of ${Math.round((context.runTimeoutMs ?? 0) / 1000)} s while in ${busy.join(', ') || 'no step'}`,
       };
-      return { failure: { step, ...error }, steps: closeRunning(context.steps, 'cancelled', running[0] ? { step: running[0], error } : undefined) };
+      const running = busy.find((id) => context.steps[id]?.status === 'running');
+      return { failure: { step, ...error }, steps: closeRunning(context.steps, 'cancelled', running ? { step: running, error } : undefined) };
     }),
     failStep: assign(({ context, event }, { step }: { step: StepId }) => {
       const error = errorOf((event as { error?: unknown }).error);
@@ -172,68 +135,33 @@ export const workflowMachine = setup({
   id: 'wf',
   context: ({ input }) => ({
     ...input,
-    loadId: null,
+    loadId: input.loadId ?? null,
     runDeadline: input.runTimeoutMs ? Date.now() + input.runTimeoutMs : null,
     deadlines: {},
     steps: {},
+    tries: [],
     failure: null,
     notifyError: null,
   }),
-  initial: 'wait_for_l2_full_load',
+  initial: 'start',
   on: {
     CANCEL: { target: '.cancelled', actions: assign({ steps: ({ context }) => closeRunning(context.steps, 'cancelled') }) },
     // A run already failing (in email_on_failure) keeps its first failure.
     RUN_TIMEOUT: { guard: ({ context }) => context.failure === null, target: '.email_on_failure', actions: 'timeOutRun' },
   },
   states: {
-    wait_for_l2_full_load: {
-      entry: [start('wait_for_l2_full_load'), arm('wait_for_l2_full_load')],
-      invoke: {
-        src: STEP_TABLE.wait_for_l2_full_load.actor,
-        input: ({ context }) => sensorInput(context, 'wait_for_l2_full_load'),
-        onDone: { target: 'get_load_id', actions: finish('wait_for_l2_full_load') },
-        onError: onStepError('wait_for_l2_full_load'),
-      },
+    // Transient: a new run goes to the first step, a cleared run to the steps its plan starts in.
+    start: {
+      always: [
+        ...startTargets().map(({ startAt, target }) => ({ guard: { type: 'startsAt' as const, params: { steps: startAt } }, target })),
+        { target: 'wait_for_l2_full_load' },
+      ],
     },
-    get_load_id: {
-      entry: start('get_load_id'),
-      invoke: {
-        src: STEP_TABLE.get_load_id.actor,
-        input: ({ context }) => stepInput(context),
-        onDone: {
-          target: 'workflow_registration',
-          actions: [assign({ loadId: ({ event }) => event.output.loadId }), finish('get_load_id')],
-        },
-        onError: onStepError('get_load_id'),
-      },
-    },
-    workflow_registration: {
-      entry: start('workflow_registration'),
-      invoke: {
-        src: STEP_TABLE.workflow_registration.actor,
-        input: ({ context }) => stepInput(context),
-        onDone: { target: 'wait_for_success_end', actions: finish('workflow_registration') },
-        onError: onStepError('workflow_registration'),
-      },
-    },
-    wait_for_success_end: {
-      entry: [start('wait_for_success_end'), arm('wait_for_success_end')],
-      invoke: {
-        src: STEP_TABLE.wait_for_success_end.actor,
-        input: ({ context }) => sensorInput(context, 'wait_for_success_end'),
-        onDone: { target: 'run_sys_kill_all_session_pg', actions: finish('wait_for_success_end') },
-        onError: onStepError('wait_for_success_end'),
-      },
-    },
-    run_sys_kill_all_session_pg: {
-      entry: start('run_sys_kill_all_session_pg'),
-      invoke: {
-        src: STEP_TABLE.run_sys_kill_all_session_pg.actor,
-        input: ({ context }) => stepInput(context),
-        onDone: { target: 'branches', actions: finish('run_sys_kill_all_session_pg') },
-        onError: onStepError('run_sys_kill_all_session_pg'),
-      },
-    },
+    wait_for_l2_full_load: stepState('wait_for_l2_full_load', '#wf.get_load_id', sensorInput, { sensor: 'wait_for_l2_full_load' }),
+    get_load_id: stepState('get_load_id', '#wf.workflow_registration', stepInput, { takesLoadId: true }),
+    workflow_registration: stepState('workflow_registration', '#wf.wait_for_success_end', stepInput),
+    wait_for_success_end: stepState('wait_for_success_end', '#wf.run_sys_kill_all_session_pg', sensorInput, { sensor: 'wait_for_success_end' }),
+    run_sys_kill_all_session_pg: stepState('run_sys_kill_all_session_pg', '#wf.branches', stepInput),
     // Reports and segmentation run side by side; both regions must reach their final state before `end`.
     branches: {
       type: 'parallel',
@@ -242,53 +170,21 @@ export const workflowMachine = setup({
         reports: {
           initial: 'run_wf_data_preparation_for_reports',
           states: {
-            run_wf_data_preparation_for_reports: {
-              entry: start('run_wf_data_preparation_for_reports'),
-              invoke: {
-                src: STEP_TABLE.run_wf_data_preparation_for_reports.actor,
-                input: ({ context }) => stepInput(context),
-                onDone: { target: 'done', actions: finish('run_wf_data_preparation_for_reports') },
-                onError: onStepError('run_wf_data_preparation_for_reports'),
-              },
-            },
+            run_wf_data_preparation_for_reports: stepState('run_wf_data_preparation_for_reports', '#wf.branches.reports.done', stepInput),
             done: { type: 'final' },
           },
         },
         segmentation_group: {
           initial: 'load_ds_client_segmentation',
           states: {
-            load_ds_client_segmentation: {
-              entry: start('load_ds_client_segmentation'),
-              invoke: {
-                src: STEP_TABLE.load_ds_client_segmentation.actor,
-                input: ({ context }) => stepInput(context),
-                onDone: { target: 'send_flg_to_sap', actions: finish('load_ds_client_segmentation') },
-                onError: onStepError('load_ds_client_segmentation'),
-              },
-            },
-            send_flg_to_sap: {
-              entry: start('send_flg_to_sap'),
-              invoke: {
-                src: STEP_TABLE.send_flg_to_sap.actor,
-                input: ({ context }) => stepInput(context),
-                onDone: { target: 'done', actions: finish('send_flg_to_sap') },
-                onError: onStepError('send_flg_to_sap'),
-              },
-            },
+            load_ds_client_segmentation: stepState('load_ds_client_segmentation', '#wf.branches.segmentation_group.send_flg_to_sap', stepInput),
+            send_flg_to_sap: stepState('send_flg_to_sap', '#wf.branches.segmentation_group.done', stepInput),
             done: { type: 'final' },
           },
         },
       },
     },
-    end: {
-      entry: start('end'),
-      invoke: {
-        src: STEP_TABLE.end.actor,
-        input: ({ context }) => stepInput(context),
-        onDone: { target: 'success', actions: finish('end') },
-        onError: onStepError('end'),
-      },
-    },
+    end: stepState('end', '#wf.success', stepInput),
     email_on_failure: {
       entry: start('email_on_failure'),
       invoke: {

@@ -1,8 +1,11 @@
+import { userInfo } from 'node:os';
 import pg from 'pg';
 import { Subject, type Observable } from 'rxjs';
 import { addDays, dateInZone, isIsoDate } from '../lib/dates.js';
 import { toErrorInfo } from '../lib/errors.js';
+import { withTransaction } from '../services/db/index.js';
 import { emailOutboxStatus, type EmailOutboxStatus } from '../services/mail/index.js';
+import { listAudit, writeAudit, type AuditRow } from './audit.js';
 import { createApp, createPool, type App } from './app.js';
 import { ConfigError, connectionUris, loadConfig, redactUri, type Config, type FileConfig } from './config.js';
 import { createLogger, secretsOf, type Logger } from './logger.js';
@@ -10,6 +13,7 @@ import { checkFlagTrigger, migrate, type MigrateResult } from './migrate.js';
 import { checkRange, datesBetween, judgeDates, type BackfillDate } from './backfill.js';
 import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, runsBetween, stepsOfRuns, type RunRow, type RunSummary, type StepRow } from './run-store.js';
 import { skippedSummary, type SkippedSummary } from './schedule-store.js';
+import { clearRuns, markRun, RunActionError, type ClearedRun } from './run-actions.js';
 import type { RunEvent } from './supervisor.js';
 
 /**
@@ -33,7 +37,13 @@ export type L2flowErrorCode =
   /** start() on an instance created with `scope: 'dwh'`, or any call after stop(). */
   | 'NOT_AVAILABLE'
   /** The warehouse could not be reached or refused a query; `cause` holds the original error. */
-  | 'DATABASE_ERROR';
+  | 'DATABASE_ERROR'
+  /** clear()/mark(): no run for the date(s). */
+  | 'NO_RUNS'
+  /** clear(): a run of the range is queued or running. */
+  | 'RUN_ACTIVE'
+  /** clear(): `fromStep` is not a step that can be cleared; the message lists those that can. */
+  | 'BAD_STEP';
 
 /** A failure of an API call, with a stable `code` to branch on; messages name the database without its password. */
 export class L2flowError extends Error {
@@ -64,12 +74,32 @@ export interface L2flowOptions {
   logger?: Logger | { level?: string; destination?: { write(line: string): void } };
   /** application_name of the query connections, `l2flow-…` so the session killer spares them. Default `l2flow-api`. */
   applicationName?: `l2flow${string}`;
+  /** Who is acting, for l2flow.audit (triggers, cancels, clears, marks); a call's own `actor` wins. Default: the OS user. */
+  actor?: string;
 }
 
-/** A run with its current attempt's step history and its failure mails. */
+/** Who did it and why, recorded in l2flow.audit. */
+export interface ActionOptions {
+  actor?: string;
+  reason?: string;
+}
+
+export interface ClearOptions extends ActionOptions {
+  /** First logical date, YYYY-MM-DD. */
+  from: string;
+  /** Last logical date, inclusive; default `from`. */
+  to?: string;
+  /** The step to re-run from; default each run's failed step (a successful run: the first step). */
+  fromStep?: string;
+  /** Only say which steps of which runs would re-run. */
+  dryRun?: boolean;
+}
+
+/** A run with its step history (every try of every attempt), its failure mails and its audit entries. */
 export interface RunDetails extends RunRow {
   steps: StepRow[];
   failureEmail: EmailOutboxStatus[];
+  audit: AuditRow[];
 }
 
 export interface L2flow {
@@ -90,9 +120,13 @@ export interface L2flow {
   /** Stop gracefully: runs in flight are persisted and released (another process resumes them), connections closed. */
   stop(): Promise<void>;
   /** Queue the run of a logical date (default: today in the workflow timezone); an existing run is returned as it is. */
-  trigger(logicalDate?: string): Promise<{ run: RunRow; created: boolean }>;
+  trigger(logicalDate?: string, opts?: ActionOptions): Promise<{ run: RunRow; created: boolean }>;
   /** Cancel the queued or running run of a date wherever it runs; null when there is none. */
-  cancel(logicalDate: string): Promise<{ run: RunRow; cancelled: boolean } | null>;
+  cancel(logicalDate: string, opts?: ActionOptions): Promise<{ run: RunRow; cancelled: boolean } | null>;
+  /** Re-run finished runs of a date range from a step, each as a new attempt (same run, same load id). */
+  clear(opts: ClearOptions): Promise<ClearedRun[]>;
+  /** Set a run's outcome by hand (a running run is stopped); `changed` is false when it already had it. */
+  mark(logicalDate: string, status: 'success' | 'failed', opts?: ActionOptions): Promise<{ runId: string; was: string; changed: boolean }>;
   /** The run of a logical date with its steps and failure mails, or null. */
   getRun(logicalDate: string): Promise<RunDetails | null>;
   /** The newest runs first (default 20). */
@@ -126,6 +160,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
   const config = loadConfig(env, { scope, file: options.config });
   const database = redactUri(config.connections.dwh);
   const events = new Subject<RunEvent>();
+  const actorOf = (opts: ActionOptions | undefined) => opts?.actor ?? options.actor ?? userInfo().username;
   let logger: Logger | undefined;
   let pool: pg.Pool | undefined;
   let app: App | undefined;
@@ -156,6 +191,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       return await fn(pool);
     } catch (err) {
       if (err instanceof L2flowError || err instanceof ConfigError) throw err;
+      if (err instanceof RunActionError) throw new L2flowError(err.code, err.message);
       const code = (err as { code?: unknown }).code;
       if (code === '42P01' && /l2flow\./.test((err as Error).message)) {
         throw new L2flowError('NOT_MIGRATED', `l2flow's tables are missing (database ${database}): run \`l2flow migrate\` first`, { cause: err });
@@ -179,6 +215,17 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       throw err;
     }
   }
+
+  /** The audit record of a trigger or cancel of one run. */
+  const audit = (action: 'trigger' | 'cancel', run: RunRow, opts: ActionOptions | undefined, details: Record<string, unknown>) => ({
+    action,
+    workflowId: config.workflowId,
+    logicalDates: [run.logical_date],
+    runIds: [run.run_id],
+    reason: opts?.reason,
+    actor: actorOf(opts),
+    details,
+  });
 
   return {
     config,
@@ -208,7 +255,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       })();
       return stopping;
     },
-    async trigger(logicalDate) {
+    async trigger(logicalDate, opts) {
       if (!config.schedule.manual) {
         throw new L2flowError('MANUAL_DISABLED', 'manual runs are off (schedule.manual: false): set it to true (or L2FLOW_MANUAL=true) to queue runs by hand');
       }
@@ -216,18 +263,47 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       if (date < config.startDate) {
         throw new L2flowError('BEFORE_START_DATE', `${date} is before the workflow's start date ${config.startDate}: pick a later date or change workflow.startDate`);
       }
-      return query((p) => createRun(p, { workflowId: config.workflowId, logicalDate: date, businessDate: addDays(date, -1), triggeredBy: 'manual' }));
+      return query((p) =>
+        withTransaction(p, async (client) => {
+          const r = await createRun(client, { workflowId: config.workflowId, logicalDate: date, businessDate: addDays(date, -1), triggeredBy: 'manual' });
+          await writeAudit(client, audit('trigger', r.run, opts, { created: r.created }));
+          return r;
+        }),
+      );
     },
-    async cancel(logicalDate) {
+    async cancel(logicalDate, opts) {
       const date = checkDate(logicalDate);
-      return query((p) => cancelRun(p, config.workflowId, date));
+      return query((p) =>
+        withTransaction(p, async (client) => {
+          const r = await cancelRun(client, config.workflowId, date);
+          if (r?.cancelled) await writeAudit(client, audit('cancel', r.run, opts, { was: r.run.status }));
+          return r;
+        }),
+      );
+    },
+    async clear(opts) {
+      const from = checkDate(opts.from);
+      const to = opts.to === undefined ? from : checkDate(opts.to);
+      if (to < from) throw new L2flowError('INVALID_DATE', `the range ${from} .. ${to} ends before it starts: give the earlier date first`);
+      return query((p) =>
+        clearRuns(p, { workflowId: config.workflowId, from, to, fromStep: opts.fromStep, dryRun: opts.dryRun, reason: opts.reason, actor: actorOf(opts) }),
+      );
+    },
+    async mark(logicalDate, status, opts) {
+      const date = checkDate(logicalDate);
+      return query((p) => markRun(p, { workflowId: config.workflowId, logicalDate: date, status, reason: opts?.reason, actor: actorOf(opts) }));
     },
     async getRun(logicalDate) {
       const date = checkDate(logicalDate);
       return query(async (p) => {
         const run = await getRunByDate(p, config.workflowId, date);
         if (!run) return null;
-        return { ...run, steps: await listSteps(p, run.run_id, run.attempt), failureEmail: await emailOutboxStatus(p, run.run_id) };
+        return {
+          ...run,
+          steps: await listSteps(p, run.run_id),
+          failureEmail: await emailOutboxStatus(p, run.run_id),
+          audit: await listAudit(p, config.workflowId, date),
+        };
       });
     },
     async listRuns(opts = {}) {

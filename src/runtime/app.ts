@@ -209,6 +209,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     owner,
     sensorTimeoutMs: { wait_for_l2_full_load: config.flagSensor.timeoutMs, wait_for_success_end: config.successEndSensor.timeoutMs },
     runTimeoutMs: config.runTimeoutMs,
+    retry: config.retry,
     runNotifications$: hub.notifications$.pipe(
       filter((n) => n.channel === RUN_CHANNEL),
       map((n) => n.payload as { status?: unknown; workflow_id?: unknown }),

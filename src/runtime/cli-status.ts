@@ -42,7 +42,7 @@ export async function cmdStatus(l2: L2flow, flags: { date?: string; json: boolea
   }
   if (flags.json) {
     const steps = run.steps.map((s) => ({ ...s, state: stateOf(s), duration_ms: stepDurationMs(s) }));
-    io.out(JSON.stringify({ ...runJson(run), steps, failure_email: run.failureEmail, waiting_on: run.waitingOn, audit: run.audit ?? [] }));
+    io.out(JSON.stringify({ ...runJson(run), steps, failure_email: run.failureEmail, waiting_on: run.waitingOn, audit: run.audit }));
     return 0;
   }
   for (const line of timelineLines(run, { color })) io.out(line);

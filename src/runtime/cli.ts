@@ -4,6 +4,7 @@ import { parseFlags, UsageError } from './args.js';
 import { cmdBackfill, parseBackfillFlags } from './cli-backfill.js';
 import { parseDate, processIo, type Out } from './cli-io.js';
 import { cmdStatus, parseStatusFlags } from './cli-status.js';
+import { cmdClear, cmdMark, CLEAR_USAGE } from './cli-clear.js';
 import { ConfigError } from './config.js';
 
 /** `l2flow <command>`: exit 0 ok, 1 failure, 2 bad usage or configuration. */
@@ -19,6 +20,7 @@ commands:
   backfill --from D1 --to D2 [--dry-run] [--no-wait]
                                queue a run per date and follow them to the end (exit 1 if any failed)
   cancel --date YYYY-MM-DD     cancel a queued or running run wherever it runs (its warehouse query too; no mail)
+${CLEAR_USAGE}
 
 configuration: environment variables (see README), optionally L2FLOW_CONFIG=<file.yaml|json>`;
 
@@ -50,6 +52,10 @@ export async function main(argv: string[], io: Out = processIo(process.env)): Pr
         if (f.date === undefined) throw new UsageError('cancel: --date is required, e.g. l2flow cancel --date 2024-03-15');
         return await withApi((l2) => cmdCancel(l2, f.date as string, io));
       }
+      case 'clear':
+        return await withApi((l2) => cmdClear(l2, rest, io));
+      case 'mark':
+        return await withApi((l2) => cmdMark(l2, rest, io));
       case undefined:
       case 'help':
       case '--help':

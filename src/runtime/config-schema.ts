@@ -4,6 +4,8 @@ import { isQualifiedName, placeholdersIn } from '../services/db/index.js';
 import { quote } from './config-file.js';
 import { MAX_TIMER_MS } from '../lib/time.js';
 import { cronProblem } from '../lib/cron.js';
+import { CLEARABLE_STEPS } from '../machines/clear-plan.js';
+import type { StepId } from '../machines/steps.js';
 
 /**
  * The one schema of l2flow's settings, written as the L2FLOW_CONFIG file writes them. It holds every default:
@@ -128,6 +130,23 @@ const scheduleSchema = section({
   }),
 });
 // ---- end schedule ----
+/**
+ * A step's retries (Airflow's retries, retry_delay, retry_exponential_backoff, max_retry_delay): the wait after try n
+ * is min(maxRetryDelaySeconds, retryDelaySeconds × 2^(n−1)). `workflow` holds the defaults of every step (0 retries,
+ * as the original DAG); `steps.<step_id>` overrides them key by key.
+ */
+const retryKeys = {
+  retries: z.number({ error: 'must be a whole number of retries, e.g. 2' }).int({ error: 'must be a whole number of retries, e.g. 2' }).nonnegative({ error: 'must be 0 or more' }),
+  retryDelaySeconds: positive('seconds', { timer: true }),
+  maxRetryDelaySeconds: positive('seconds', { timer: true }),
+};
+const stepSettings = z.strictObject({
+  retries: retryKeys.retries.optional(),
+  retryDelaySeconds: retryKeys.retryDelaySeconds.optional(),
+  maxRetryDelaySeconds: retryKeys.maxRetryDelaySeconds.optional(),
+});
+/** One optional entry per step that can be retried: an unknown step id is an unknown setting, listed with the valid ones. */
+const stepsShape = Object.fromEntries(CLEARABLE_STEPS.map((step) => [step, stepSettings.optional()])) as Record<StepId, z.ZodOptional<typeof stepSettings>>;
 
 /** Every setting, its rule and its default. */
 export const settingsSchema = z.strictObject({
@@ -146,6 +165,11 @@ export const settingsSchema = z.strictObject({
     claimIntervalSeconds: z.number().positive().max(3600).default(2),
     /** None by default, as in the original DAG. */
     runTimeoutSeconds: z.number().positive().max(MAX_TIMER_S).optional(),
+    /** Retries of every step unless `steps.<step_id>` says otherwise; 0 as in the original DAG. */
+    retries: retryKeys.retries.default(0),
+    /** Airflow's default retry_delay. */
+    retryDelaySeconds: retryKeys.retryDelaySeconds.default(300),
+    maxRetryDelaySeconds: retryKeys.maxRetryDelaySeconds.default(3600),
   }),
   connections: z.record(z.string(), z.string()).default({}),
   /** The connection id of each outside system; its URI is looked up by id (see config.ts). */
@@ -191,6 +215,8 @@ export const settingsSchema = z.strictObject({
     retryBaseDelayMs: positive('milliseconds', { timer: true }).default(1000),
     retryMaxDelayMs: positive('milliseconds', { timer: true }).default(60_000),
   }),
+  /** Per-step settings, by the original task id. */
+  steps: section(stepsShape),
   logLevel: z.enum(LOG_LEVELS).default('info'),
   schedule: scheduleSchema,
 });

@@ -1,6 +1,8 @@
 import path from 'node:path';
 import { CONNECTION_KINDS, ConnectionError, displayUri, parseConnection, type ConnectionKind } from '../lib/connection.js';
-import { STEP_CHILDREN } from '../machines/steps.js';
+import { STEP_CHILDREN, type StepId } from '../machines/steps.js';
+import { CLEARABLE_STEPS } from '../machines/clear-plan.js';
+import type { StepRetryPolicy } from '../machines/step-retry.js';
 import { WORKFLOW_ID } from '../machines/workflow.js';
 import { parseAirflowConnection, type ChildConfig } from '../services/children/index.js';
 import { parseSmtpConnection } from '../services/mail/index.js';
@@ -33,6 +35,8 @@ export interface Config {
   claimIntervalMs: number;
   /** Whole-run timeout (Airflow's dagrun_timeout); null: none, as in the original DAG. */
   runTimeoutMs: number | null;
+  /** Retries of each step (workflow defaults overlaid by steps.<step_id>); only steps with retries > 0 are listed. */
+  retry: Partial<Record<StepId, StepRetryPolicy>>;
   /** Connection URIs; they may hold secrets: never log them (see describeConfig). */
   connections: { dwh: string; sap: string; smtp: string };
   connectionIds: { dwh: string; sap: string; smtp: string };
@@ -82,6 +86,7 @@ function fromSettings(s: Settings, source?: string): Omit<Config, 'connections' 
     childConnections: s.workflow.childConnections,
     runTimeoutMs: s.workflow.runTimeoutSeconds === undefined ? null : s.workflow.runTimeoutSeconds * 1000,
     claimIntervalMs: s.workflow.claimIntervalSeconds * 1000,
+    retry: retryPolicies(s),
     connectionIds: s.connectionIds,
     email: s.email,
     flagSensor: { flagTable: flag.flagTable, flagCode: flag.flagCode, pokeIntervalMs: flag.pokeIntervalSeconds * 1000, timeoutMs: flag.timeoutSeconds * 1000 },
@@ -100,6 +105,20 @@ function fromSettings(s: Settings, source?: string): Omit<Config, 'connections' 
     endDate: s.workflow.endDate ?? null,
     schedule: scheduleFromSettings(s, source),
   };
+}
+
+/** Each step's retry policy in ms: the workflow's defaults with the step's own keys over them. */
+function retryPolicies(s: Settings): Partial<Record<StepId, StepRetryPolicy>> {
+  const out: Partial<Record<StepId, StepRetryPolicy>> = {};
+  for (const step of CLEARABLE_STEPS) {
+    const own = s.steps[step] ?? {};
+    const retries = own.retries ?? s.workflow.retries;
+    if (retries === 0) continue;
+    const delayS = own.retryDelaySeconds ?? s.workflow.retryDelaySeconds;
+    const maxS = own.maxRetryDelaySeconds ?? s.workflow.maxRetryDelaySeconds;
+    out[step] = { retries, delayMs: delayS * 1000, maxDelayMs: Math.max(delayS, maxS) * 1000 };
+  }
+  return out;
 }
 
 const DEFAULT_SETTINGS = settingsSchema.parse({});

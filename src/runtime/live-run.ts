@@ -43,6 +43,7 @@ export interface LiveRunHost {
   logger: Logger;
   sensorTimeoutMs: WorkflowInput['sensorTimeoutMs'];
   runTimeoutMs: number | null;
+  retry: WorkflowInput['retry'];
   emit(e: RunEvent): void;
   /** The run reached a final state and that state is written. */
   onEnded(run: LiveRun, snap: WorkflowSnapshot, status: RunStatus): void;
@@ -61,6 +62,10 @@ export function startLiveRun(host: LiveRunHost, row: RunRow, slot: number, locke
     attempt: row.attempt,
     sensorTimeoutMs: host.sensorTimeoutMs,
     runTimeoutMs: host.runTimeoutMs,
+    retry: host.retry,
+    // A cleared run: its new attempt starts where the clear planned, with the load id its first attempt took.
+    startAt: row.start_at,
+    loadId: row.load_id === null ? null : Number(row.load_id),
   };
   const restoring = row.snapshot !== null && row.snapshot !== undefined;
   const actor = restoring ? createActor(host.machine, { snapshot: row.snapshot as never, input }) : createActor(host.machine, { input });

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { StepId, StepRecord } from '../machines/workflow.js';
+import type { StepId, StepRecord, StepTryRecord } from '../machines/workflow.js';
 import type { ErrorCode, ErrorInfo } from '../lib/errors.js';
 
 /** l2flow.run and l2flow.step: the durable record of every run. All SQL about runs lives here. */
@@ -20,6 +20,8 @@ export interface RunRow {
   current_step: string | null;
   error: ErrorInfo | null;
   snapshot: unknown;
+  /** Where a cleared run's current attempt starts (null: at the first step). */
+  start_at: StepId[] | null;
   owner: string | null;
   triggered_by: string;
   created_at: Date;
@@ -30,14 +32,18 @@ export interface RunRow {
 export interface StepRow {
   step: string;
   attempt: number;
+  /** 1, then +1 per retry of the step within the attempt. */
+  try_number: number;
   status: string;
+  /** When this failed try is tried again; null otherwise. */
+  retry_at: Date | null;
   started_at: Date;
   finished_at: Date | null;
   error: ErrorInfo | null;
 }
 
 const RUN_COLUMNS = `run_id, workflow_id, logical_date::text, business_date::text, status, attempt, load_id::text,
-  current_step, error, snapshot, owner, triggered_by, created_at, started_at, finished_at`;
+  current_step, error, snapshot, start_at, owner, triggered_by, created_at, started_at, finished_at`;
 
 /** Queue a run for a logical date; an existing run for that date is returned unchanged (`created: false`). */
 export async function createRun(
@@ -96,6 +102,8 @@ export interface RunProgress {
   snapshot: unknown;
   attempt: number;
   steps: Partial<Record<StepId, StepRecord>>;
+  /** Earlier failed tries of retried steps (absent in snapshots written before retries existed). */
+  tries?: StepTryRecord[];
 }
 
 /**
@@ -103,13 +111,17 @@ export interface RunProgress {
  * Returns false when the run is no longer ours (another process took it over, or an operator cancelled it).
  */
 export async function saveProgress(db: pg.Pool, runId: string, owner: string, p: RunProgress): Promise<boolean> {
-  const steps = Object.entries(p.steps).map(([step, rec]) => ({
+  const row = (step: string, rec: StepRecord) => ({
     step,
+    try_number: rec.try ?? 1,
     status: rec.status,
     started_at: new Date(rec.startedAt).toISOString(),
     finished_at: rec.endedAt ? new Date(rec.endedAt).toISOString() : null,
     error: rec.error ?? null,
-  }));
+    retry_at: rec.retryAt ? new Date(rec.retryAt).toISOString() : null,
+  });
+  // One row per try: the earlier failed tries, then each step's current one (never the same try twice).
+  const steps = [...(p.tries ?? []).map((t) => row(t.step, t)), ...Object.entries(p.steps).map(([step, rec]) => row(step, rec))];
   const final = FINAL_STATUSES.includes(p.status);
   const { rows } = await db.query<{ saved: boolean }>(
     `with run as (
@@ -121,11 +133,13 @@ export async function saveProgress(db: pg.Pool, runId: string, owner: string, p:
           and (status in ('queued', 'running') or (status = 'cancelled' and $3 = 'cancelled'))
         returning run_id),
      steps as (
-       insert into l2flow.step (run_id, step, attempt, status, started_at, finished_at, error)
-       select run.run_id, s.step, $9, s.status, s.started_at, s.finished_at, s.error
-         from run, jsonb_to_recordset($10::jsonb) as s(step text, status text, started_at timestamptz, finished_at timestamptz, error jsonb)
-       on conflict (run_id, step, attempt) do update
-         set status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, error = excluded.error
+       insert into l2flow.step (run_id, step, attempt, try_number, status, started_at, finished_at, error, retry_at)
+       select run.run_id, s.step, $9, s.try_number, s.status, s.started_at, s.finished_at, s.error, s.retry_at
+         from run, jsonb_to_recordset($10::jsonb)
+           as s(step text, try_number int, status text, started_at timestamptz, finished_at timestamptz, error jsonb, retry_at timestamptz)
+       on conflict (run_id, step, attempt, try_number) do update
+         set status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, error = excluded.error,
+             retry_at = excluded.retry_at
        returning 1)
      select exists (select 1 from run) as saved`,
     [runId, owner, p.status, p.currentStep, p.loadId, p.error, JSON.stringify(p.snapshot), final, p.attempt, JSON.stringify(steps)],
@@ -152,7 +166,7 @@ export async function runsNoLongerActive(db: pg.Pool, runIds: string[]): Promise
  * Cancel the run of a logical date: it is marked `cancelled` at once; the process executing it (notified through
  * the run trigger) stops its step and cancels its warehouse query. Returns the run as it was before, or null.
  */
-export async function cancelRun(db: pg.Pool, workflowId: string, logicalDate: string): Promise<{ run: RunRow; cancelled: boolean } | null> {
+export async function cancelRun(db: pg.Pool | pg.ClientBase, workflowId: string, logicalDate: string): Promise<{ run: RunRow; cancelled: boolean } | null> {
   // The row as it was before the update, so the caller can say what was cancelled.
   const { rows } = await db.query<RunRow>(
     `with before as (
@@ -179,12 +193,12 @@ export async function failRun(db: pg.Pool, runId: string, error: ErrorInfo & { c
   );
 }
 
-/** Step history of a run's current attempt, in start order. */
-export async function listSteps(db: pg.Pool, runId: string, attempt: number): Promise<StepRow[]> {
+/** Step history of a run: every try of every attempt (earlier attempts' rows stay), by attempt, then start order. */
+export async function listSteps(db: pg.Pool, runId: string): Promise<StepRow[]> {
   const { rows } = await db.query<StepRow>(
-    `select step, attempt, status, started_at, finished_at, error from l2flow.step
-      where run_id = $1 and attempt = $2 order by started_at, step`,
-    [runId, attempt],
+    `select step, attempt, try_number, status, started_at, finished_at, error, retry_at from l2flow.step
+      where run_id = $1 order by attempt, started_at, step, try_number`,
+    [runId],
   );
   return rows;
 }

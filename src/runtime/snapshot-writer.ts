@@ -56,6 +56,7 @@ export function createSnapshotWriter(o: {
         snapshot: next.persisted,
         attempt: s.context.attempt,
         steps: s.context.steps,
+        tries: s.context.tries,
       }).catch((err: unknown) => {
         // Once per outage, not once per retry.
         if (failures === 0) o.log.error({ err: toErrorInfo(err) }, 'could not persist the run snapshot; retrying with backoff');

@@ -14,22 +14,9 @@ export type WaitingOn =
   | { step: 'wait_for_l2_full_load'; flagCode: string; flagTable: string; businessDate: string }
   | { step: 'wait_for_success_end'; logicalDate: string; run: Pick<RunSummary, 'run_id' | 'status' | 'current_step'> | null };
 
-/**
- * HOOK (per-step retries + audit): an audit entry as the audit table will hold it. getRun() returns `audit` once that
- * table exists; until then the section is left out. Fields beyond these are ignored here.
- */
-export interface AuditEntry {
-  at: Date | string;
-  actor?: string | null;
-  action: string;
-  step?: string | null;
-  note?: string | null;
-}
-
 /** A run as the timeline shows it: getRun()'s details plus what its waiting sensor waits on. */
 export interface TimelineRun extends RunDetails {
   waitingOn: WaitingOn | null;
-  audit?: AuditEntry[];
 }
 
 /** How long a step took, or has been running so far. */
@@ -57,15 +44,19 @@ export function timelineLines(run: TimelineRun, o: { color?: boolean; now?: numb
   ];
   if (run.error) lines.push(`error: ${run.error.code}: ${run.error.message}`);
   if (run.steps.length === 0) lines.push('  no step has started yet');
-  // HOOK (per-step retries): rows carry try_number once steps are recorded per try; the column shows when present.
-  const tryOf = (s: StepRow) => (s as StepRow & { try_number?: number }).try_number;
-  const withTries = run.steps.some((s) => tryOf(s) !== undefined);
+  // Every try of every attempt: a heading per attempt once the run was cleared, "try n" once a step was retried.
+  const attempts = new Set(run.steps.map((s) => s.attempt)).size > 1;
+  const withTries = run.steps.some((s) => s.try_number > 1);
+  let attempt = 0;
   for (const s of run.steps) {
+    if (attempts && s.attempt !== attempt) lines.push(`  attempt ${s.attempt}:`);
+    attempt = s.attempt;
     const state = stateOf(s);
     const took = formatDuration(stepDurationMs(s, now)) + (s.finished_at ? '' : ' so far');
-    const tryCell = withTries ? `try ${tryOf(s) ?? 1}`.padEnd(7) : '';
+    const tryCell = withTries ? `try ${s.try_number}`.padEnd(7) : '';
     const error = s.error ? `  ${s.error.code}: ${s.error.message}` : '';
-    lines.push(`${symbolOf(state, o.color)} ${s.step.padEnd(36)} ${tryCell}${state.padEnd(11)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at).padEnd(19)}  ${took}${error}`);
+    const retry = s.retry_at ? `  next try at ${fmtTime(s.retry_at)}` : '';
+    lines.push(`${symbolOf(state, o.color)} ${s.step.padEnd(36)} ${tryCell}${state.padEnd(11)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at).padEnd(19)}  ${took}${error}${retry}`);
     if (state === 'waiting' && run.waitingOn?.step === s.step) lines.push(`      ${describeWaitingOn(run.waitingOn)}`);
   }
   if (run.failureEmail.length === 0 && run.status === 'failed') lines.push('failure mail: none queued');
@@ -73,13 +64,10 @@ export function timelineLines(run: TimelineRun, o: { color?: boolean; now?: numb
     const when = m.status === 'sent' && m.sentAt ? ` at ${fmtTime(m.sentAt)}` : m.status === 'pending' ? `; next try at ${fmtTime(m.nextAttemptAt)}` : '';
     lines.push(`failure mail: ${m.status} after ${m.tries} tr${m.tries === 1 ? 'y' : 'ies'}${m.lastError ? `; last error: ${m.lastError}` : ''}${when}`);
   }
-  // HOOK (audit): clear / mark / retry entries, oldest first, once getRun() returns them.
-  if (run.audit?.length) {
-    lines.push('audit:');
-    for (const a of run.audit) {
-      const at = a.at instanceof Date ? fmtTime(a.at) : String(a.at);
-      lines.push(`  ${at}  ${a.action}${a.step ? ` ${a.step}` : ''}${a.actor ? ` by ${a.actor}` : ''}${a.note ? `: ${a.note}` : ''}`);
-    }
+  // Who cleared, marked, cancelled or triggered this run, and why.
+  for (const a of run.audit) {
+    const what = a.action === 'clear' ? `clear (${a.run_ids.length} run${a.run_ids.length === 1 ? '' : 's'})` : a.action === 'mark' ? `mark ${String(a.details.status)}` : a.action;
+    lines.push(`audit: ${fmtTime(a.at)} ${what} by ${a.actor}${a.reason ? `: ${a.reason}` : ''}`);
   }
   return lines;
 }

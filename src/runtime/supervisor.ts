@@ -28,6 +28,8 @@ export interface SupervisorOptions {
   sensorTimeoutMs: WorkflowInput['sensorTimeoutMs'];
   /** Whole-run timeout (Airflow's dagrun_timeout), or null. */
   runTimeoutMs?: number | null;
+  /** Per-step retries (config `retries`, `steps.<step_id>`). */
+  retry?: WorkflowInput['retry'];
   /** Notifications of channel l2flow_run (queued runs wake the claim loop, cancelled ones stop) and listener reconnects. */
   runNotifications$: Observable<{ status?: unknown; workflow_id?: unknown; run_id?: unknown }>;
   reconnects$: Observable<void>;
@@ -70,6 +72,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     logger,
     sensorTimeoutMs: o.sensorTimeoutMs,
     runTimeoutMs: o.runTimeoutMs ?? null,
+    retry: o.retry ?? {},
     emit: (e) => events.next(e),
     onEnded(run, snap, status) {
       if (live.get(run.row.run_id) !== run) return;
@@ -177,7 +180,9 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
           .pipe(filter((n) => n.status === 'queued' && (n.workflow_id === undefined || n.workflow_id === o.workflowId)))
           .subscribe(() => void loop.claim()),
         o.runNotifications$
-          .pipe(filter((n) => n.status === 'cancelled' && typeof n.run_id === 'string'))
+          // Cancelled, or marked success/failed by an operator while it ran here: stop it (the write of its
+          // cancelled state is refused, so the operator's status stays).
+          .pipe(filter((n) => ['cancelled', 'success', 'failed'].includes(n.status as string) && typeof n.run_id === 'string'))
           .subscribe((n) => live.get(n.run_id as string)?.cancel()),
         o.reconnects$.subscribe(() => void loop.claim()),
       );

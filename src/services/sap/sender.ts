@@ -128,8 +128,13 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
     }
     if (row.status === 'failed') {
       const err = sends.recordedFailure(row, key);
-      log.warn({ code: err.code, httpStatus: row.http_status, tries: row.tries }, 'this flag failed before a restart; failing again without sending');
-      throw err;
+      // A step retry (config `retries`) of a failure SAP may get over (5xx, 429, no answer) sends again under the
+      // same key; a resumed first try, or a refusal (4xx), fails again without sending.
+      if (!((ctx.tryNumber ?? 1) > 1 && err.retryable)) {
+        log.warn({ code: err.code, httpStatus: row.http_status, tries: row.tries }, 'this flag failed before a restart; failing again without sending');
+        throw err;
+      }
+      log.info({ tryNumber: ctx.tryNumber, code: err.code }, 'step retry: sending the flag again under the same key');
     }
     const calcRows = Number(row.payload.calc_rows);
     if (row.status === 'sent') {
