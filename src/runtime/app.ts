@@ -84,7 +84,7 @@ export function buildActors(d: {
     logger: logger.child({ module: 'sensor' }),
     onCheck: d.onSensorCheck,
   };
-  const metadata = createMetadata({ pool, logger: logger.child({ module: 'metadata' }) });
+  const metadata = createMetadata({ pool, completionFlag: config.completionFlag, logger: logger.child({ module: 'metadata' }) });
   const children = createChildRunner({ pool, connections: d.childConnections, children: config.children, logger: logger.child({ module: 'children' }) });
   const sendToSap = createSapSender({
     pool,
@@ -121,6 +121,9 @@ export function buildActors(d: {
         startDate: config.startDate,
         executionDeltaDays: config.successEndSensor.executionDeltaDays,
         pokeIntervalMs: config.successEndSensor.pokeIntervalMs,
+        whenMissing: config.successEndSensor.whenMissing,
+        whenFailed: config.successEndSensor.whenFailed,
+        timezone: config.timezone,
       }),
     ),
     runSysKillAllSessionPg: childStep('run_sys_kill_all_session_pg'),

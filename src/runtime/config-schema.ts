@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { isIsoDate, isTimeZone } from '../lib/dates.js';
+import { isIsoDate, isTimeOfDay, isTimeZone } from '../lib/dates.js';
+import { STEP_IDS, type StepId } from '../machines/steps.js';
 import { isQualifiedName, placeholdersIn } from '../services/db/index.js';
 import { quote } from './config-file.js';
 import { MAX_TIMER_MS } from '../lib/time.js';
@@ -61,6 +62,20 @@ const childSchema = z.discriminatedUnion(
   },
 );
 
+/** A time of day on the logical date, in the workflow timezone. */
+const timeOfDay = z.string().refine(isTimeOfDay, {
+  error: (iss) => `${quote(iss.input)} is not a time of day: write HH:MM or HH:MM:SS (24-hour clock, workflow timezone), e.g. "07:30"`,
+});
+
+/** Per-step expected-by times, keyed by the step ids operators know. */
+const stepTimes = z
+  .record(z.string(), timeOfDay)
+  .default({})
+  .refine((r) => Object.keys(r).every((k) => (STEP_IDS as string[]).includes(k)), {
+    error: (iss) => `names an unknown step (${Object.keys(iss.input as object).filter((k) => !(STEP_IDS as string[]).includes(k)).join(', ')}): the steps are ${STEP_IDS.join(', ')}`,
+  })
+  .transform((r) => r as Partial<Record<StepId, string>>);
+
 /** A schema-qualified table or view name, checked by the same function that quotes it for SQL. */
 const qualifiedName = (what: string, example: string) =>
   z.string().refine(isQualifiedName, { error: (iss) => `${quote(iss.input)} is not a ${what} name: write schema.${what}, e.g. ${example}` });
@@ -90,6 +105,10 @@ export const settingsSchema = z.strictObject({
     claimIntervalSeconds: z.number().positive().max(3600).default(2),
     /** None by default, as in the original DAG. */
     runTimeoutSeconds: z.number().positive().max(MAX_TIMER_S).optional(),
+    /** When the run should have succeeded (time of day on the logical date); a late run gets one 'late' mail. */
+    expectedBy: timeOfDay.optional(),
+    /** The same per step: a step not done by its time gets one 'late' mail of its own. */
+    stepExpectedBy: stepTimes,
   }),
   connections: z.record(z.string(), z.string()).default({}),
   /** The connection id of each outside system; its URI is looked up by id (see config.ts). */
@@ -117,6 +136,12 @@ export const settingsSchema = z.strictObject({
       pokeIntervalSeconds: positive('seconds', { timer: true }).default(100),
       timeoutSeconds: positive('seconds').default(7 * DAY_S),
       executionDeltaDays: z.number().int().positive().default(1),
+      /** No run at all for the previous date: keep waiting (Airflow) or pass. */
+      whenMissing: z.enum(['wait', 'pass'], { error: 'must be wait or pass' }).default('wait'),
+      /** The previous date's run failed (or was cancelled): keep waiting (Airflow) or fail at once. */
+      whenFailed: z.enum(['wait', 'fail'], { error: 'must be wait or fail' }).default('wait'),
+      /** Waiting behind a failed previous run for this long sends one 'blocked' mail; unset: no such mail. */
+      blockedMailAfterSeconds: positive('seconds').optional(),
     }),
   }),
   children: z
@@ -136,6 +161,11 @@ export const settingsSchema = z.strictObject({
     retryMaxDelayMs: positive('milliseconds', { timer: true }).default(60_000),
   }),
   logLevel: z.enum(LOG_LEVELS).default('info'),
+  /** On success, a row in the flag table for the business date, committed with the `end` step. Opt-in. */
+  completionFlag: section({
+    enabled: z.boolean({ error: 'must be true or false' }).default(false),
+    flagCode: z.string().min(1).default('l2_datasets_load_successful'),
+  }),
 });
 
 /** The settings after parsing: every default filled in. */

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { CONNECTION_KINDS, ConnectionError, displayUri, parseConnection, type ConnectionKind } from '../lib/connection.js';
-import { STEP_CHILDREN } from '../machines/steps.js';
+import { STEP_CHILDREN, type StepId } from '../machines/steps.js';
 import { WORKFLOW_ID } from '../machines/workflow.js';
 import type { ChildConfig } from '../services/children/index.js';
 import { parseSmtpConnection } from '../services/mail/index.js';
@@ -36,7 +36,14 @@ export interface Config {
   connectionIds: { dwh: string; sap: string; smtp: string };
   email: { recipients: string[]; from: string };
   flagSensor: { flagTable: string; flagCode: string; pokeIntervalMs: number; timeoutMs: number };
-  successEndSensor: { pokeIntervalMs: number; timeoutMs: number; executionDeltaDays: number };
+  successEndSensor: {
+    pokeIntervalMs: number; timeoutMs: number; executionDeltaDays: number;
+    whenMissing: 'wait' | 'pass'; whenFailed: 'wait' | 'fail'; blockedMailAfterMs: number | null;
+  };
+  /** Expected-by times (HH:MM[:SS] on the logical date, workflow timezone) of the run and of single steps. */
+  deadlines: { expectedBy: string | null; steps: Partial<Record<StepId, string>> };
+  /** The flag written with `end` on success (into the flag sensor's table), or null. */
+  completionFlag: { flagTable: string; flagCode: string } | null;
   children: Record<string, ChildConfig>;
   pools: Record<string, { slots: number }>;
   sap: { viewName: string; connectTimeoutMs: number; timeoutMs: number; maxTries: number; retryBaseDelayMs: number; retryMaxDelayMs: number };
@@ -66,7 +73,13 @@ function fromSettings(s: Settings): Omit<Config, 'connections'> {
     connectionIds: s.connectionIds,
     email: s.email,
     flagSensor: { flagTable: flag.flagTable, flagCode: flag.flagCode, pokeIntervalMs: flag.pokeIntervalSeconds * 1000, timeoutMs: flag.timeoutSeconds * 1000 },
-    successEndSensor: { pokeIntervalMs: prev.pokeIntervalSeconds * 1000, timeoutMs: prev.timeoutSeconds * 1000, executionDeltaDays: prev.executionDeltaDays },
+    successEndSensor: {
+      pokeIntervalMs: prev.pokeIntervalSeconds * 1000, timeoutMs: prev.timeoutSeconds * 1000, executionDeltaDays: prev.executionDeltaDays,
+      whenMissing: prev.whenMissing, whenFailed: prev.whenFailed,
+      blockedMailAfterMs: prev.blockedMailAfterSeconds === undefined ? null : prev.blockedMailAfterSeconds * 1000,
+    },
+    deadlines: { expectedBy: s.workflow.expectedBy ?? null, steps: s.workflow.stepExpectedBy },
+    completionFlag: s.completionFlag.enabled ? { flagTable: flag.flagTable, flagCode: s.completionFlag.flagCode } : null,
     children,
     pools: s.pools,
     sap: {

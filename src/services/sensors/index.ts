@@ -10,3 +10,4 @@ export {
   type SensorOutput,
 } from './sensors.js';
 export { createConditionWaiter, type CheckEvent, type CheckReason, type ConditionWaiter, type WaitResult } from './condition-waiter.js';
+export { describePreviousRun, previousRunStates, verdictOn, type PreviousRunState, type PreviousRunVerdict } from './previous-run.js';
