@@ -22,3 +22,6 @@ create table if not exists l2flow.sensor_check (
   ok             boolean not null,
   primary key (sensor, key)
 );
+
+-- The deadline watch looks for late runs that succeeded since, on every round: find late notices by index.
+create index if not exists email_outbox_late_idx on l2flow.email_outbox (run_id, attempt) where kind = 'late';

@@ -7,6 +7,7 @@ import { createApp, createPool, type App } from './app.js';
 import { ConfigError, loadConfig, redactUri, type Config, type FileConfig } from './config.js';
 import { createLogger, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate, type MigrateResult } from './migrate.js';
+import { describeWait, type WaitDescription } from './waits.js';
 import { cancelRun, createRun, getRunByDate, listRuns, listSteps, type RunRow, type StepRow } from './run-store.js';
 import type { RunEvent } from './supervisor.js';
 
@@ -64,6 +65,8 @@ export interface L2flowOptions {
 export interface RunDetails extends RunRow {
   steps: StepRow[];
   failureEmail: EmailOutboxStatus[];
+  /** What the run waits on while it is in a sensor (waits.ts), else null. */
+  waitingOn: WaitDescription | null;
 }
 
 export interface L2flow {
@@ -207,7 +210,10 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       return query(async (p) => {
         const run = await getRunByDate(p, config.workflowId, date);
         if (!run) return null;
-        return { ...run, steps: await listSteps(p, run.run_id, run.attempt), failureEmail: await emailOutboxStatus(p, run.run_id) };
+        return {
+          ...run, steps: await listSteps(p, run.run_id, run.attempt), failureEmail: await emailOutboxStatus(p, run.run_id),
+          waitingOn: await describeWait(p, config, run),
+        };
       });
     },
     async listRuns(opts = {}) {

@@ -11,7 +11,7 @@ import { createMailer } from '../services/mail/index.js';
 import { createMetadata } from '../services/metadata.js';
 import { createDedicatedConnections, createPools, type DedicatedConnections, type Pools } from '../services/db/index.js';
 import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap/index.js';
-import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
+import { createCheckRecorder, createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { poolOf, STEP_CHILDREN, type ChildStep } from '../machines/steps.js';
@@ -20,6 +20,7 @@ import type { Logger } from './logger.js';
 import { createNotificationHub, type NotificationHub } from './notification-hub.js';
 import { createRunLocks } from './run-locks.js';
 import { createSupervisor, type Supervisor } from './supervisor.js';
+import { createDeadlineWatch } from './deadline-watch.js';
 
 export type { SensorCheck } from '../services/sensors/index.js';
 
@@ -180,6 +181,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     applicationName: 'l2flow-child',
   });
   const sensorChecks = new Subject<SensorCheck>();
+  const recordCheck = createCheckRecorder({ pool, logger });
   const machine = workflowMachine.provide({
     actors: buildActors({
       config,
@@ -190,7 +192,10 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       childConnections,
       logger,
       onMailQueued: () => dispatcher.kick(),
-      onSensorCheck: (e) => sensorChecks.next(e),
+      onSensorCheck: (e) => {
+        recordCheck(e);
+        sensorChecks.next(e);
+      },
     }),
   });
   const supervisor = createSupervisor({
@@ -210,6 +215,10 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     claimIntervalMs: opts.claimIntervalMs ?? config.claimIntervalMs,
     onRunFailed: () => dispatcher.kick(),
   });
+  const deadlines = createDeadlineWatch({
+    pool, config, logger, isLeader: supervisor.isLeader, onQueued: () => dispatcher.kick(),
+    intervalMs: opts.claimIntervalMs ?? config.claimIntervalMs,
+  });
   logger.info({ owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)) }, 'l2flow runtime built');
 
   return {
@@ -225,8 +234,10 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       await hub.start();
       dispatcher.start();
       await supervisor.start();
+      deadlines.start();
     },
     async stop() {
+      await deadlines.stop();
       await supervisor.stop();
       await pools.close();
       await locks.end();

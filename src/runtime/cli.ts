@@ -153,12 +153,13 @@ async function cmdStatus(l2: L2flow, dateFlag: string | undefined, json: boolean
   }
   const { steps, failureEmail: mail } = run;
   if (json) {
-    io.out(JSON.stringify({ ...runJson(run), steps, failure_email: mail }));
+    io.out(JSON.stringify({ ...runJson(run), steps, failure_email: mail, waiting_on: run.waitingOn }));
     return 0;
   }
   io.out(`${run.run_id}  ${run.status}  (attempt ${run.attempt}, load id ${run.load_id ?? '-'})`);
   io.out(`logical date ${run.logical_date}, business date ${run.business_date}; current step: ${run.current_step ?? '-'}`);
   if (run.error) io.out(`error: ${run.error.code}: ${run.error.message}`);
+  if (run.waitingOn) io.out(`${run.waitingOn.step}: ${run.waitingOn.text}`);
   for (const s of steps) {
     io.out(`  ${s.step.padEnd(36)} ${s.status.padEnd(9)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at)}${s.error ? `  ${s.error.code}: ${s.error.message}` : ''}`);
   }

@@ -147,7 +147,7 @@ function assertDate(value: string, what: string): void {
 }
 
 // The date has a fixed width, so the workflow id after it may contain any character.
-function runKey(workflowId: string, logicalDate: string): string {
+export function runKey(workflowId: string, logicalDate: string): string {
   return `${logicalDate}:${workflowId}`;
 }
 
