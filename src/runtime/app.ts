@@ -219,6 +219,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     pool, config, logger, isLeader: supervisor.isLeader, onQueued: () => dispatcher.kick(),
     intervalMs: opts.claimIntervalMs ?? config.claimIntervalMs,
   });
+  let stopping: Promise<void> | undefined;
   logger.info({ owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)) }, 'l2flow runtime built');
 
   return {
@@ -236,17 +237,21 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       await supervisor.start();
       deadlines.start();
     },
-    async stop() {
-      await deadlines.stop();
-      await supervisor.stop();
-      await pools.close();
-      await locks.end();
-      await childConnections.end();
-      await dispatcher.stop();
-      await hub.stop();
-      await mailer.close();
-      if (ownPool) await pool.end();
-      sensorChecks.complete();
+    stop() {
+      // Once: a second stop (a replica stopped by a test, then by its teardown) waits for the first.
+      stopping ??= (async () => {
+        await deadlines.stop();
+        await supervisor.stop();
+        await pools.close();
+        await locks.end();
+        await childConnections.end();
+        await dispatcher.stop();
+        await hub.stop();
+        await mailer.close();
+        if (ownPool) await pool.end();
+        sensorChecks.complete();
+      })();
+      return stopping;
     },
   };
 }
