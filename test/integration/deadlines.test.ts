@@ -80,6 +80,21 @@ describe('expectedBy: late and recovered mails', () => {
     expect((await outbox(date)).map((o) => o.kind)).toEqual(['late', 'recovered']);
   });
 
+  it("a step's own deadline sends one late mail naming the step", async () => {
+    const deadline = Math.ceil((Date.now() + 6_000) / 1000) * 1000;
+    const iso = new Date(deadline).toISOString();
+    const date = iso.slice(0, 10);
+    await fx.startApp(date, { file: { workflow: { timezone: 'UTC', stepExpectedBy: { wait_for_l2_full_load: iso.slice(11, 19), end: '23:59:59' } } } });
+    await fx.trigger(date);
+    await inStep(date, 'wait_for_l2_full_load');
+    await until('the late mail of the step', async () => noticeMails('LATE', date).length > 0, 15_000);
+    await sleep(1_500);
+    const mails = noticeMails('LATE', date);
+    expect(mails).toHaveLength(1);
+    expect(mails[0]!.subject).toContain(`step wait_for_l2_full_load has not succeeded by ${date} ${iso.slice(11, 19)} (UTC)`);
+    expect(await outbox(date)).toEqual([{ kind: 'late', step: 'wait_for_l2_full_load', status: 'sent' }]);
+  });
+
   it('a deadline not yet reached, or one that passed before the run was created (a backfill), sends nothing', async () => {
     const date = '2031-03-10';
     await fx.startApp(date, { file: { workflow: { expectedBy: '00:00:01', stepExpectedBy: { end: '23:59' } } } });
