@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addDays } from '../../src/lib/dates.js';
+import { addDays, formatInZone } from '../../src/lib/dates.js';
 import { FLAG, WF, useFixture, type Fixture } from '../helpers/app-fixture.js';
 import { until } from '../helpers/process.js';
 
@@ -19,6 +19,16 @@ const outbox = async (date: string) =>
     `select o.kind, o.step, o.status from l2flow.email_outbox o join l2flow.run r using (run_id) where r.logical_date = $1 order by o.id`, [date])).rows;
 const inStep = (date: string, step: string) => until(`the run of ${date} to wait in ${step}`, async () => (await fx.run(date))?.current_step === step, 15_000);
 
+/**
+ * A deadline `seconds` ahead (whole seconds, as HH:MM:SS writes it) as the date and time it falls on in `timeZone`.
+ * Tests use zones 26 h apart (UTC−12, UTC+14), so their logical dates never collide.
+ */
+function deadlineAhead(seconds: number, timeZone: string): { at: number; date: string; time: string } {
+  const at = Math.ceil((Date.now() + seconds * 1000) / 1000) * 1000;
+  const [date, time] = formatInZone(at, timeZone).split(' ') as [string, string];
+  return { at, date, time };
+}
+
 /** A failed run of `date` as a previous day's run would have left it. */
 async function failedRun(date: string): Promise<void> {
   await fx.db.pool.query(
@@ -30,12 +40,11 @@ async function failedRun(date: string): Promise<void> {
 
 describe('expectedBy: late and recovered mails', () => {
   it('a deadline passing while the run waits for the flag sends one late mail (two replicas, a restart), then one recovered mail', async () => {
-    // A deadline ~10 s ahead, written HH:MM:SS in UTC on the date it falls on: the run is created well before it.
-    const deadline = Math.ceil((Date.now() + 10_000) / 1000) * 1000; // HH:MM:SS has whole seconds
-    const iso = new Date(deadline).toISOString();
-    const date = iso.slice(0, 10);
+    // A deadline ~10 s ahead on the date it falls on: the run is created well before it.
+    const timezone = 'Etc/GMT+12';
+    const { at: deadline, date, time } = deadlineAhead(10, timezone);
     const businessDate = addDays(date, -1);
-    const file = { workflow: { timezone: 'UTC', expectedBy: iso.slice(11, 19) } };
+    const file = { workflow: { timezone, expectedBy: time } };
     const first = [await fx.startApp(date, { file }), await fx.startApp(date, { file })];
     await fx.trigger(date);
     await inStep(date, 'wait_for_l2_full_load');
@@ -81,17 +90,16 @@ describe('expectedBy: late and recovered mails', () => {
   });
 
   it("a step's own deadline sends one late mail naming the step", async () => {
-    const deadline = Math.ceil((Date.now() + 6_000) / 1000) * 1000;
-    const iso = new Date(deadline).toISOString();
-    const date = iso.slice(0, 10);
-    await fx.startApp(date, { file: { workflow: { timezone: 'UTC', stepExpectedBy: { wait_for_l2_full_load: iso.slice(11, 19), end: '23:59:59' } } } });
+    const timezone = 'Etc/GMT-14';
+    const { date, time } = deadlineAhead(6, timezone);
+    await fx.startApp(date, { file: { workflow: { timezone, stepExpectedBy: { wait_for_l2_full_load: time, end: '23:59:59' } } } });
     await fx.trigger(date);
     await inStep(date, 'wait_for_l2_full_load');
     await until('the late mail of the step', async () => noticeMails('LATE', date).length > 0, 15_000);
     await sleep(1_500);
     const mails = noticeMails('LATE', date);
     expect(mails).toHaveLength(1);
-    expect(mails[0]!.subject).toContain(`step wait_for_l2_full_load has not succeeded by ${date} ${iso.slice(11, 19)} (UTC)`);
+    expect(mails[0]!.subject).toContain(`step wait_for_l2_full_load has not succeeded by ${date} ${time} (${timezone})`);
     expect(await outbox(date)).toEqual([{ kind: 'late', step: 'wait_for_l2_full_load', status: 'sent' }]);
   });
 
@@ -117,7 +125,6 @@ describe('wait_for_success_end policy', () => {
     await fx.startApp(date, { env: { L2FLOW_START_DATE: prev }, file: { sensors: { wait_for_success_end: { blockedMailAfterSeconds: 1 } } } });
     await fx.trigger(date, { flag: true });
     await inStep(date, 'wait_for_success_end');
-    const waitingSince = Date.now();
     const status = await until('status to show the last check', async () => {
       const r = await fx.status(date);
       return /last check \d{4}-/.test(r.out) ? r.out : null;
@@ -132,7 +139,9 @@ describe('wait_for_success_end policy', () => {
 
     await until('the blocked mail', async () => noticeMails('BLOCKED', date).length > 0, 15_000);
     const [blocked] = noticeMails('BLOCKED', date);
-    expect(blocked!.receivedAt - waitingSince).toBeGreaterThanOrEqual(900); // after the configured 1 s, not before
+    const { rows: [step] } = await fx.db.pool.query<{ started_at: Date }>(
+      `select s.started_at from l2flow.step s join l2flow.run r using (run_id) where r.logical_date = $1 and s.step = 'wait_for_success_end'`, [date]);
+    expect(blocked!.receivedAt - step!.started_at.getTime()).toBeGreaterThanOrEqual(1_000); // after the configured 1 s, not before
     expect(blocked!.text).toContain(`waiting for ${prev}, failed at send_flg_to_sap`);
     expect(blocked!.text).toContain('SAP answered 400 Bad Request');
     await sleep(2_000);
