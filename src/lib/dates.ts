@@ -33,3 +33,40 @@ export function isTimeZone(tz: string): boolean {
     return false;
   }
 }
+
+const TIME_OF_DAY = /^([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$/;
+
+/** True when `s` is a time of day written HH:MM or HH:MM:SS (24-hour clock). */
+export function isTimeOfDay(s: string): boolean {
+  return TIME_OF_DAY.test(s);
+}
+
+/** Milliseconds `timeZone` is ahead of UTC at the instant `at` (epoch ms). */
+function zoneOffsetMs(timeZone: string, at: number): number {
+  const parts = new Intl.DateTimeFormat('en-US', {
+    timeZone, hourCycle: 'h23', year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
+  }).formatToParts(new Date(at));
+  const n = (type: string) => Number(parts.find((p) => p.type === type)?.value);
+  return Date.UTC(n('year'), n('month') - 1, n('day'), n('hour'), n('minute'), n('second')) - Math.floor(at / 1000) * 1000;
+}
+
+/**
+ * The instant (epoch ms) of wall-clock `time` (HH:MM[:SS]) on calendar `date` in `timeZone`. DST-correct: the offset
+ * is taken at the result itself; a wall time skipped by a spring-forward gap lands just after the gap.
+ */
+export function zonedInstant(date: string, time: string, timeZone: string): number {
+  const m = TIME_OF_DAY.exec(time);
+  if (!isIsoDate(date) || !m) throw new RangeError(`"${date} ${time}" is not a date YYYY-MM-DD and a time HH:MM[:SS]`);
+  const [y, mo, d] = date.split('-').map(Number) as [number, number, number];
+  const wall = Date.UTC(y, mo - 1, d, Number(m[1]), Number(m[2]), Number(m[3] ?? 0));
+  const first = wall - zoneOffsetMs(timeZone, wall);
+  const second = wall - zoneOffsetMs(timeZone, first);
+  return second === first ? first : Math.max(first, second);
+}
+
+/** `at` as "YYYY-MM-DD HH:MM:SS" wall-clock time in `timeZone`, as operators read times in mails and status. */
+export function formatInZone(at: Date | number, timeZone: string): string {
+  return new Intl.DateTimeFormat('sv-SE', {
+    timeZone, year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
+  }).format(new Date(at));
+}

@@ -6,6 +6,7 @@
 export type ErrorCode =
   // step failures
   | 'SENSOR_TIMEOUT'
+  | 'PREVIOUS_RUN_FAILED'
   | 'ABORTED'
   | 'DB_ERROR'
   | 'CHILD_FAILED'

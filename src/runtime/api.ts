@@ -14,6 +14,7 @@ import { checkRange, datesBetween, judgeDates, type BackfillDate } from './backf
 import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, runsBetween, stepsOfRuns, type RunRow, type RunSummary, type StepRow } from './run-store.js';
 import { skippedSummary, type SkippedSummary } from './schedule-store.js';
 import { clearRuns, markRun, RunActionError, type ClearedRun } from './run-actions.js';
+import { describeWait, type WaitDescription } from './waits.js';
 import type { RunEvent } from './supervisor.js';
 
 /**
@@ -100,6 +101,8 @@ export interface RunDetails extends RunRow {
   steps: StepRow[];
   failureEmail: EmailOutboxStatus[];
   audit: AuditRow[];
+  /** What the run waits on while it is in a sensor (waits.ts), else null. */
+  waitingOn: WaitDescription | null;
 }
 
 export interface L2flow {
@@ -303,6 +306,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
           steps: await listSteps(p, run.run_id),
           failureEmail: await emailOutboxStatus(p, run.run_id),
           audit: await listAudit(p, config.workflowId, date),
+          waitingOn: await describeWait(p, config, run),
         };
       });
     },

@@ -11,7 +11,7 @@ import { createMailer } from '../services/mail/index.js';
 import { createMetadata } from '../services/metadata.js';
 import { createDedicatedConnections, createPools, type DedicatedConnections, type Pools } from '../services/db/index.js';
 import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap/index.js';
-import { createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, flagDates, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
+import { createCheckRecorder, createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, flagDates, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { poolOf, STEP_CHILDREN, type ChildStep } from '../machines/steps.js';
@@ -21,6 +21,7 @@ import { createNotificationHub, type NotificationHub } from './notification-hub.
 import { createRunLocks } from './run-locks.js';
 import { createSupervisor, type Supervisor } from './supervisor.js';
 import { createScheduler, type Scheduler } from './scheduler.js';
+import { createDeadlineWatch } from './deadline-watch.js';
 
 export type { SensorCheck } from '../services/sensors/index.js';
 
@@ -89,7 +90,7 @@ export function buildActors(d: {
     logger: logger.child({ module: 'sensor' }),
     onCheck: d.onSensorCheck,
   };
-  const metadata = createMetadata({ pool, logger: logger.child({ module: 'metadata' }) });
+  const metadata = createMetadata({ pool, completionFlag: config.completionFlag, logger: logger.child({ module: 'metadata' }) });
   const children = createChildRunner({
     pool,
     connections: d.childConnections,
@@ -132,6 +133,9 @@ export function buildActors(d: {
         startDate: config.startDate,
         executionDeltaDays: config.successEndSensor.executionDeltaDays,
         pokeIntervalMs: config.successEndSensor.pokeIntervalMs,
+        whenMissing: config.successEndSensor.whenMissing,
+        whenFailed: config.successEndSensor.whenFailed,
+        timezone: config.timezone,
       }),
     ),
     runSysKillAllSessionPg: childStep('run_sys_kill_all_session_pg'),
@@ -188,6 +192,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     applicationName: 'l2flow-child',
   });
   const sensorChecks = new Subject<SensorCheck>();
+  const recordCheck = createCheckRecorder({ pool, logger });
   const machine = workflowMachine.provide({
     actors: buildActors({
       config,
@@ -198,7 +203,10 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       childConnections,
       logger,
       onMailQueued: () => dispatcher.kick(),
-      onSensorCheck: (e) => sensorChecks.next(e),
+      onSensorCheck: (e) => {
+        recordCheck(e);
+        sensorChecks.next(e);
+      },
     }),
   });
   const supervisor = createSupervisor({
@@ -228,6 +236,11 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     logger,
     ...(opts.now ? { now: opts.now } : {}),
   });
+  const deadlines = createDeadlineWatch({
+    pool, config, logger, isLeader: supervisor.isLeader, onQueued: () => dispatcher.kick(),
+    intervalMs: opts.claimIntervalMs ?? config.claimIntervalMs,
+  });
+  let stopping: Promise<void> | undefined;
   logger.info({ owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)) }, 'l2flow runtime built');
 
   return {
@@ -245,18 +258,24 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       dispatcher.start();
       scheduler.start();
       await supervisor.start();
+      deadlines.start();
     },
-    async stop() {
-      await scheduler.stop();
-      await supervisor.stop();
-      await pools.close();
-      await locks.end();
-      await childConnections.end();
-      await dispatcher.stop();
-      await hub.stop();
-      await mailer.close();
-      if (ownPool) await pool.end();
-      sensorChecks.complete();
+    stop() {
+      // Once: a second stop (a replica stopped by a test, then by its teardown) waits for the first.
+      stopping ??= (async () => {
+        await scheduler.stop();
+        await deadlines.stop();
+        await supervisor.stop();
+        await pools.close();
+        await locks.end();
+        await childConnections.end();
+        await dispatcher.stop();
+        await hub.stop();
+        await mailer.close();
+        if (ownPool) await pool.end();
+        sensorChecks.complete();
+      })();
+      return stopping;
     },
   };
 }

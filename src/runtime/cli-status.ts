@@ -1,10 +1,9 @@
-import { addDays } from '../lib/dates.js';
 import type { L2flow } from './api.js';
 import { parseFlags, UsageError } from './args.js';
 import { parseDate, type Out } from './cli-io.js';
 import type { SkippedSummary } from './schedule-store.js';
 import { gridJson, gridLines, runJson, stateOf } from './status-view.js';
-import { stepDurationMs, timelineLines, type TimelineRun, type WaitingOn } from './status-timeline.js';
+import { stepDurationMs, timelineLines } from './status-timeline.js';
 
 /** `l2flow status [--date D] [--json] [--limit N]`: the grid of recent runs, or one run's timeline. */
 
@@ -34,7 +33,7 @@ export async function cmdStatus(l2: L2flow, flags: { date?: string; json: boolea
     if (!flags.json) printSkipped(io, await l2.skippedDates());
     return 0;
   }
-  const run = await timelineRun(l2, flags.date);
+  const run = await l2.getRun(flags.date);
   if (!run) {
     if (flags.json) io.out(JSON.stringify(null));
     else io.out(`no run for ${flags.date}: queue one with \`l2flow trigger --date ${flags.date}\``);
@@ -47,23 +46,6 @@ export async function cmdStatus(l2: L2flow, flags: { date?: string; json: boolea
   }
   for (const line of timelineLines(run, { color })) io.out(line);
   return 0;
-}
-
-/** getRun() plus what its waiting sensor (if any) waits on. */
-async function timelineRun(l2: L2flow, date: string): Promise<TimelineRun | null> {
-  const run = await l2.getRun(date);
-  if (!run) return null;
-  const waiting = run.steps.find((s) => stateOf(s) === 'waiting');
-  let waitingOn: WaitingOn | null = null;
-  if (waiting?.step === 'wait_for_l2_full_load') {
-    const { flagCode, flagTable } = l2.config.flagSensor;
-    waitingOn = { step: waiting.step, flagCode, flagTable, businessDate: run.business_date };
-  } else if (waiting?.step === 'wait_for_success_end') {
-    const previous = addDays(date, -l2.config.successEndSensor.executionDeltaDays);
-    const prev = await l2.getRun(previous);
-    waitingOn = { step: waiting.step, logicalDate: previous, run: prev && { run_id: prev.run_id, status: prev.status, current_step: prev.current_step } };
-  }
-  return { ...run, waitingOn };
 }
 
 /** One line about dates a schedule passed over (nothing when there are none). */

@@ -1,11 +1,11 @@
 import { z } from 'zod';
-import { isIsoDate, isTimeZone } from '../lib/dates.js';
+import { isIsoDate, isTimeOfDay, isTimeZone } from '../lib/dates.js';
+import { STEP_IDS, type StepId } from '../machines/steps.js';
 import { isQualifiedName, placeholdersIn } from '../services/db/index.js';
 import { quote } from './config-file.js';
 import { MAX_TIMER_MS } from '../lib/time.js';
 import { cronProblem } from '../lib/cron.js';
 import { CLEARABLE_STEPS } from '../machines/clear-plan.js';
-import type { StepId } from '../machines/steps.js';
 
 /**
  * The one schema of l2flow's settings, written as the L2FLOW_CONFIG file writes them. It holds every default:
@@ -87,6 +87,20 @@ const childSchema = z.discriminatedUnion(
       `${iss.input && typeof iss.input === 'object' && 'kind' in iss.input ? `unknown child kind ${quote((iss.input as { kind: unknown }).kind)}` : 'kind is missing'}: write kind: sql (with statement: "call ...", run in the warehouse), kind: airflow (with dagId and connection) or kind: builtin (with name: sys_kill_all_session_pg)`,
   },
 );
+
+/** A time of day on the logical date, in the workflow timezone. */
+const timeOfDay = z.string().refine(isTimeOfDay, {
+  error: (iss) => `${quote(iss.input)} is not a time of day: write HH:MM or HH:MM:SS (24-hour clock, workflow timezone), e.g. "07:30"`,
+});
+
+/** Per-step expected-by times, keyed by the step ids operators know. */
+const stepTimes = z
+  .record(z.string(), timeOfDay)
+  .default({})
+  .refine((r) => Object.keys(r).every((k) => (STEP_IDS as string[]).includes(k)), {
+    error: (iss) => `names an unknown step (${Object.keys(iss.input as object).filter((k) => !(STEP_IDS as string[]).includes(k)).join(', ')}): the steps are ${STEP_IDS.join(', ')}`,
+  })
+  .transform((r) => r as Partial<Record<StepId, string>>);
 
 /** A schema-qualified table or view name, checked by the same function that quotes it for SQL. */
 const qualifiedName = (what: string, example: string) =>
@@ -170,6 +184,10 @@ export const settingsSchema = z.strictObject({
     /** Airflow's default retry_delay. */
     retryDelaySeconds: retryKeys.retryDelaySeconds.default(300),
     maxRetryDelaySeconds: retryKeys.maxRetryDelaySeconds.default(3600),
+    /** When the run should have succeeded (time of day on the logical date); a late run gets one 'late' mail. */
+    expectedBy: timeOfDay.optional(),
+    /** The same per step: a step not done by its time gets one 'late' mail of its own. */
+    stepExpectedBy: stepTimes,
   }),
   connections: z.record(z.string(), z.string()).default({}),
   /** The connection id of each outside system; its URI is looked up by id (see config.ts). */
@@ -197,6 +215,12 @@ export const settingsSchema = z.strictObject({
       pokeIntervalSeconds: positive('seconds', { timer: true }).default(100),
       timeoutSeconds: positive('seconds').default(7 * DAY_S),
       executionDeltaDays: z.number().int().positive().default(1),
+      /** No run at all for the previous date: keep waiting (Airflow) or pass. */
+      whenMissing: z.enum(['wait', 'pass'], { error: 'must be wait or pass' }).default('wait'),
+      /** The previous date's run failed (or was cancelled): keep waiting (Airflow) or fail at once. */
+      whenFailed: z.enum(['wait', 'fail'], { error: 'must be wait or fail' }).default('wait'),
+      /** Waiting behind a failed previous run for this long sends one 'blocked' mail; unset: no such mail. */
+      blockedMailAfterSeconds: positive('seconds').optional(),
     }),
   }),
   children: z
@@ -219,6 +243,11 @@ export const settingsSchema = z.strictObject({
   steps: section(stepsShape),
   logLevel: z.enum(LOG_LEVELS).default('info'),
   schedule: scheduleSchema,
+  /** On success, a row in the flag table for the business date, committed with the `end` step. Opt-in. */
+  completionFlag: section({
+    enabled: z.boolean({ error: 'must be true or false' }).default(false),
+    flagCode: z.string().min(1).default('l2_datasets_load_successful'),
+  }),
 });
 
 /** The settings after parsing: every default filled in. */

@@ -44,7 +44,14 @@ export interface Config {
   airflowConnections: Record<string, string>;
   email: { recipients: string[]; from: string };
   flagSensor: { flagTable: string; flagCode: string; pokeIntervalMs: number; timeoutMs: number };
-  successEndSensor: { pokeIntervalMs: number; timeoutMs: number; executionDeltaDays: number };
+  successEndSensor: {
+    pokeIntervalMs: number; timeoutMs: number; executionDeltaDays: number;
+    whenMissing: 'wait' | 'pass'; whenFailed: 'wait' | 'fail'; blockedMailAfterMs: number | null;
+  };
+  /** Expected-by times (HH:MM[:SS] on the logical date, workflow timezone) of the run and of single steps. */
+  deadlines: { expectedBy: string | null; steps: Partial<Record<StepId, string>> };
+  /** The flag written with `end` on success (into the flag sensor's table), or null. */
+  completionFlag: { flagTable: string; flagCode: string } | null;
   children: Record<string, ChildConfig>;
   pools: Record<string, { slots: number }>;
   sap: { viewName: string; connectTimeoutMs: number; timeoutMs: number; maxTries: number; retryBaseDelayMs: number; retryMaxDelayMs: number };
@@ -90,7 +97,13 @@ function fromSettings(s: Settings, source?: string): Omit<Config, 'connections' 
     connectionIds: s.connectionIds,
     email: s.email,
     flagSensor: { flagTable: flag.flagTable, flagCode: flag.flagCode, pokeIntervalMs: flag.pokeIntervalSeconds * 1000, timeoutMs: flag.timeoutSeconds * 1000 },
-    successEndSensor: { pokeIntervalMs: prev.pokeIntervalSeconds * 1000, timeoutMs: prev.timeoutSeconds * 1000, executionDeltaDays: prev.executionDeltaDays },
+    successEndSensor: {
+      pokeIntervalMs: prev.pokeIntervalSeconds * 1000, timeoutMs: prev.timeoutSeconds * 1000, executionDeltaDays: prev.executionDeltaDays,
+      whenMissing: prev.whenMissing, whenFailed: prev.whenFailed,
+      blockedMailAfterMs: prev.blockedMailAfterSeconds === undefined ? null : prev.blockedMailAfterSeconds * 1000,
+    },
+    deadlines: { expectedBy: s.workflow.expectedBy ?? null, steps: s.workflow.stepExpectedBy },
+    completionFlag: s.completionFlag.enabled ? { flagTable: flag.flagTable, flagCode: s.completionFlag.flagCode } : null,
     children,
     pools: s.pools,
     sap: {

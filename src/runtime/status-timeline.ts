@@ -1,7 +1,7 @@
 import { formatDuration } from '../lib/time.js';
 import type { RunDetails } from './api.js';
 import { fmtTime } from './cli-io.js';
-import type { RunSummary, StepRow } from './run-store.js';
+import type { StepRow } from './run-store.js';
 import { stateOf, symbolOf } from './status-view.js';
 
 /**
@@ -9,30 +9,12 @@ import { stateOf, symbolOf } from './status-view.js';
  * waiting sensor waits on; the failure mail; and the audit trail once the audit table exists.
  */
 
-/** What a waiting sensor step waits on, in words and as data. */
-export type WaitingOn =
-  | { step: 'wait_for_l2_full_load'; flagCode: string; flagTable: string; businessDate: string }
-  | { step: 'wait_for_success_end'; logicalDate: string; run: Pick<RunSummary, 'run_id' | 'status' | 'current_step'> | null };
-
-/** A run as the timeline shows it: getRun()'s details plus what its waiting sensor waits on. */
-export interface TimelineRun extends RunDetails {
-  waitingOn: WaitingOn | null;
-}
+/** A run as the timeline shows it: getRun()'s details, what its waiting sensor waits on included. */
+export type TimelineRun = RunDetails;
 
 /** How long a step took, or has been running so far. */
 export function stepDurationMs(s: Pick<StepRow, 'started_at' | 'finished_at'>, now = Date.now()): number {
   return (s.finished_at ? s.finished_at.getTime() : now) - s.started_at.getTime();
-}
-
-/** The sentence under a waiting sensor step. */
-export function describeWaitingOn(w: WaitingOn): string {
-  if (w.step === 'wait_for_l2_full_load') {
-    return `waits for flag '${w.flagCode}' in ${w.flagTable} for business date ${w.businessDate}`;
-  }
-  if (!w.run) return `waits for a successful run of ${w.logicalDate}, which has no run: queue it with \`l2flow trigger --date ${w.logicalDate}\``;
-  const where = w.run.status === 'running' && w.run.current_step ? ` in ${w.run.current_step}` : '';
-  const stuck = w.run.status === 'failed' || w.run.status === 'cancelled' ? ': this run cannot go on until that run succeeds' : '';
-  return `waits for the run of ${w.logicalDate} to succeed; it is ${w.run.status}${where}${stuck}`;
 }
 
 /** The timeline's lines. */
@@ -57,7 +39,7 @@ export function timelineLines(run: TimelineRun, o: { color?: boolean; now?: numb
     const error = s.error ? `  ${s.error.code}: ${s.error.message}` : '';
     const retry = s.retry_at ? `  next try at ${fmtTime(s.retry_at)}` : '';
     lines.push(`${symbolOf(state, o.color)} ${s.step.padEnd(36)} ${tryCell}${state.padEnd(11)} ${fmtTime(s.started_at)} -> ${fmtTime(s.finished_at).padEnd(19)}  ${took}${error}${retry}`);
-    if (state === 'waiting' && run.waitingOn?.step === s.step) lines.push(`      ${describeWaitingOn(run.waitingOn)}`);
+    if (state === 'waiting' && run.waitingOn?.step === s.step) lines.push(`      ${run.waitingOn.text}`);
   }
   if (run.failureEmail.length === 0 && run.status === 'failed') lines.push('failure mail: none queued');
   for (const m of run.failureEmail) {

@@ -12,6 +12,8 @@ export interface MetadataOptions {
   loadIdSequence?: string;
   /** Link an operator follows from md.session_log to the run's logs. */
   logUrl?: (ctx: StepContext) => string;
+  /** Written with `end` for the business date, so downstream workflows can wait on this run's success; null: none. */
+  completionFlag?: { flagTable: string; flagCode: string } | null;
   logger: Logger;
 }
 
@@ -24,6 +26,8 @@ export interface RegistrationResult {
 
 export interface EndResult {
   loadId: number;
+  /** True when `end` wrote the completion flag (false when it is off or the row was already there). */
+  flagged?: boolean;
   resumed: boolean;
 }
 
@@ -69,6 +73,11 @@ export function createMetadata(opts: MetadataOptions): Metadata {
   const sequence = quoteQualified(opts.loadIdSequence ?? 'md.load_id_seq');
   const logUrl = opts.logUrl ?? ((ctx: StepContext) => `l2flow://runs/${encodeURIComponent(ctx.runId)}`);
   const q = (name: keyof typeof SQL, values: unknown[]) => ({ name: `l2flow_md_${name}`, text: SQL[name], values });
+  // Not a named statement: the table comes from the configuration. `where not exists`: flag tables rarely have a key.
+  const flagSql = opts.completionFlag
+    ? `insert into ${quoteQualified(opts.completionFlag.flagTable)} (flag_cd, bussines_date) select $1, $2::date
+        where not exists (select 1 from ${quoteQualified(opts.completionFlag.flagTable)} where flag_cd = $1 and bussines_date = $2::date)`
+    : null;
 
   /** Wrap anything thrown so the run's error names the step, the logical date and what to do. */
   async function step<T>(name: string, ctx: StepContext, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
@@ -127,12 +136,14 @@ export function createMetadata(opts: MetadataOptions): Metadata {
       const loadId = requireLoadId('end', ctx);
       const message = `successful -> task_id=end, dag_id=${ctx.workflowId}, log_url=${logUrl(ctx)}`;
       const { output, resumed } = await memoized(pool, ctx, 'end', async (client) => {
+        // In the memo's transaction: the flag appears exactly when the run's success is recorded, never without it.
+        const flagged = flagSql ? (await client.query(flagSql, [opts.completionFlag!.flagCode, ctx.businessDate])).rowCount === 1 : false;
         await client.query(q('closeSession', [loadId, 's']));
         await client.query(q('closeJob', [loadId, ctx.workflowId, 's']));
         await client.query(q('log', [loadId, 'i', message]));
-        return { loadId };
+        return { loadId, flagged };
       });
-      logger.info({ runId: ctx.runId, loadId, resumed }, 'load session closed as successful');
+      logger.info({ runId: ctx.runId, loadId, resumed, flagged: output.flagged }, 'load session closed as successful');
       return { ...output, resumed };
     });
 

@@ -38,6 +38,7 @@ export interface FileOverrides {
   sensors?: Record<string, Record<string, unknown>>;
   workflow?: Record<string, unknown>;
   pools?: Record<string, { slots: number }>;
+  completionFlag?: Record<string, unknown>;
 }
 
 export interface RunView {

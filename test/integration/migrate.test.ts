@@ -12,7 +12,7 @@ describe('migrations', () => {
       insert into md.dwh_flag values ('x', '2024-01-01', 'kept')`);
     expect(await checkFlagTrigger(db.pool, 'md.dwh_flag')).toMatch(/l2flow migrate/);
     const first = await migrate(db.pool, { flagTable: 'md.dwh_flag' });
-    expect(first.applied).toEqual(['001_l2flow.sql', '002_md.sql', '003_sap_send_error.sql', '004_schedule.sql', '005_attempts_audit.sql']);
+    expect(first.applied).toEqual(['001_l2flow.sql', '002_md.sql', '003_sap_send_error.sql', '004_schedule.sql', '005_attempts_audit.sql', '006_deadlines.sql']);
     const again = await migrate(db.pool, { flagTable: 'md.dwh_flag' });
     expect(again.applied).toEqual([]);
     const { rows } = await db.pool.query('select extra from md.dwh_flag');

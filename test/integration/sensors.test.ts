@@ -272,10 +272,13 @@ describe('sensors', () => {
   });
 
   describe('previous-run sensor', () => {
-    const runSensor = () =>
+    const runSensor = (policy: { whenMissing?: 'wait' | 'pass'; whenFailed?: 'wait' | 'fail' } = {}) =>
       createPreviousRunSensor({
         pool: db.pool, notifications$: hub.notifications$, reconnects$: hub.connected$, startDate: '2023-12-22', logger,
         executionDeltaDays: DEFAULTS.successEndSensor.executionDeltaDays, pokeIntervalMs: DEFAULTS.successEndSensor.pokeIntervalMs,
+        whenMissing: policy.whenMissing ?? DEFAULTS.successEndSensor.whenMissing,
+        whenFailed: policy.whenFailed ?? DEFAULTS.successEndSensor.whenFailed,
+        timezone: DEFAULTS.timezone,
       });
     const insertRun = (workflowId: string, logicalDate: string, status: string) =>
       db.pool.query(`insert into l2flow.run (run_id, workflow_id, logical_date, business_date, status) values ($1, $2, $3, $4, $5)`, [
@@ -316,6 +319,33 @@ describe('sensors', () => {
       const run = input(nextDate());
       await insertRun(WF, run.businessDate, 'success');
       expect(await runSensor()(run, signal)).toMatchObject({ skipped: false, checks: 1 });
+    });
+
+    it('whenMissing: wait (default) keeps waiting for a date with no run; pass passes at once', async () => {
+      const run = input(nextDate());
+      const ac = new AbortController();
+      const waiting = runSensor()(run, ac.signal);
+      expect(await stateAfter(waiting, 200)).toBe('pending');
+      ac.abort();
+      expect((await rejection(waiting)).code).toBe('ABORTED');
+      expect(await runSensor({ whenMissing: 'pass' })(run, signal)).toMatchObject({ skipped: true, missing: true, previousLogicalDate: run.businessDate });
+    });
+
+    it('whenFailed: wait (default) waits behind a failed D-1 until it is re-run to success; fail fails at once naming it', async () => {
+      const run = input(nextDate());
+      await insertRun(WF, run.businessDate, 'failed');
+      await db.pool.query(`update l2flow.run set finished_at = '2030-06-01T21:14:00Z',
+          error = '{"code":"SAP_HTTP_ERROR","message":"send_flg_to_sap: SAP answered 400","details":{"step":"send_flg_to_sap"}}'
+        where workflow_id = $1 and logical_date = $2`, [WF, run.businessDate]);
+      const err = await rejection(runSensor({ whenFailed: 'fail' })(run, signal));
+      expect(err.code).toBe('PREVIOUS_RUN_FAILED');
+      // 21:14 UTC is 02:14 the next day in Asia/Tashkent.
+      expect(err.message).toContain(`the run of ${run.businessDate}, failed at send_flg_to_sap 2030-06-02 02:14:00 (SAP_HTTP_ERROR: SAP answered 400)`);
+      expect(err.message).toContain(`logical date ${run.logicalDate}`);
+      const waiting = runSensor()(run, signal);
+      expect(await stateAfter(waiting, 200)).toBe('pending');
+      await db.pool.query(`update l2flow.run set status = 'success' where workflow_id = $1 and logical_date = $2`, [WF, run.businessDate]);
+      expect(await waiting).toMatchObject({ skipped: false, previousLogicalDate: run.businessDate });
     });
   });
 });

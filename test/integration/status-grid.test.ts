@@ -91,17 +91,17 @@ describe('l2flow status grid and timeline', () => {
     expect(waiting.out).toMatch(/^backfill__2024-03-03 {2}running {2}\(attempt 1, load id 13, triggered by backfill\)/);
     expect(waiting.out).toMatch(/✓ get_load_id\s+success\s+\S+ \S+ -> \S+ \S+\s+2 s$/m);
     expect(waiting.out).toMatch(/… wait_for_success_end\s+waiting\s+\S+ \S+ -> -\s+5\dm \d+s so far$/m);
-    expect(waiting.out).toMatch(/^ {6}waits for the run of 2024-03-02 to succeed; it is failed: this run cannot go on until that run succeeds$/m);
+    expect(waiting.out).toMatch(/^ {6}waiting for 2024-03-02, failed .*CHILD_FAILED: failed: it broke\); not checked yet$/m);
 
     const flag = await status('--date', '2024-03-04');
-    expect(flag.out).toMatch(/^ {6}waits for flag 'l1_to_l2_load_successfull' in md\.dwh_flag for business date 2024-03-03$/m);
+    expect(flag.out).toMatch(/^ {6}waiting for flag 'l1_to_l2_load_successfull' in md\.dwh_flag for business date 2024-03-03; not checked yet$/m);
 
     const failed = await status('--date', '2024-03-02');
     expect(failed.out).toMatch(/✗ load_ds_client_segmentation\s+failed\s+.*  3 s  CHILD_FAILED: load_ds_client_segmentation broke$/m);
     expect(failed.out).toMatch(/^failure mail: none queued$/m);
 
     const json = JSON.parse((await status('--date', '2024-03-03', '--json')).out) as { steps: { step: string; state: string; duration_ms: number }[]; waiting_on: unknown };
-    expect(json.waiting_on).toEqual({ step: 'wait_for_success_end', logicalDate: '2024-03-02', run: { run_id: 'backfill__2024-03-02', status: 'failed', current_step: 'failed' } });
+    expect(json.waiting_on).toMatchObject({ step: 'wait_for_success_end', previousLogicalDate: '2024-03-02', previousStatus: 'failed', error: { code: 'CHILD_FAILED' } });
     expect(json.steps.find((s) => s.step === 'get_load_id')).toMatchObject({ state: 'success', duration_ms: 2000 });
   });
 

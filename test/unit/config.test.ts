@@ -63,6 +63,22 @@ function configError(fn: () => unknown): ConfigError {
 }
 
 describe('loadConfig: defaults and sources', () => {
+  it('reads expected-by times, the wait_for_success_end policy and the completion flag, and says how to fix a bad one', () => {
+    const file = {
+      workflow: { expectedBy: '07:30', stepExpectedBy: { send_flg_to_sap: '06:45:30' } },
+      sensors: { wait_for_success_end: { whenMissing: 'pass', whenFailed: 'fail', blockedMailAfterSeconds: 1800 } },
+      completionFlag: { enabled: true },
+    };
+    const c = loadConfig(fullEnv(), { file, scope: 'dwh' });
+    expect(c.deadlines).toEqual({ expectedBy: '07:30', steps: { send_flg_to_sap: '06:45:30' } });
+    expect(c.successEndSensor).toMatchObject({ whenMissing: 'pass', whenFailed: 'fail', blockedMailAfterMs: 1_800_000 });
+    expect(c.completionFlag).toEqual({ flagTable: 'md.dwh_flag', flagCode: 'l2_datasets_load_successful' });
+    expect(loadConfig(fullEnv({ L2FLOW_EXPECTED_BY: '08:00' })).deadlines.expectedBy).toBe('08:00');
+    expect(configError(() => loadConfig(fullEnv({ L2FLOW_EXPECTED_BY: '7:30' }))).message).toMatch(/not a time of day: write HH:MM or HH:MM:SS/);
+    expect(configError(() => loadConfig(fullEnv(), { scope: 'dwh', file: { workflow: { stepExpectedBy: { send_flag: '06:00' } } } })).message).toMatch(/unknown step \(send_flag\)/);
+    expect(configError(() => loadConfig(fullEnv(), { scope: 'dwh', file: { sensors: { wait_for_success_end: { whenFailed: 'skip' } } } })).message).toMatch(/must be wait or fail/);
+  });
+
   it('fills the SPEC defaults', () => {
     const c = loadConfig(fullEnv());
     expect(c.workflowId).toBe('WF_MAIN_DATASETS_LOAD_L2_TO_L2');
@@ -70,7 +86,11 @@ describe('loadConfig: defaults and sources', () => {
     expect(c.startDate).toBe('2023-12-22');
     expect(c.maxActiveRuns).toBe(20);
     expect(c.flagSensor).toEqual({ flagTable: 'md.dwh_flag', flagCode: 'l1_to_l2_load_successfull', pokeIntervalMs: 60_000, timeoutMs: 7 * 24 * 3600 * 1000 });
-    expect(c.successEndSensor).toEqual({ pokeIntervalMs: 100_000, timeoutMs: 7 * 24 * 3600 * 1000, executionDeltaDays: 1 });
+    expect(c.successEndSensor).toEqual({
+      pokeIntervalMs: 100_000, timeoutMs: 7 * 24 * 3600 * 1000, executionDeltaDays: 1, whenMissing: 'wait', whenFailed: 'wait', blockedMailAfterMs: null,
+    });
+    expect(c.deadlines).toEqual({ expectedBy: null, steps: {} });
+    expect(c.completionFlag).toBeNull();
     expect(c.pools).toEqual({ dwh_l2: { slots: 1 } });
     expect(c.children.sys_kill_all_session_pg).toEqual({ kind: 'builtin', name: 'sys_kill_all_session_pg', idleSeconds: 600 });
     expect(c.children[STEP_CHILDREN.run_wf_data_preparation_for_reports]).toEqual({ kind: 'sql', statement: 'call l2.prep($1::date, $2::bigint)', transactional: true });

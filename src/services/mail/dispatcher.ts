@@ -7,7 +7,7 @@ import { withTransaction } from '../db/index.js';
 import type { Logger } from '../types.js';
 
 interface OutboxRow {
-  id: string; run_id: string; attempt: number; recipients: string[]; subject: string; text_body: string; html_body: string; tries: number;
+  id: string; run_id: string; attempt: number; kind: string; recipients: string[]; subject: string; text_body: string; html_body: string; tries: number;
 }
 
 export interface EmailDispatcher {
@@ -49,21 +49,21 @@ export function createEmailDispatcher(opts: {
     // withTransaction's checkout survives a server restart while a mail is on its way.
     return withTransaction(pool, async (client) => {
       const { rows } = await client.query<OutboxRow>(
-        `select id, run_id, attempt, recipients, subject, text_body, html_body, tries from l2flow.email_outbox
+        `select id, run_id, attempt, kind, recipients, subject, text_body, html_body, tries from l2flow.email_outbox
          where status = 'pending' and next_attempt_at <= now() and id <> all($1::bigint[])
          order by next_attempt_at, id limit 1 for update skip locked`, [tried]);
       const row = rows[0];
       if (!row) return 'none';
       tried.push(row.id);
-      const about = { outboxId: Number(row.id), runId: row.run_id, attempt: row.attempt };
+      const about = { outboxId: Number(row.id), runId: row.run_id, attempt: row.attempt, kind: row.kind };
       let outcome: 'sent' | 'failed';
       try {
         const info = await mailer.send({ to: row.recipients, subject: row.subject, text: row.text_body, html: row.html_body });
         const note = info.rejected.length > 0 ? `sent, but the server refused: ${info.rejected.join(', ')}` : null;
         await client.query(`update l2flow.email_outbox set status = 'sent', sent_at = clock_timestamp(), tries = tries + 1,
           last_error = $2 where id = $1`, [row.id, note]);
-        if (note) log.warn({ ...about, rejected: info.rejected }, 'failure mail sent, but some recipients were refused');
-        else log.info({ ...about, messageId: info.messageId, tries: row.tries + 1 }, 'failure mail sent');
+        if (note) log.warn({ ...about, rejected: info.rejected }, `${row.kind} mail sent, but some recipients were refused`);
+        else log.info({ ...about, messageId: info.messageId, tries: row.tries + 1 }, `${row.kind} mail sent`);
         outcome = 'sent';
       } catch (err) {
         const tries = row.tries + 1;
@@ -74,8 +74,8 @@ export function createEmailDispatcher(opts: {
           next_attempt_at = clock_timestamp() + $5::double precision * interval '1 millisecond' where id = $1`,
           [row.id, tries, lastError, dead ? 'dead' : 'pending', delayMs]);
         const errInfo = { code: (err as { code?: unknown }).code, responseCode: (err as { responseCode?: unknown }).responseCode, message: lastError };
-        if (dead) log.error({ ...about, tries, err: errInfo }, `failure mail given up after ${tries} tries: check the SMTP server and the recipients (${mailer.describe()})`);
-        else log.warn({ ...about, tries, retryInMs: delayMs, err: errInfo }, 'failure mail not sent; will retry');
+        if (dead) log.error({ ...about, tries, err: errInfo }, `${row.kind} mail given up after ${tries} tries: check the SMTP server and the recipients (${mailer.describe()})`);
+        else log.warn({ ...about, tries, retryInMs: delayMs, err: errInfo }, `${row.kind} mail not sent; will retry`);
         outcome = 'failed';
       }
       return outcome;
@@ -167,11 +167,11 @@ export interface EmailOutboxStatus {
   nextAttemptAt: Date; createdAt: Date; sentAt: Date | null;
 }
 
-/** The failure mails of a run, one per attempt, for `l2flow status`. */
+/** The failure mails of a run, one per attempt, for `l2flow status` (late/recovered/blocked notices are not among them). */
 export async function emailOutboxStatus(pool: pg.Pool, runId: string): Promise<EmailOutboxStatus[]> {
   const { rows } = await pool.query<Omit<EmailOutboxStatus, 'id'> & { id: string }>(
     `select id, attempt, recipients, status, tries, last_error as "lastError", next_attempt_at as "nextAttemptAt",
        created_at as "createdAt", sent_at as "sentAt"
-     from l2flow.email_outbox where run_id = $1 order by attempt`, [runId]);
+     from l2flow.email_outbox where run_id = $1 and kind = 'failure' order by attempt`, [runId]);
   return rows.map((r) => ({ ...r, id: Number(r.id) }));
 }

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { retry, type RetryPolicy } from '../../lib/retry.js';
+import { queueMail } from './outbox.js';
 import { renderFailureEmail, type RenderedEmail } from './render.js';
 import type { Logger, RunFailure, StepContext, StepFn } from '../types.js';
 
@@ -21,19 +22,8 @@ export function createFailureNotifier(opts: {
   const log = opts.logger.child({ module: 'failure-email' });
   const { unreachableRetryMs = 15 * 60_000, retryBaseDelayMs = 250, retryMaxDelayMs = 5_000 } = opts;
 
-  async function queue(input: StepContext & { failure: RunFailure }, mail: RenderedEmail): Promise<{ outboxId: number; queued: boolean }> {
-    const key = [input.runId, input.attempt];
-    const inserted = await opts.pool.query<{ id: string }>(
-      `insert into l2flow.email_outbox (run_id, attempt, recipients, subject, text_body, html_body)
-       values ($1, $2, $3, $4, $5, $6) on conflict (run_id, attempt) do nothing returning id`,
-      [...key, opts.recipients, mail.subject, mail.text, mail.html],
-    );
-    // A separate statement: its fresh snapshot sees a row that a concurrent insert committed meanwhile.
-    const row = inserted.rows[0] ?? (await opts.pool.query<{ id: string }>(
-      'select id from l2flow.email_outbox where run_id = $1 and attempt = $2', key)).rows[0];
-    if (!row) throw new Error('the outbox row vanished right after it was written');
-    return { outboxId: Number(row.id), queued: inserted.rows.length === 1 };
-  }
+  const queue = (input: StepContext & { failure: RunFailure }, mail: RenderedEmail) =>
+    queueMail(opts.pool, { runId: input.runId, attempt: input.attempt, kind: 'failure' }, opts.recipients, mail);
 
   return async (input, signal) => {
     throwIfAborted(signal, 'email_on_failure');

@@ -15,6 +15,7 @@ export interface RenderedEmail { subject: string; text: string; html: string }
 
 const HINTS: Array<[RegExp, string]> = [
   [/^SENSOR_TIMEOUT$/, 'A sensor gave up waiting. Check that the upstream L1→L2 load set its flag in md.dwh_flag for the business date, and that the previous day\'s run ended successfully.'],
+  [/^PREVIOUS_RUN_FAILED$/, 'The previous day\'s run failed and wait_for_success_end is set to fail at once (whenFailed: fail). Fix and re-run that day first.'],
   [/^CHILD_/, 'A child workflow failed, timed out or is not configured. Look at the child workflow\'s own run and log first.'],
   [/^SAP_/, 'The readiness flag was not accepted by SAP. Check the SAP endpoint and its answer; SAP may already have the flag if it timed out.'],
   [/^(DB_ERROR|POOL_TIMEOUT)$/, 'The warehouse refused a query or was not reachable in time. Check the warehouse and its sessions.'],

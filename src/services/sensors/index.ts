@@ -4,6 +4,7 @@ export {
   createPreviousRunSensor,
   DWH_FLAG_CHANNEL,
   flagDates,
+  runKey as previousRunKey,
   RUN_CHANNEL,
   type PreviousRunSensorOutput,
   type SensorCheck,
@@ -11,3 +12,5 @@ export {
   type SensorOutput,
 } from './sensors.js';
 export { createConditionWaiter, type CheckEvent, type CheckReason, type ConditionWaiter, type WaitResult } from './condition-waiter.js';
+export { describePreviousRun, previousRunStates, verdictOn, type PreviousRunState, type PreviousRunVerdict } from './previous-run.js';
+export { createCheckRecorder, lastChecks, type SensorCheckRecord } from './check-log.js';

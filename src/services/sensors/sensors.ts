@@ -5,6 +5,7 @@ import { addDays, isIsoDate } from '../../lib/dates.js';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { quoteQualified } from '../db/index.js';
 import type { Logger, SensorInput, StepFn } from '../types.js';
+import { describePreviousRun, previousRunStates, verdictOn } from './previous-run.js';
 
 /** Channel of l2flow.notify_dwh_flag(): `{ flag_cd, business_date }` for every insert/update of the flag table. */
 export const DWH_FLAG_CHANNEL = 'l2flow_dwh_flag';
@@ -24,8 +25,10 @@ export interface SensorOutput {
 
 export interface PreviousRunSensorOutput extends SensorOutput {
   previousLogicalDate: string;
-  /** True when the previous date falls before the workflow's start date, so there is nothing to wait for. */
+  /** True when there was nothing to wait for: the previous date is before the start date, or it has no run (whenMissing: pass). */
   skipped: boolean;
+  /** Set when the step passed because the previous date has no run (whenMissing: pass). */
+  missing?: true;
 }
 
 /**
@@ -70,25 +73,33 @@ export function createFlagSensor(
   };
 }
 
-/** wait_for_success_end: waits until the same workflow's run for logicalDate − executionDeltaDays succeeded. */
+/**
+ * wait_for_success_end: waits until the same workflow's run for logicalDate − executionDeltaDays succeeded. The
+ * policy decides the other states at every check: no run yet → `whenMissing` (wait, or pass), failed or cancelled →
+ * `whenFailed` (wait, as Airflow, or fail at once naming the blocking date and its error).
+ */
 export function createPreviousRunSensor(
-  opts: SensorDeps & { startDate: string; executionDeltaDays: number; pokeIntervalMs: number },
+  opts: SensorDeps & {
+    startDate: string; executionDeltaDays: number; pokeIntervalMs: number;
+    whenMissing: 'wait' | 'pass'; whenFailed: 'wait' | 'fail'; timezone: string;
+  },
 ): StepFn<SensorInput, PreviousRunSensorOutput> {
   assertDate(opts.startDate, 'startDate');
   const delta = opts.executionDeltaDays;
-  const sql = `select to_char(logical_date, 'YYYY-MM-DD') || ':' || workflow_id as k from l2flow.run
-    where status = 'success' and (workflow_id, logical_date) in (select * from unnest($1::text[], $2::date[]))`;
+  // A key is released once the policy has a verdict other than "wait"; the step then reads the row and acts on it.
+  const sql = `select to_char(k.d, 'YYYY-MM-DD') || ':' || k.w as k
+      from unnest($1::text[], $2::date[]) as k(w, d) left join l2flow.run r on r.workflow_id = k.w and r.logical_date = k.d
+     where r.status = 'success' or (r.run_id is null and $3) or (r.status in ('failed', 'cancelled') and $4)`;
+  const policy = [opts.whenMissing === 'pass', opts.whenFailed === 'fail'];
   const waiter = createConditionWaiter<string>({
     name: 'wait_for_success_end',
     describeKey: (key) => `a successful run of ${key.slice(11)} for logical date ${key.slice(0, 10)}`,
     check: async (keys) => {
-      const { rows } = await opts.pool.query<{ k: string }>(sql, [keys.map((k) => k.slice(11)), keys.map((k) => k.slice(0, 10))]);
+      const { rows } = await opts.pool.query<{ k: string }>(sql, [keys.map((k) => k.slice(11)), keys.map((k) => k.slice(0, 10)), ...policy]);
       return new Set(rows.map((r) => r.k));
     },
     hints$: hintsFrom(opts.notifications$, RUN_CHANNEL, (p) =>
-      p.status === 'success' && typeof p.workflow_id === 'string' && isDate(p.logical_date)
-        ? runKey(p.workflow_id, p.logical_date)
-        : null,
+      typeof p.workflow_id === 'string' && isDate(p.logical_date) ? runKey(p.workflow_id, p.logical_date) : null,
     ).pipe(map((key) => [key])),
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs,
@@ -102,10 +113,25 @@ export function createPreviousRunSensor(
     if (previousLogicalDate < opts.startDate) {
       return { satisfiedAt: new Date().toISOString(), checks: 0, previousLogicalDate, skipped: true };
     }
-    const { checks } = await waiter
-      .wait(runKey(input.workflowId, previousLogicalDate), { deadline: input.deadline, signal, since: input.startedAt })
-      .catch(inRun(input, `finish (or mark successful) the run of ${previousLogicalDate}, then re-run the step`));
-    return { satisfiedAt: new Date().toISOString(), checks, previousLogicalDate, skipped: false };
+    let checks = 0;
+    for (;;) {
+      const waited = await waiter
+        .wait(runKey(input.workflowId, previousLogicalDate), { deadline: input.deadline, signal, since: input.startedAt })
+        .catch(inRun(input, `finish (or mark successful) the run of ${previousLogicalDate}, then re-run the step`));
+      checks += waited.checks;
+      const [state] = await previousRunStates(opts.pool, input.workflowId, [previousLogicalDate]);
+      const verdict = state ? verdictOn(state, opts) : 'wait';
+      if (verdict === 'done' || verdict === 'pass') {
+        return { satisfiedAt: new Date().toISOString(), checks, previousLogicalDate, skipped: verdict === 'pass', ...(verdict === 'pass' ? { missing: true } : {}) };
+      }
+      if (verdict === 'fail') {
+        throw new StepError('PREVIOUS_RUN_FAILED',
+          `wait_for_success_end: the run of ${describePreviousRun(state!, opts.timezone)} blocks the run of logical date ` +
+            `${input.logicalDate} (whenFailed: fail). Fix and re-run ${previousLogicalDate} first, then re-run this run.`,
+          { details: { previousLogicalDate, previousStatus: state!.status, failedStep: state!.failedStep, previousError: state!.error } });
+      }
+      // Changed between the check and the read (e.g. re-queued): wait again with the same deadline.
+    }
   };
 }
 
@@ -124,7 +150,7 @@ function assertDate(value: string, what: string): void {
 }
 
 // The date has a fixed width, so the workflow id after it may contain any character.
-function runKey(workflowId: string, logicalDate: string): string {
+export function runKey(workflowId: string, logicalDate: string): string {
   return `${logicalDate}:${workflowId}`;
 }
 
