@@ -2,7 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError, DEFAULTS, ENV_KEYS, loadConfig } from '../../src/runtime/config.js';
+import { DEFAULTS, ENV_KEYS, loadConfig } from '../../src/runtime/config.js';
+import { configError } from '../helpers/config-error.js';
 
 const DWH = 'postgres://u:pw-secret@db.example/dwh';
 const dir = mkdtempSync(path.join(os.tmpdir(), 'l2flow-config-env-test-'));
@@ -23,15 +24,6 @@ function load(env: Record<string, string>) {
   return loadConfig({ L2FLOW_CONN_DWH: DWH, L2FLOW_CONFIG: configFile, ...env }, { scope: 'dwh' });
 }
 
-function configError(fn: () => unknown): ConfigError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return err as ConfigError;
-  }
-  throw new Error('expected a ConfigError');
-}
 
 describe('the environment → settings key table', () => {
   it('holds every variable the README documents, each naming a key', () => {

@@ -1,21 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { createL2flow } from '../../src/runtime/api.js';
-import { ConfigError, loadConfig } from '../../src/runtime/config.js';
+import { loadConfig } from '../../src/runtime/config.js';
+import { configError } from '../helpers/config-error.js';
 
 // The schedule settings: defaults, windows resolved against the workflow's dates, cron checked by croner at load.
 
 const ENV = { L2FLOW_CONN_DWH: 'postgres://u@127.0.0.1:5432/dwh' };
 const load = (file: Record<string, unknown>, env: Record<string, string> = {}) => loadConfig({ ...ENV, ...env }, { scope: 'dwh', file });
 
-function configError(fn: () => unknown): ConfigError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return err as ConfigError;
-  }
-  throw new Error('expected a ConfigError');
-}
 
 describe('schedule settings', () => {
   it('default to manual runs only, as the original DAG (schedule_interval=None)', () => {

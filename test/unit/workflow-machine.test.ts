@@ -9,6 +9,7 @@ import {
   type WorkflowInput,
   type WorkflowSnapshot,
 } from '../../src/machines/workflow.js';
+import { RUN_INPUT } from '../helpers/machine-input.js';
 
 // Fakes are for the machine's unit tests only: each actor is a promise the test resolves or rejects at will.
 
@@ -48,14 +49,7 @@ function fakes(behaviour: Partial<Record<StepId, Behaviour>> = {}) {
   return { calls, machine: workflowMachine.provide({ actors: actors as never }), invoked: () => calls.map((c) => c.step) };
 }
 
-const input: WorkflowInput = {
-  runId: 'manual__2024-03-15',
-  workflowId: 'WF_MAIN_DATASETS_LOAD_L2_TO_L2',
-  logicalDate: '2024-03-15',
-  businessDate: '2024-03-14',
-  attempt: 1,
-  sensorTimeoutMs: { wait_for_l2_full_load: 60_000, wait_for_success_end: 120_000 },
-};
+const input: WorkflowInput = RUN_INPUT;
 
 async function runToEnd(behaviour: Partial<Record<StepId, Behaviour>>) {
   const f = fakes(behaviour);

@@ -3,6 +3,7 @@ import { createActor, fromPromise, waitFor, type AnyActorLogic } from 'xstate';
 import { planClear } from '../../src/machines/clear-plan.js';
 import { stepRetryDelayMs } from '../../src/machines/step-retry.js';
 import { runOutcome, STEP_IDS, STEP_TABLE, workflowMachine, type StepId, type WorkflowInput } from '../../src/machines/workflow.js';
+import { RUN_INPUT } from '../helpers/machine-input.js';
 
 // Per-step retries and cleared runs, with fake actors: a step fails its first `fail` calls, then succeeds.
 
@@ -24,14 +25,7 @@ function fakes(plan: Plan = {}) {
   return { calls, of, machine: workflowMachine.provide({ actors: actors as never }) };
 }
 
-const base: WorkflowInput = {
-  runId: 'manual__2024-03-15',
-  workflowId: 'WF_MAIN_DATASETS_LOAD_L2_TO_L2',
-  logicalDate: '2024-03-15',
-  businessDate: '2024-03-14',
-  attempt: 1,
-  sensorTimeoutMs: { wait_for_l2_full_load: 60_000, wait_for_success_end: 120_000 },
-};
+const base: WorkflowInput = RUN_INPUT;
 const SEG = 'load_ds_client_segmentation' as const;
 const retry = (retries: number, delayMs: number, maxDelayMs = 60_000) => ({ [SEG]: { retries, delayMs, maxDelayMs } });
 
