@@ -21,6 +21,11 @@ export interface Out {
 
 /** The process's stdout and stderr, with `tty` when stdout is a terminal. */
 export function processIo(env: NodeJS.ProcessEnv): Out {
+  // `l2flow status | head`: the reader went away; stop printing quietly instead of crashing on EPIPE.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
   const io: Out = { out: (s) => process.stdout.write(`${s}\n`), err: (s) => process.stderr.write(`${s}\n`) };
   if (process.stdout.isTTY) {
     io.tty = { write: (s) => process.stdout.write(s), columns: process.stdout.columns || 80, color: !env.NO_COLOR };

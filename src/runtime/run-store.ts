@@ -217,12 +217,16 @@ export async function runsBetween(db: pg.Pool, workflowId: string, from: string,
   return rows;
 }
 
-/** Step rows of the current attempt of each run, by run id, in start order (every try, if a step has several). */
+/** Each step's latest row (its latest try, in the latest attempt that ran it) of each run, by run id, in start order. */
 export async function stepsOfRuns(db: pg.Pool, runs: Pick<RunRow, 'run_id' | 'attempt'>[]): Promise<Map<string, StepRow[]>> {
   const { rows } = await db.query<StepRow & { run_id: string }>(
-    `select s.run_id, s.step, s.attempt, s.status, s.started_at, s.finished_at, s.error
-       from l2flow.step s join unnest($1::text[], $2::int[]) as r(run_id, attempt) using (run_id, attempt)
-      order by s.run_id, s.started_at, s.step`,
+    // Each step's latest try in any attempt up to the current one: a cleared run re-runs only some steps, and the
+    // others keep the outcome of the attempt that ran them.
+    `select * from (
+       select distinct on (s.run_id, s.step) s.run_id, s.step, s.attempt, s.try_number, s.status, s.started_at, s.finished_at, s.error, s.retry_at
+         from l2flow.step s join unnest($1::text[], $2::int[]) as r(run_id, attempt) on s.run_id = r.run_id and s.attempt <= r.attempt
+        order by s.run_id, s.step, s.attempt desc, s.try_number desc) latest
+      order by run_id, started_at, step`,
     [runs.map((r) => r.run_id), runs.map((r) => r.attempt)],
   );
   const byRun = new Map<string, StepRow[]>(runs.map((r) => [r.run_id, []]));

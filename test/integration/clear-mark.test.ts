@@ -71,6 +71,9 @@ describe('clear', () => {
     const status = await fx.status(D);
     expect(status.out).toContain('attempt 2:');
     expect(status.out).toMatch(new RegExp(`audit: .* clear \\(1 run\\) by ${ME}: SAP fixed its calendar`));
+    // The grid shows each step's latest outcome in any attempt: the steps attempt 2 did not re-run keep their success.
+    const grid = JSON.parse((await fx.status(undefined, true)).out) as { logical_date: string; steps: Record<string, string> }[];
+    expect(grid.find((r) => r.logical_date === D)!.steps).toMatchObject({ get_load_id: 'success', load_ds_client_segmentation: 'success', send_flg_to_sap: 'success', end: 'success' });
   });
 
   it('--to clears a range from a given step; each run keeps its load id', async () => {
