@@ -42,7 +42,8 @@ describe('per-step retries', () => {
     expect(rows[2]!.started_at.getTime() - rows[1]!.finished_at!.getTime()).toBeGreaterThanOrEqual(590);
     expect(fx.mails(D)).toHaveLength(0);
     const status = await fx.status(D);
-    expect(status.out).toContain(`${SEG} (try 3)`);
+    expect(status.out).toMatch(new RegExp(`✗ ${SEG}\\s+try 2\\s+failed .*CHILD_FAILED`));
+    expect(status.out).toMatch(new RegExp(`✓ ${SEG}\\s+try 3\\s+success`));
   });
 
   it('retries 1 and a child that always fails: the run fails after two tries, with one failure mail', async () => {
