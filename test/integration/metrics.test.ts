@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { register as globalRegistry } from 'prom-client';
-import { addDays } from '../../src/lib/dates.js';
+import { addDays, formatInZone } from '../../src/lib/dates.js';
 import { createMetrics } from '../../src/runtime/metrics.js';
 import { useFixture, type Fixture } from '../helpers/app-fixture.js';
 import { until } from '../helpers/process.js';
@@ -84,12 +84,18 @@ describe('/metrics', () => {
     expect(app.metrics.contentType).toMatch(/^text\/plain; version=0\.0\.4/);
   });
 
-  it('a parked run: waiting gauge, a reconnect after the listener backend is killed, a hint check after the flag', async () => {
-    const D = '2024-10-10';
-    const app = await fx.startApp(D);
+  it('a parked run: waiting gauge, late against expectedBy, a reconnect after the listener backend is killed, a hint check after the flag', async () => {
+    // expectedBy two seconds ahead, on the date it falls on (a deadline already passed when the run was created counts not).
+    const timezone = 'Etc/GMT+12';
+    const [D, expectedBy] = formatInZone(Math.ceil((Date.now() + 2_000) / 1000) * 1000, timezone).split(' ') as [string, string];
+    const app = await fx.startApp(D, { file: { workflow: { timezone, expectedBy } } });
+    const lateBefore = sum(await scrape(app), 'l2flow_runs_late') ?? 0;
     await fx.trigger(D);
     const flagSensor = { sensor: 'wait_for_l2_full_load' };
     await scrapeUntil(app, 'the run to wait for its flag', (s) => sum(s, 'l2flow_sensor_waiting_runs', flagSensor) === 1);
+    const late = await scrapeUntil(app, 'the late mail to be sent', (s) => sum(s, 'l2flow_mail_sends_total', { kind: 'late', outcome: 'sent' }) === 1);
+    expect(sum(late, 'l2flow_runs_late')).toBe(lateBefore + 1);
+    expect(sum(late, 'l2flow_mail_outbox', { kind: 'late', status: 'sent' })).toBeGreaterThanOrEqual(1);
     expect(sum(await scrape(app), 'l2flow_listener_reconnects_total')).toBe(0);
 
     await fx.db.pool.query(`select pg_terminate_backend(pid) from pg_stat_activity
