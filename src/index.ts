@@ -11,6 +11,8 @@ export type { AuditAction, AuditRow } from './runtime/audit.js';
 export { ConfigError } from './runtime/config.js';
 export type { ChildConfig, Config } from './runtime/config.js';
 export type { RunEvent } from './runtime/supervisor.js';
+export type { StepEnd } from './runtime/step-ends.js';
+export type { MetricsProvider } from './runtime/metrics.js';
 export type { RunRow, RunStatus, RunSummary, StepRow } from './runtime/run-store.js';
 export type { BackfillDate, BackfillVerdict } from './runtime/backfill.js';
 export type { MigrateResult } from './runtime/migrate.js';

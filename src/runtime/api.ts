@@ -16,6 +16,7 @@ import { skippedSummary, type SkippedSummary } from './schedule-store.js';
 import { clearRuns, markRun, RunActionError, type ClearedRun } from './run-actions.js';
 import { describeWait, type WaitDescription } from './waits.js';
 import type { RunEvent } from './supervisor.js';
+import { processMetricsProvider, type MetricsProvider } from './metrics.js';
 
 /**
  * The runtime as a library: what `l2flow <command>` does, callable from a host Node service. Configuration is
@@ -116,6 +117,8 @@ export interface L2flow {
    * Completes on stop().
    */
   readonly events$: Observable<RunEvent>;
+  /** Prometheus metrics for `/metrics`: the running runtime's and the process's; before start(), the process's only. */
+  readonly metrics: MetricsProvider;
   /** Apply pending migrations and (re)install the flag table's notify trigger; safe to repeat and to run concurrently. */
   migrate(): Promise<MigrateResult>;
   /** Start executing runs (claiming queued and orphaned ones); throws FLAG_TRIGGER_MISSING before anything starts. */
@@ -236,6 +239,10 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       return getLogger();
     },
     events$: events.asObservable(),
+    metrics: {
+      contentType: processMetricsProvider().contentType,
+      text: () => (app ? app.metrics.text() : processMetricsProvider().text()),
+    },
     migrate: () => query((p) => migrate(p, { flagTable: config.flagSensor.flagTable })),
     start() {
       if (stopping) return Promise.reject(new L2flowError('NOT_AVAILABLE', 'this l2flow instance is stopped: create a new one with createL2flow()'));

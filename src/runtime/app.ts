@@ -22,6 +22,8 @@ import { createRunLocks } from './run-locks.js';
 import { createSupervisor, type Supervisor } from './supervisor.js';
 import { createScheduler, type Scheduler } from './scheduler.js';
 import { createDeadlineWatch } from './deadline-watch.js';
+import { createMetrics, type MetricsProvider } from './metrics.js';
+import type { SapTry } from '../services/sap/index.js';
 
 export type { SensorCheck } from '../services/sensors/index.js';
 
@@ -48,6 +50,8 @@ export interface App {
    * Completes on stop().
    */
   sensorChecks$: Observable<SensorCheck>;
+  /** Prometheus exposition of this runtime (own registry) plus the process metrics: what `/metrics` serves. */
+  metrics: MetricsProvider;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -81,6 +85,8 @@ export function buildActors(d: {
   onMailQueued: () => void;
   /** Every sensor check query, once done (see App.sensorChecks$). */
   onSensorCheck?: (e: SensorCheck) => void;
+  /** Every POST to SAP, once answered or not (metrics). */
+  onSapTry?: (t: SapTry) => void;
 }) {
   const { config, pool, logger } = d;
   const sensorDeps = {
@@ -107,6 +113,7 @@ export function buildActors(d: {
     timeoutMs: config.sap.timeoutMs,
     retry: { maxTries: config.sap.maxTries, baseDelayMs: config.sap.retryBaseDelayMs, maxDelayMs: config.sap.retryMaxDelayMs },
     logger: logger.child({ module: 'sap' }),
+    onTry: d.onSapTry,
   });
   const notifyFailure = createFailureNotifier({
     pool,
@@ -176,21 +183,23 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     logger,
     ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
   });
-  const mailer = createMailer({ smtpUri: config.connections.smtp, from: config.email.from, logger });
-  const dispatcher = createEmailDispatcher({
-    pool,
-    mailer,
-    logger,
-    ...(opts.mailPollIntervalMs ? { pollIntervalMs: opts.mailPollIntervalMs } : {}),
-    ...(opts.mailRetryBaseDelayMs ? { baseDelayMs: opts.mailRetryBaseDelayMs } : {}),
-  });
-  const locks = createRunLocks({ connectionString: config.connections.dwh, maxActiveRuns: config.maxActiveRuns, workflowId: config.workflowId });
-  const pools = createPools({ locks, pools: config.pools, logger });
   const childConnections = createDedicatedConnections({
     connectionString: config.connections.dwh,
     max: config.childConnections,
     applicationName: 'l2flow-child',
   });
+  const metrics = createMetrics({ workflowId: config.workflowId, pool, childConnections, logger });
+  const mailer = createMailer({ smtpUri: config.connections.smtp, from: config.email.from, logger });
+  const dispatcher = createEmailDispatcher({
+    pool,
+    mailer,
+    logger,
+    onSend: metrics.mailSend,
+    ...(opts.mailPollIntervalMs ? { pollIntervalMs: opts.mailPollIntervalMs } : {}),
+    ...(opts.mailRetryBaseDelayMs ? { baseDelayMs: opts.mailRetryBaseDelayMs } : {}),
+  });
+  const locks = createRunLocks({ connectionString: config.connections.dwh, maxActiveRuns: config.maxActiveRuns, workflowId: config.workflowId });
+  const pools = createPools({ locks, pools: config.pools, logger, onAcquired: metrics.slotAcquired });
   const sensorChecks = new Subject<SensorCheck>();
   const recordCheck = createCheckRecorder({ pool, logger });
   const machine = workflowMachine.provide({
@@ -203,6 +212,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       childConnections,
       logger,
       onMailQueued: () => dispatcher.kick(),
+      onSapTry: metrics.sapTry,
       onSensorCheck: (e) => {
         recordCheck(e);
         sensorChecks.next(e);
@@ -240,6 +250,10 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     pool, config, logger, isLeader: supervisor.isLeader, onQueued: () => dispatcher.kick(),
     intervalMs: opts.claimIntervalMs ?? config.claimIntervalMs,
   });
+  metrics.watch({
+    runEvents$: supervisor.events$, sensorChecks$: sensorChecks, listenerConnected$: hub.connected$, listenerUp: hub.isConnected,
+    lockRelocked$: locks.relocked$, lockLost$: locks.lost$, activeRuns: () => supervisor.activeRunIds().length, isLeader: supervisor.isLeader,
+  });
   let stopping: Promise<void> | undefined;
   logger.info({ owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)) }, 'l2flow runtime built');
 
@@ -253,6 +267,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     machine,
     owner,
     sensorChecks$: sensorChecks.asObservable(),
+    metrics,
     async start() {
       await hub.start();
       dispatcher.start();
@@ -272,6 +287,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
         await dispatcher.stop();
         await hub.stop();
         await mailer.close();
+        metrics.stop();
         if (ownPool) await pool.end();
         sensorChecks.complete();
       })();

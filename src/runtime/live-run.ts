@@ -7,6 +7,7 @@ import type { Logger } from './logger.js';
 import type { LockEpoch } from './run-locks.js';
 import { failRun, type RunRow, type RunStatus } from './run-store.js';
 import { createSnapshotWriter, statusOf } from './snapshot-writer.js';
+import { createStepEndTracker, type StepEnd } from './step-ends.js';
 
 /**
  * One run executed by this process: its actor (started, or restored from the run's snapshot), the writer that
@@ -21,6 +22,8 @@ export interface RunEvent {
   steps: string[];
   status: RunStatus;
   at: number;
+  /** On transitions: the step tries that ended with it (metrics observe their durations). */
+  ended?: StepEnd[];
 }
 
 export interface LiveRun {
@@ -69,8 +72,9 @@ export function startLiveRun(host: LiveRunHost, row: RunRow, slot: number, locke
   };
   const restoring = row.snapshot !== null && row.snapshot !== undefined;
   const actor = restoring ? createActor(host.machine, { snapshot: row.snapshot as never, input }) : createActor(host.machine, { input });
-  const emit = (type: RunEvent['type'], snap: WorkflowSnapshot, status: RunStatus) =>
-    host.emit({ runId: row.run_id, logicalDate: row.logical_date, type, steps: activeSteps(snap.value), status, at: Date.now() });
+  const emit = (type: RunEvent['type'], snap: WorkflowSnapshot, status: RunStatus, ended?: StepEnd[]) =>
+    host.emit({ runId: row.run_id, logicalDate: row.logical_date, type, steps: activeSteps(snap.value), status, at: Date.now(), ...(ended?.length ? { ended } : {}) });
+  const stepEnds = createStepEndTracker();
   let deadlineTimer: NodeJS.Timeout | null = null;
   let stopped = false;
 
@@ -113,7 +117,7 @@ export function startLiveRun(host: LiveRunHost, row: RunRow, slot: number, locke
       const status = statusOf(snap);
       if (steps !== last) log.info({ steps: steps || status, loadId: snap.context.loadId ?? undefined }, 'run entered %s', steps || status);
       last = steps;
-      emit('transition', snap, status);
+      emit('transition', snap, status, stepEnds(snap.context.steps));
       // Taken now, not when the write happens: a write that outlives the actor (a retry during an outage, a
       // release) would otherwise store the stopped actor's snapshot, which restores as a dead run.
       void writer.write(snap, actor.getPersistedSnapshot()).then(() => {

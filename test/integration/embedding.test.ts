@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { L2flow, RunEvent } from 'l2flow';
 import { createSegmentationView, createTestDb, type TestDb } from '../helpers/db.js';
 import { ensureBuilt, ROOT, until } from '../helpers/process.js';
+import { parseExposition, sampleSum } from '../helpers/prometheus.js';
 import { startSapServer, type TestSapServer } from '../helpers/sap-server.js';
 import { startSmtpServer, type TestSmtpServer } from '../helpers/smtp.js';
 
@@ -100,6 +101,13 @@ describe('createL2flow, imported as the package l2flow', () => {
     expect((await l2.listRuns({ limit: 5 })).map((r) => r.logical_date)).toContain(D);
     expect(await l2.getRun('2024-05-03')).toBeNull();
     expect(sap.requests).toHaveLength(1);
+
+    // What a host's /metrics serves: this runtime's metrics and the process's.
+    expect(l2.metrics.contentType).toMatch(/^text\/plain/);
+    const metrics = parseExposition(await l2.metrics.text());
+    expect(sampleSum(metrics, 'l2flow_runs', { status: 'success' })).toBe(1);
+    expect(sampleSum(metrics, 'l2flow_step_duration_seconds_count', { step: 'end', status: 'success' })).toBe(1);
+    expect(sampleSum(metrics, 'process_start_time_seconds')).toBeGreaterThan(0);
   }
 
   it('a bad config object throws a ConfigError naming the key, before anything connects', () => {

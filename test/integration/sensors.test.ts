@@ -94,13 +94,14 @@ describe('sensors', () => {
     const p = flagSensor({ onCheck })(input(d), signal);
     await sleep(30);
     expect(checks).toEqual([
-      { sensor: 'wait_for_l2_full_load', keys: [d], satisfied: [], startedAt: expect.any(Number), finishedAt: expect.any(Number), ok: true, reason: 'register' },
+      { sensor: 'wait_for_l2_full_load', keys: [d], satisfied: [], requestedAt: expect.any(Number), startedAt: expect.any(Number), finishedAt: expect.any(Number), ok: true, reason: 'register' },
     ]);
     await insertFlag(d);
     expect((await p).checks).toBe(2);
     expect(checks).toHaveLength(2);
     expect(checks[1]).toMatchObject({ sensor: 'wait_for_l2_full_load', keys: [d], satisfied: [d], ok: true, reason: 'hint' });
     for (const c of checks) expect(c.finishedAt).toBeGreaterThanOrEqual(c.startedAt);
+    for (const c of checks) expect(c.startedAt).toBeGreaterThanOrEqual(c.requestedAt);
     expect(checks[1]!.startedAt).toBeGreaterThanOrEqual(checks[0]!.finishedAt);
     expect(lines.slice(before).filter((l) => /onCheck listener threw/.test(l.msg))).toHaveLength(1); // rate-limited
   });

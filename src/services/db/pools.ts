@@ -22,6 +22,8 @@ export interface PoolsOptions {
   logger: Logger;
   /** How often a waiter looks again for a slot freed by another process (one freed here wakes it at once). */
   pollMs?: number;
+  /** Told how long each acquired slot was waited for (metrics); must not throw. */
+  onAcquired?: (poolName: string, waitedMs: number) => void;
 }
 
 export interface Pools {
@@ -115,7 +117,9 @@ export function createPools(opts: PoolsOptions): Pools {
       await release();
       throw aborted();
     }
-    logger.debug({ ...ctx, slot: held.slot, waitedMs: Date.now() - waitStart }, 'pool slot acquired');
+    const waitedMs = Date.now() - waitStart;
+    logger.debug({ ...ctx, slot: held.slot, waitedMs }, 'pool slot acquired');
+    opts.onAcquired?.(poolName, waitedMs);
     try {
       return await fn();
     } finally {

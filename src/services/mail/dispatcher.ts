@@ -30,6 +30,8 @@ export interface EmailDispatcher {
  */
 export function createEmailDispatcher(opts: {
   pool: pg.Pool; mailer: Mailer; logger: Logger; pollIntervalMs?: number; baseDelayMs?: number; maxDelayMs?: number; maxTries?: number;
+  /** Told about every SMTP send tried (metrics); `dead` is a failure after which the mail is given up. Must not throw. */
+  onSend?: (e: { kind: string; outcome: 'sent' | 'failed' | 'dead' }) => void;
 }): EmailDispatcher {
   const { pool, mailer, pollIntervalMs = 5000, baseDelayMs = 1000, maxDelayMs = 300_000, maxTries = 100 } = opts;
   const log = opts.logger.child({ module: 'email-dispatcher' });
@@ -65,6 +67,7 @@ export function createEmailDispatcher(opts: {
         if (note) log.warn({ ...about, rejected: info.rejected }, `${row.kind} mail sent, but some recipients were refused`);
         else log.info({ ...about, messageId: info.messageId, tries: row.tries + 1 }, `${row.kind} mail sent`);
         outcome = 'sent';
+        opts.onSend?.({ kind: row.kind, outcome });
       } catch (err) {
         const tries = row.tries + 1;
         const lastError = (err instanceof MailError ? err.summary : toErrorInfo(err).message).slice(0, 2000);
@@ -77,6 +80,7 @@ export function createEmailDispatcher(opts: {
         if (dead) log.error({ ...about, tries, err: errInfo }, `${row.kind} mail given up after ${tries} tries: check the SMTP server and the recipients (${mailer.describe()})`);
         else log.warn({ ...about, tries, retryInMs: delayMs, err: errInfo }, `${row.kind} mail not sent; will retry`);
         outcome = 'failed';
+        opts.onSend?.({ kind: row.kind, outcome: dead ? 'dead' : 'failed' });
       }
       return outcome;
     });

@@ -29,6 +29,15 @@ export interface SapSenderDeps {
   retry: RetryPolicy;
   logger: Logger;
   now?: () => Date;
+  /** Told about every POST once SAP answered or did not (metrics); called synchronously, it must not throw. */
+  onTry?: (t: SapTry) => void;
+}
+
+/** One POST to SAP as an observer sees it: `ok` is a 2xx; `answer` is the status class or why there was none. */
+export interface SapTry {
+  outcome: 'ok' | 'failed';
+  answer: `${number}xx` | 'timeout' | 'unreachable';
+  durationMs: number;
 }
 
 export interface SapSendResult {
@@ -154,8 +163,11 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
         const durationMs = Math.round(performance.now() - started);
         const status = outcome.kind === 'http' ? outcome.status : outcome.kind;
         log.info({ try: n, tries, status, durationMs, url: where }, `SAP try ${n}: ${status} in ${durationMs} ms`);
+        const ok = outcome.kind === 'http' && outcome.status >= 200 && outcome.status < 300;
+        const answer = outcome.kind === 'http' ? (`${Math.floor(outcome.status / 100)}xx` as const) : outcome.kind;
+        deps.onTry?.({ outcome: ok ? 'ok' : 'failed', answer, durationMs });
 
-        if (outcome.kind === 'http' && outcome.status >= 200 && outcome.status < 300) {
+        if (ok && outcome.kind === 'http') {
           await sends.record(key, outcome, 'sent');
           return { idempotencyKey: key, httpStatus: outcome.status, calcRows, tries, resumed };
         }

@@ -26,7 +26,12 @@ export interface CheckEvent<K extends string> {
   keys: K[];
   /** The keys found to hold: their waiters are released. */
   satisfied: K[];
-  /** performance.now() just before the query was issued, and just after it answered or failed. */
+  /**
+   * performance.now() when the batch's first request came in (for `hint`: when the notification reached this
+   * process; the batch may then wait behind a check already running), just before the query was issued, and just
+   * after it answered or failed.
+   */
+  requestedAt: number;
   startedAt: number;
   finishedAt: number;
   ok: boolean;
@@ -93,6 +98,7 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
   const pending = new Set<K>();
   /** Why the batch `pending` will be checked in: set by the request that made it non-empty. */
   let pendingReason: CheckReason = 'register';
+  let pendingSince = 0;
   let count = 0;
   let running = false;
   let flushQueued = false;
@@ -109,7 +115,10 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
   function request(keys: Iterable<K>, reason: CheckReason): void {
     const wasEmpty = pending.size === 0;
     for (const key of keys) if (parked.has(key)) pending.add(key);
-    if (wasEmpty && pending.size > 0) pendingReason = reason;
+    if (wasEmpty && pending.size > 0) {
+      pendingReason = reason;
+      pendingSince = performance.now();
+    }
     if (pending.size === 0 || running || flushQueued) return; // a running check loop picks pending keys up
     flushQueued = true;
     // Waiters registered in the same tick share the first query.
@@ -125,6 +134,7 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
       while (pending.size > 0) {
         const keys = [...pending].filter((k) => parked.has(k));
         const reason = pendingReason;
+        const requestedAt = pendingSince;
         pending.clear();
         if (keys.length === 0) break;
         const seq = ++checkSeq;
@@ -143,7 +153,7 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
         if (opts.onCheck) {
           const held = holds;
           const satisfied = held ? keys.filter((k) => held.has(k)) : [];
-          report({ sensor: opts.name, keys, satisfied, startedAt, finishedAt, ok: held !== null, reason });
+          report({ sensor: opts.name, keys, satisfied, requestedAt, startedAt, finishedAt, ok: held !== null, reason });
         }
         for (const key of keys) {
           for (const w of [...(parked.get(key) ?? [])]) {
