@@ -5,6 +5,7 @@ import { cmdBackfill, parseBackfillFlags } from './cli-backfill.js';
 import { parseDate, processIo, type Out } from './cli-io.js';
 import { cmdStatus, parseStatusFlags } from './cli-status.js';
 import { cmdClear, cmdMark, CLEAR_USAGE } from './cli-clear.js';
+import { cmdDiagram, DIAGRAM_USAGE } from './cli-diagram.js';
 import { ConfigError } from './config.js';
 
 /** `l2flow <command>`: exit 0 ok, 1 failure, 2 bad usage or configuration. */
@@ -21,6 +22,7 @@ commands:
                                queue a run per date and follow them to the end (exit 1 if any failed)
   cancel --date YYYY-MM-DD     cancel a queued or running run wherever it runs (its warehouse query too; no mail)
 ${CLEAR_USAGE}
+${DIAGRAM_USAGE}
 
 configuration: environment variables (see README), optionally L2FLOW_CONFIG=<file.yaml|json>`;
 
@@ -56,6 +58,9 @@ export async function main(argv: string[], io: Out = processIo(process.env)): Pr
         return await withApi((l2) => cmdClear(l2, rest, io));
       case 'mark':
         return await withApi((l2) => cmdMark(l2, rest, io));
+      // No configuration and no database: it only reads the machine definition.
+      case 'diagram':
+        return await cmdDiagram(rest, io);
       case undefined:
       case 'help':
       case '--help':
