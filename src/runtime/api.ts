@@ -15,6 +15,7 @@ import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, ru
 import { skippedSummary, type SkippedSummary } from './schedule-store.js';
 import { clearRuns, markRun, RunActionError, type ClearedRun } from './run-actions.js';
 import { describeWait, type WaitDescription } from './waits.js';
+import { startInspector, type RunInspector } from './inspect.js';
 import type { RunEvent } from './supervisor.js';
 import { processMetricsProvider, type MetricsProvider } from './metrics.js';
 
@@ -78,6 +79,11 @@ export interface L2flowOptions {
   applicationName?: `l2flow${string}`;
   /** Who is acting, for l2flow.audit (triggers, cancels, clears, marks); a call's own `actor` wins. Default: the OS user. */
   actor?: string;
+  /**
+   * Report every run's actor to the Stately inspector: a relay on `port` (default 8090) that start() opens and
+   * stop() closes; its page's URL is logged. Off by default.
+   */
+  inspect?: boolean | { port?: number };
 }
 
 /** Who did it and why, recorded in l2flow.audit. */
@@ -170,6 +176,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
   let logger: Logger | undefined;
   let pool: pg.Pool | undefined;
   let app: App | undefined;
+  let inspector: RunInspector | undefined;
   let starting: Promise<void> | undefined;
   let stopping: Promise<void> | undefined;
 
@@ -210,7 +217,9 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     if (scope !== 'full') throw new L2flowError('NOT_AVAILABLE', "start() needs the full configuration: create the instance without scope: 'dwh'");
     const problem = await query((p) => checkFlagTrigger(p, config.flagSensor.flagTable));
     if (problem) throw new L2flowError('FLAG_TRIGGER_MISSING', problem);
-    const built = createApp(config, getLogger(), { pool: await query(async (p) => p) });
+    const port = typeof options.inspect === 'object' ? options.inspect.port : undefined;
+    inspector ??= options.inspect ? await startInspector({ logger: getLogger(), ...(port === undefined ? {} : { port }) }) : undefined;
+    const built = createApp(config, getLogger(), { pool: await query(async (p) => p), ...(inspector ? { inspect: inspector.inspect } : {}) });
     built.supervisor.events$.subscribe({ next: (e) => events.next(e) });
     app = built;
     try {
@@ -259,6 +268,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
         try {
           await app?.stop();
         } finally {
+          inspector?.stop();
           await pool?.end();
           events.complete();
         }

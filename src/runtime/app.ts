@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { filter, map, Subject, type Observable } from 'rxjs';
-import { fromPromise } from 'xstate';
+import { fromPromise, type InspectionEvent, type Observer } from 'xstate';
 import { workflowMachine, type WorkflowMachine } from '../machines/workflow.js';
 import { createChildRunner } from '../services/children/index.js';
 import { createRateLimitedWarn } from '../lib/log.js';
@@ -66,6 +66,8 @@ export interface AppOptions {
   heartbeatMs?: number;
   /** The scheduler's wall clock (tests move it). */
   now?: () => Date;
+  /** Passed as `inspect` to every run's actor (the Stately inspector, see inspect.ts). */
+  inspect?: Observer<InspectionEvent>;
 }
 
 /** Wrap a plain step function as a named promise actor: the signal is XState's, aborted when the state is left. */
@@ -228,6 +230,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     sensorTimeoutMs: { wait_for_l2_full_load: config.flagSensor.timeoutMs, wait_for_success_end: config.successEndSensor.timeoutMs },
     runTimeoutMs: config.runTimeoutMs,
     retry: config.retry,
+    ...(opts.inspect ? { inspect: opts.inspect } : {}),
     runNotifications$: hub.notifications$.pipe(
       filter((n) => n.channel === RUN_CHANNEL),
       map((n) => n.payload as { status?: unknown; workflow_id?: unknown }),

@@ -1,11 +1,13 @@
 import { toErrorInfo } from '../lib/errors.js';
-import { createL2flow, L2flowError, type L2flow } from './api.js';
+import { createL2flow, L2flowError, type L2flow, type L2flowOptions } from './api.js';
 import { parseFlags, UsageError } from './args.js';
 import { cmdBackfill, parseBackfillFlags } from './cli-backfill.js';
 import { parseDate, processIo, type Out } from './cli-io.js';
 import { cmdStatus, parseStatusFlags } from './cli-status.js';
 import { cmdClear, cmdMark, CLEAR_USAGE } from './cli-clear.js';
+import { cmdDiagram, DIAGRAM_USAGE } from './cli-diagram.js';
 import { ConfigError } from './config.js';
+import { RUN_FLAGS, runInspect } from './inspect-flags.js';
 
 /** `l2flow <command>`: exit 0 ok, 1 failure, 2 bad usage or configuration. */
 
@@ -13,7 +15,9 @@ const USAGE = `usage: l2flow <command> [flags]
 
 commands:
   migrate                      create or upgrade l2flow's tables and the md schema, install the flag trigger
-  run                          run the workflow runtime (long-running; SIGTERM/SIGINT stop it gracefully)
+  run [--inspect] [--inspect-port N]
+                               run the workflow runtime (long-running; SIGTERM/SIGINT stop it gracefully);
+                               --inspect shows the live actors in the Stately inspector (relay on port 8090)
   trigger [--date YYYY-MM-DD]  queue a run for a logical date (default: today in the workflow timezone)
   status [--date D] [--json] [--limit N]
                                grid of recent runs (dates down, steps across), or one run's timeline
@@ -21,6 +25,7 @@ commands:
                                queue a run per date and follow them to the end (exit 1 if any failed)
   cancel --date YYYY-MM-DD     cancel a queued or running run wherever it runs (its warehouse query too; no mail)
 ${CLEAR_USAGE}
+${DIAGRAM_USAGE}
 
 configuration: environment variables (see README), optionally L2FLOW_CONFIG=<file.yaml|json>`;
 
@@ -32,9 +37,10 @@ export async function main(argv: string[], io: Out = processIo(process.env)): Pr
       case 'migrate':
         parseFlags('migrate', rest, []);
         return await withApi((l2) => cmdMigrate(l2, io));
-      case 'run':
-        parseFlags('run', rest, []);
-        return await cmdRun(io);
+      case 'run': {
+        const f = parseFlags('run', rest, RUN_FLAGS);
+        return await cmdRun(io, runInspect(f));
+      }
       case 'trigger': {
         const f = parseFlags('trigger', rest, [{ name: 'date', type: 'string', description: 'the logical date, YYYY-MM-DD' }]);
         return await withApi((l2) => cmdTrigger(l2, f.date as string | undefined, io));
@@ -56,6 +62,9 @@ export async function main(argv: string[], io: Out = processIo(process.env)): Pr
         return await withApi((l2) => cmdClear(l2, rest, io));
       case 'mark':
         return await withApi((l2) => cmdMark(l2, rest, io));
+      // No configuration and no database: it only reads the machine definition.
+      case 'diagram':
+        return await cmdDiagram(rest, io);
       case undefined:
       case 'help':
       case '--help':
@@ -124,8 +133,8 @@ async function cmdCancel(l2: L2flow, dateFlag: string, io: Out): Promise<number>
   return 0;
 }
 
-async function cmdRun(io: Out): Promise<number> {
-  const l2 = createL2flow({ env: process.env });
+async function cmdRun(io: Out, inspect: L2flowOptions['inspect']): Promise<number> {
+  const l2 = createL2flow({ env: process.env, inspect });
   const { logger } = l2;
   let stopping: Promise<void> | null = null;
   let firstSignalAt = 0;

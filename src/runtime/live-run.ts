@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { createActor, type Actor } from 'xstate';
+import { createActor, type Actor, type InspectionEvent, type Observer } from 'xstate';
 import { activeSteps, type WorkflowInput, type WorkflowMachine, type WorkflowSnapshot } from '../machines/workflow.js';
 import { toErrorInfo } from '../lib/errors.js';
 import { MAX_TIMER_MS } from '../lib/time.js';
@@ -47,6 +47,8 @@ export interface LiveRunHost {
   sensorTimeoutMs: WorkflowInput['sensorTimeoutMs'];
   runTimeoutMs: number | null;
   retry: WorkflowInput['retry'];
+  /** Observer of every actor's inspection events (`l2flow run --inspect`). */
+  inspect?: Observer<InspectionEvent>;
   emit(e: RunEvent): void;
   /** The run reached a final state and that state is written. */
   onEnded(run: LiveRun, snap: WorkflowSnapshot, status: RunStatus): void;
@@ -71,7 +73,10 @@ export function startLiveRun(host: LiveRunHost, row: RunRow, slot: number, locke
     loadId: row.load_id === null ? null : Number(row.load_id),
   };
   const restoring = row.snapshot !== null && row.snapshot !== undefined;
-  const actor = restoring ? createActor(host.machine, { snapshot: row.snapshot as never, input }) : createActor(host.machine, { input });
+  const inspect = host.inspect ? { inspect: host.inspect } : {};
+  const actor = restoring
+    ? createActor(host.machine, { snapshot: row.snapshot as never, input, ...inspect })
+    : createActor(host.machine, { input, ...inspect });
   const emit = (type: RunEvent['type'], snap: WorkflowSnapshot, status: RunStatus, ended?: StepEnd[]) =>
     host.emit({ runId: row.run_id, logicalDate: row.logical_date, type, steps: activeSteps(snap.value), status, at: Date.now(), ...(ended?.length ? { ended } : {}) });
   const stepEnds = createStepEndTracker();

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { Subject, filter, type Observable, type Subscription } from 'rxjs';
+import type { InspectionEvent, Observer } from 'xstate';
 import type { WorkflowInput, WorkflowMachine } from '../machines/workflow.js';
 import { toErrorInfo } from '../lib/errors.js';
 import { createClaimLoop } from './claim-loop.js';
@@ -30,6 +31,8 @@ export interface SupervisorOptions {
   runTimeoutMs?: number | null;
   /** Per-step retries (config `retries`, `steps.<step_id>`). */
   retry?: WorkflowInput['retry'];
+  /** Observer of every run actor's inspection events (`--inspect`). */
+  inspect?: Observer<InspectionEvent>;
   /** Notifications of channel l2flow_run (queued runs wake the claim loop, cancelled ones stop) and listener reconnects. */
   runNotifications$: Observable<{ status?: unknown; workflow_id?: unknown; run_id?: unknown }>;
   reconnects$: Observable<void>;
@@ -73,6 +76,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     sensorTimeoutMs: o.sensorTimeoutMs,
     runTimeoutMs: o.runTimeoutMs ?? null,
     retry: o.retry ?? {},
+    ...(o.inspect ? { inspect: o.inspect } : {}),
     emit: (e) => events.next(e),
     onEnded(run, snap, status) {
       if (live.get(run.row.run_id) !== run) return;

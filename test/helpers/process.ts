@@ -58,9 +58,9 @@ export interface Runtime {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** Spawn the long-running `l2flow run` with exactly `env` (plus PATH). */
-export function startRuntime(env: Record<string, string>): Runtime {
-  const child = spawn(process.execPath, [BIN, 'run'], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
+/** Spawn the long-running `l2flow run [args]` with exactly `env` (plus PATH). */
+export function startRuntime(env: Record<string, string>, args: string[] = []): Runtime {
+  const child = spawn(process.execPath, [BIN, 'run', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
   const logs: string[] = [];
   const stderr: string[] = [];
   let buf = '';

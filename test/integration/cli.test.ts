@@ -362,6 +362,19 @@ describe('the bin, as a process', () => {
     expect(r.err).toMatch(/unknown flag --verbose; valid flags: --date <value>, --json/);
   });
 
+  it('diagram needs no configuration and no database: mermaid by default, json and svg on request', async () => {
+    const m = await spawnCli(['diagram'], { L2FLOW_CONFIG: '/nonexistent/l2flow.yaml' });
+    expect(m).toMatchObject({ code: 0, err: '' });
+    expect(m.out).toMatch(/^stateDiagram-v2\n[\s\S]*send_flg_to_sap --> email_on_failure : error/);
+    const j = await spawnCli(['diagram', '--format', 'json'], {});
+    expect(JSON.parse(j.out)).toMatchObject({ id: 'wf', nodes: expect.any(Array), edges: expect.any(Array) });
+    const s = await spawnCli(['diagram', '--format=svg'], {});
+    expect(s.out).toMatch(/^<\?xml[\s\S]*<\/svg>\n$/);
+    const bad = await spawnCli(['diagram', '--format', 'png'], {});
+    expect(bad.code).toBe(2);
+    expect(bad.err).toMatch(/--format png is not known; write --format mermaid\|json\|svg/);
+  });
+
   it('trigger --date 2024-02-30: exit 2', async () => {
     const r = await spawnCli(['trigger', '--date', '2024-02-30'], { L2FLOW_CONN_DWH: dwh });
     expect(r.code).toBe(2);
