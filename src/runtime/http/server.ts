@@ -84,11 +84,14 @@ export async function startHttpServer(o: HttpServerOptions): Promise<HttpServer>
       stopping ??= new Promise<void>((resolve) => {
         streams.endAll();
         const cut = setTimeout(() => server.closeAllConnections(), graceMs);
+        // A response that ends after close() leaves its keep-alive socket idle, and close() waits for that socket's
+        // keep-alive timeout (5 s): close idle sockets as they appear instead.
+        const idle = setInterval(() => server.closeIdleConnections(), 50);
         server.close(() => {
           clearTimeout(cut);
+          clearInterval(idle);
           resolve();
         });
-        server.closeIdleConnections();
       });
       return stopping;
     },
