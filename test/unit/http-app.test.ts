@@ -29,4 +29,11 @@ describe('httpApp', () => {
     expect(text).not.toContain('tok-0123456789abcdef');
     expect(text).toContain('password authentication failed');
   });
+
+  it('a body over 64 KiB answers 413 naming the body, before any work', async () => {
+    const { app } = httpApp({ api, readiness, token: null, secrets: [], logger: pino({ level: 'silent' }) });
+    const res = await app.request('/api/runs', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ reason: 'x'.repeat(70_000) }) });
+    expect(res.status).toBe(413);
+    expect(await res.json()).toMatchObject({ error: { field: 'body' } });
+  });
 });
