@@ -11,13 +11,14 @@ import { ConfigError, connectionUris, loadConfig, redactUri, type Config, type F
 import { createLogger, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate, type MigrateResult } from './migrate.js';
 import { checkRange, datesBetween, judgeDates, type BackfillDate } from './backfill.js';
-import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, runsBetween, stepsOfRuns, type RunRow, type RunSummary, type StepRow } from './run-store.js';
+import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, runsBetween, stepsOfRuns, type RunRow, type RunStatus, type RunSummary, type StepRow } from './run-store.js';
 import { skippedSummary, type SkippedSummary } from './schedule-store.js';
 import { clearRuns, markRun, RunActionError, type ClearedRun } from './run-actions.js';
 import { describeWait, type WaitDescription } from './waits.js';
 import { startInspector, type RunInspector } from './inspect.js';
 import type { RunEvent } from './supervisor.js';
 import { processMetricsProvider, type MetricsProvider } from './metrics.js';
+import { createReadiness, startHttpServer, type HttpServer } from './http/index.js';
 
 /**
  * The runtime as a library: what `l2flow <command>` does, callable from a host Node service. Configuration is
@@ -117,6 +118,8 @@ export interface L2flow {
   readonly config: Config;
   /** The logger l2flow writes to. */
   readonly logger: Logger;
+  /** The HTTP server's URL once start() has bound it (http.enabled), else null. */
+  readonly httpUrl: string | null;
   /**
    * Every run event of runs this instance executes (started, restored, transition, finished, released). Hot, no
    * replay; subscribe any time, before start() too. Emitted synchronously: keep subscribers cheap and non-throwing.
@@ -141,8 +144,8 @@ export interface L2flow {
   mark(logicalDate: string, status: 'success' | 'failed', opts?: ActionOptions): Promise<{ runId: string; was: string; changed: boolean }>;
   /** The run of a logical date with its steps and failure mails, or null. */
   getRun(logicalDate: string): Promise<RunDetails | null>;
-  /** The newest runs first (default 20). */
-  listRuns(opts?: { limit?: number }): Promise<RunRow[]>;
+  /** The newest runs first (default 20), optionally a later page, within logical dates from … to, of some statuses. */
+  listRuns(opts?: { limit?: number; offset?: number; from?: string; to?: string; status?: RunStatus[] }): Promise<RunRow[]>;
   /**
    * Queue a run (triggered_by `backfill`) for every logical date from … to that has none; existing runs are left as
    * they are. With `dryRun` nothing is created. Each date comes back with its verdict and its run.
@@ -179,13 +182,16 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
   let inspector: RunInspector | undefined;
   let starting: Promise<void> | undefined;
   let stopping: Promise<void> | undefined;
+  let http: HttpServer | undefined;
+  // Scrubbed from every log line and every HTTP answer.
+  const secrets = [...secretsOf(connectionUris(config)), ...(config.http.token ? [config.http.token.secret] : [])];
 
   const getLogger = (): Logger => {
     if (isLogger(options.logger)) return options.logger;
     const own = options.logger;
     logger ??= createLogger({
       level: own?.level ?? config.logLevel,
-      secrets: secretsOf(connectionUris(config)),
+      secrets,
       ...(own?.destination ? { destination: own.destination } : {}),
     });
     return logger;
@@ -224,6 +230,10 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     app = built;
     try {
       await built.start();
+      if (config.http.enabled) {
+        const readiness = createReadiness({ pool: built.pool, listenerConnected: () => built.hub.isConnected() });
+        http = await startHttpServer({ ...config.http, api: l2flow, readiness, metrics: l2flow.metrics, secrets, logger: getLogger() });
+      }
     } catch (err) {
       app = undefined;
       await built.stop().catch(() => undefined);
@@ -242,10 +252,13 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     details,
   });
 
-  return {
+  const l2flow: L2flow = {
     config,
     get logger() {
       return getLogger();
+    },
+    get httpUrl() {
+      return http?.url ?? null;
     },
     events$: events.asObservable(),
     metrics: {
@@ -266,6 +279,8 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       stopping ??= (async () => {
         await starting?.catch(() => undefined);
         try {
+          // The server first: no request starts while the runtime goes away, and open event streams end.
+          await http?.stop();
           await app?.stop();
         } finally {
           inspector?.stop();
@@ -328,7 +343,9 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       });
     },
     async listRuns(opts = {}) {
-      return query((p) => listRuns(p, config.workflowId, opts.limit ?? 20));
+      const { limit = 20, offset, status: statuses } = opts;
+      const [from, to] = [opts.from, opts.to].map((d) => (d === undefined ? undefined : checkDate(d)));
+      return query((p) => listRuns(p, config.workflowId, { limit, offset, from, to, statuses }));
     },
     async backfill(from, to, opts = {}) {
       const problem = checkRange(checkDate(from), checkDate(to), config.startDate);
@@ -347,4 +364,5 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     },
     skippedDates: () => query((p) => skippedSummary(p, config.workflowId)),
   };
+  return l2flow;
 }

@@ -167,6 +167,7 @@ async function cmdRun(io: Out, inspect: L2flowOptions['inspect']): Promise<numbe
       throw err;
     }
     logger.info({ workflowId: l2.config.workflowId, timezone: l2.config.timezone }, 'l2flow running; waiting for runs');
+    if (l2.httpUrl) io.out(`l2flow: HTTP API on ${l2.httpUrl}`);
     // The interval also keeps the process alive while every connection is down and reconnecting on unref'd timers.
     await new Promise<void>((resolve, reject) => {
       const check = setInterval(() => {

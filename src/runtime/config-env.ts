@@ -41,6 +41,10 @@ export const ENV_KEYS: Readonly<Record<string, EnvSetting>> = {
   L2FLOW_CRON_CATCHUP: { key: 'schedule.cron.catchup', type: 'boolean', example: 'true' },
   L2FLOW_ON_FLAG: { key: 'schedule.onFlag.enabled', type: 'boolean', example: 'true' },
   L2FLOW_MANUAL: { key: 'schedule.manual', type: 'boolean', example: 'true' },
+  // The HTTP server; its token (L2FLOW_API_TOKEN) is a secret and is read apart, in config.ts.
+  L2FLOW_HTTP_ENABLED: { key: 'http.enabled', type: 'boolean', example: 'false' },
+  L2FLOW_HTTP_HOST: { key: 'http.host', type: 'text' },
+  L2FLOW_HTTP_PORT: { key: 'http.port', type: 'number' },
 };
 
 /** An environment variable's value; unset and empty count as not given. */

@@ -248,6 +248,16 @@ export const settingsSchema = z.strictObject({
     enabled: z.boolean({ error: 'must be true or false' }).default(false),
     flagCode: z.string().min(1).default('l2_datasets_load_successful'),
   }),
+  // ---- http: the HTTP server of `l2flow run` and of createL2flow().start() (src/runtime/http). ----
+  http: section({
+    enabled: onOff.default(true),
+    /** Loopback by default; any other address needs L2FLOW_API_TOKEN (checked in config.ts). */
+    host: z.string({ error: 'must be an address to bind, e.g. 127.0.0.1' }).trim().min(1, { error: 'must be an address to bind, e.g. 127.0.0.1' }).default('127.0.0.1'),
+    /** 0: any free port (the bound URL is logged and given by the API). */
+    port: z.number({ error: 'must be a port number 0-65535, e.g. 8780' }).int({ error: 'must be a whole port number, e.g. 8780' })
+      .min(0, { error: 'must be a port number 0-65535, e.g. 8780' }).max(65535, { error: 'must be a port number 0-65535, e.g. 8780' }).default(8780),
+  }),
+  // ---- end http ----
 });
 
 /** The settings after parsing: every default filled in. */

@@ -10,8 +10,9 @@ import { ENV_KEYS, envIssueMessage, envSourceOf, envValue, overlayEnv } from './
 import { ConfigError, fileErrorMap, fileIssueError, readConfigFile } from './config-file.js';
 import { settingsSchema, type Settings } from './config-schema.js';
 import { scheduleFromSettings, type ScheduleConfig } from './config-schedule.js';
+import { httpToken, type ApiToken } from './config-http.js';
 
-export type { ChildConfig };
+export type { ChildConfig, ApiToken };
 export type { ScheduleConfig, DateWindow } from './config-schedule.js';
 export type { FileConfig } from './config-schema.js';
 export { ConfigError, ENV_KEYS };
@@ -60,7 +61,11 @@ export interface Config {
   endDate: string | null;
   /** How runs are created besides `trigger` (cron, onFlag), each with its date window resolved. */
   schedule: ScheduleConfig;
+  /** The HTTP server (src/runtime/http); `token` holds a secret: never log it (see describeConfig). */
+  http: { enabled: boolean; host: string; port: number; token: ApiToken | null };
 }
+
+
 
 export { STEP_CHILDREN };
 
@@ -117,6 +122,7 @@ function fromSettings(s: Settings, source?: string): Omit<Config, 'connections' 
     logLevel: s.logLevel,
     endDate: s.workflow.endDate ?? null,
     schedule: scheduleFromSettings(s, source),
+    http: { ...s.http, token: null },
   };
 }
 
@@ -198,7 +204,8 @@ export function loadConfig(
     airflowConnections[c.connection] ??= resolveConnection(env, settings.connections, fileName, key, c.connection, 'airflow');
     checkAirflowVersion(env, settings.connections, fileName, name, c.connection, c.apiVersion);
   }
-  return { ...fromSettings(settings, fileName), connections, airflowConnections };
+  const base = fromSettings(settings, fileName);
+  return { ...base, connections, airflowConnections, http: { ...base.http, token: httpToken(env, full ? base.http : null) } };
 }
 
 /** Refuse at start-up an airflow child whose API version neither its config nor its connection URI says. */
@@ -275,5 +282,6 @@ export function describeConfig(cfg: Config): Record<string, unknown> {
       sap: cfg.connections.sap && redactUri(cfg.connections.sap),
       smtp: cfg.connections.smtp && redactUri(cfg.connections.smtp),
     },
+    http: { ...cfg.http, token: cfg.http.token && { name: cfg.http.token.name, secret: '***' } },
   };
 }

@@ -30,7 +30,7 @@ export async function migrate(pool: pg.Pool, opts: { flagTable: string }): Promi
     const done = new Set(
       (await client.query<{ version: number }>('select version from l2flow.schema_migrations')).rows.map((r) => r.version),
     );
-    const files = (await readdir(SQL_DIR)).filter((f) => /^\d+_.+\.sql$/.test(f)).sort();
+    const files = await migrationFiles();
     for (const file of files) {
       const version = Number.parseInt(file, 10);
       if (done.has(version)) continue;
@@ -52,6 +52,22 @@ export async function migrate(pool: pg.Pool, opts: { flagTable: string }): Promi
     await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => undefined);
     client.release();
   }
+}
+
+/** The shipped migrations, in the order they apply. */
+async function migrationFiles(): Promise<string[]> {
+  return (await readdir(SQL_DIR)).filter((f) => /^\d+_.+\.sql$/.test(f)).sort();
+}
+
+/** Shipped migrations the database has not recorded (all of them before the first `migrate`): readiness asks this. */
+export async function pendingMigrations(db: pg.Pool | pg.ClientBase): Promise<string[]> {
+  const { rows } = await db.query<{ version: number }>('select version from l2flow.schema_migrations').catch((err: { code?: string }) => {
+    // No table (or no schema) yet: nothing is applied.
+    if (err.code === '42P01' || err.code === '3F000') return { rows: [] };
+    throw err;
+  });
+  const done = new Set(rows.map((r) => r.version));
+  return (await migrationFiles()).filter((f) => !done.has(Number.parseInt(f, 10)));
 }
 
 /** Install (or replace) the AFTER INSERT OR UPDATE notify trigger on the configured flag table. */

@@ -66,11 +66,23 @@ export async function getRunByDate(db: pg.Pool | pg.ClientBase, workflowId: stri
   return rows[0] ?? null;
 }
 
+/** Which runs listRuns returns: a page of them, optionally within logical dates from … to and of some statuses. */
+export interface RunFilter {
+  limit: number;
+  offset?: number;
+  from?: string;
+  to?: string;
+  statuses?: RunStatus[];
+}
+
 /** The newest runs first. */
-export async function listRuns(db: pg.Pool, workflowId: string, limit = 20): Promise<RunRow[]> {
+export async function listRuns(db: pg.Pool, workflowId: string, f: RunFilter): Promise<RunRow[]> {
   const { rows } = await db.query<RunRow>(
-    `select ${RUN_COLUMNS} from l2flow.run where workflow_id = $1 order by logical_date desc limit $2`,
-    [workflowId, limit],
+    `select ${RUN_COLUMNS} from l2flow.run
+      where workflow_id = $1 and ($2::date is null or logical_date >= $2) and ($3::date is null or logical_date <= $3)
+        and ($4::text[] is null or status = any($4))
+      order by logical_date desc limit $5 offset $6`,
+    [workflowId, f.from ?? null, f.to ?? null, f.statuses?.length ? f.statuses : null, f.limit, f.offset ?? 0],
   );
   return rows;
 }

@@ -84,6 +84,7 @@ describe('connections stay within the budget whatever max_active_runs is', () =>
       L2FLOW_CONN_SMTP_DEFAULT: smtp.uri(),
       EMAIL_RECIPIENTS: 'dwh-team@bank.example',
       L2FLOW_CONFIG: file,
+      L2FLOW_HTTP_PORT: '0',
     };
     return Promise.all(
       Array.from({ length: n }, async () => {

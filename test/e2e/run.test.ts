@@ -174,4 +174,17 @@ sap:
     expect(status.stdout).toMatch(/failure mail: sent/);
     assertNoSecrets(runtime.logs.join('\n') + status.stdout);
   });
+
+  it('serves HTTP on the port it was given (L2FLOW_HTTP_PORT=0: any free one) and prints its URL', async () => {
+    runtime = startRuntime({ ...env, L2FLOW_HTTP_PORT: '0' });
+    const rt = runtime;
+    const url = await until('the URL line', async () => rt.logs.map((l) => /^l2flow: HTTP API on (http:\/\/127\.0\.0\.1:\d+)$/.exec(l)?.[1]).find(Boolean));
+    expect(rt.logs.some((l) => l.includes('HTTP API listening on') && l.includes(url))).toBe(true);
+    expect(await (await fetch(`${url}/healthz`)).json()).toEqual({ ok: true });
+    expect((await fetch(`${url}/readyz`)).status).toBe(200);
+    const run = await fetch(`${url}/api/runs/${D}`);
+    const text = await run.text();
+    expect(JSON.parse(text)).toMatchObject({ logical_date: D, status: 'success' });
+    assertNoSecrets(text);
+  });
 });

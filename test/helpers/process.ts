@@ -4,6 +4,12 @@ import { existsSync, statSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+/**
+ * Added under every l2flow a test starts (the env given wins): `l2flow run` serves HTTP on 8780 by default, and test
+ * files run in parallel processes, so each server takes any free port instead.
+ */
+export const TEST_HTTP_ENV: Readonly<Record<string, string>> = { L2FLOW_HTTP_PORT: '0' };
+
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.join(ROOT, 'bin/l2flow.js');
 const CLI_JS = path.join(ROOT, 'dist/src/runtime/cli.js');
@@ -33,7 +39,7 @@ export interface CliResult {
 /** Run `l2flow <args>` to completion with exactly `env` (plus PATH). */
 export function runCli(args: string[], env: Record<string, string>, timeoutMs = 20_000): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
+    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...TEST_HTTP_ENV, ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -60,7 +66,7 @@ export interface Runtime {
 
 /** Spawn the long-running `l2flow run [args]` with exactly `env` (plus PATH). */
 export function startRuntime(env: Record<string, string>, args: string[] = []): Runtime {
-  const child = spawn(process.execPath, [BIN, 'run', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...env } });
+  const child = spawn(process.execPath, [BIN, 'run', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...TEST_HTTP_ENV, ...env } });
   const logs: string[] = [];
   const stderr: string[] = [];
   let buf = '';
@@ -101,7 +107,7 @@ const CONFIG_ENV = /^(L2FLOW_(?!TEST_)|AIRFLOW_CONN_|DWH_CONN_ID$|SAP_CONN_ID$|S
 export async function runMain(argv: string[], env: Record<string, string>): Promise<{ code: number; out: string; err: string }> {
   const saved = { ...process.env };
   for (const k of Object.keys(process.env)) if (CONFIG_ENV.test(k)) delete process.env[k];
-  Object.assign(process.env, env);
+  Object.assign(process.env, TEST_HTTP_ENV, env);
   const out: string[] = [];
   const err: string[] = [];
   try {

@@ -340,6 +340,12 @@ describe('run refuses to start on a bad setup, leaving nothing behind', () => {
     expect(r.err).toMatch(/L2FLOW_CONN_SAP_CONN: connection "sap_conn" has scheme "ftp"/);
   });
 
+  it('an HTTP server on a non-loopback address without a token: exit 2 naming L2FLOW_API_TOKEN', async () => {
+    const r = await cli(['run'], runEnv(dwh, { L2FLOW_HTTP_HOST: '0.0.0.0' }));
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/L2FLOW_API_TOKEN: the HTTP server binds 0\.0\.0\.0 .*need a token/);
+  });
+
   it('an unknown child kind: exit 2 naming the key', async () => {
     const f = path.join(tmp, 'bad-kind.yaml');
     writeFileSync(f, 'children:\n  wf_data_preparation_for_reports: { kind: dag, dag_id: x }\n');

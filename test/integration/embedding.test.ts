@@ -48,6 +48,7 @@ describe('createL2flow, imported as the package l2flow', () => {
     const l2: L2flow = createL2flow({
       config: {
         workflow: { startDate: D, claimIntervalSeconds: 0.2 },
+        http: { port: 0 }, // test files run in parallel: any free port, not 8780
         connections: { dwh: db.uri, sap_conn: `${sap.base}/sap/readiness?token=t0ken`, smtp_default: smtp.uri() },
         email: { recipients: ['dwh-team@bank.example'] },
         children: {
@@ -158,6 +159,7 @@ describe('createL2flow, imported as the package l2flow', () => {
         L2FLOW_CONN_SMTP_DEFAULT: smtp.uri(),
         EMAIL_RECIPIENTS: 'dwh-team@bank.example',
         L2FLOW_LOG_LEVEL: 'warn',
+        L2FLOW_HTTP_PORT: '0',
       },
     });
     let out = '';

@@ -1,0 +1,42 @@
+import type pg from 'pg';
+import { pendingMigrations } from '../migrate.js';
+
+/** /readyz: the database answers, the LISTEN connection is up, every shipped migration is applied. */
+
+export interface Check {
+  ok: boolean;
+  /** What is wrong and what to do, when not ok. */
+  error?: string;
+}
+
+export interface Readiness {
+  ok: boolean;
+  checks: { database: Check; listener: Check; migrations: Check };
+}
+
+/** A promise that rejects after `ms`: a database that does not answer is as unready as one that refuses. */
+function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+const failed = (err: unknown): Check => ({ ok: false, error: (err as Error).message });
+
+/** The readiness probe of one process; each call asks the database afresh (a probe is a few seconds apart). */
+export function createReadiness(d: { pool: pg.Pool; listenerConnected: () => boolean; timeoutMs?: number }): () => Promise<Readiness> {
+  const timeoutMs = d.timeoutMs ?? 2000;
+  return async () => {
+    const [database, migrations] = await Promise.all([
+      within(timeoutMs, 'the database', d.pool.query('select 1')).then((): Check => ({ ok: true }), failed),
+      within(timeoutMs, 'the database', pendingMigrations(d.pool)).then(
+        (pending): Check => (pending.length ? { ok: false, error: `not applied: ${pending.join(', ')}: run \`l2flow migrate\`` } : { ok: true }),
+        failed,
+      ),
+    ]);
+    const listener: Check = d.listenerConnected() ? { ok: true } : { ok: false, error: 'the LISTEN connection is down; it reconnects by itself' };
+    return { ok: database.ok && listener.ok && migrations.ok, checks: { database, listener, migrations } };
+  };
+}
