@@ -30,10 +30,25 @@ interface Rect {
   h: number;
 }
 
+/** How the dashboard marks a state of one run: entered and running, passed, failed, or waiting in a sensor. */
+export type StateMark = 'active' | 'done' | 'failed' | 'waiting';
+
+/** Options of toSvg: `marks` by state key (a step id, or success / failed / cancelled); `inlineStyle: false` leaves
+ * the `<style>` out, for a page whose Content-Security-Policy refuses inline styles (it links STATECHART_CSS). */
+export interface SvgOptions {
+  marks?: Readonly<Record<string, StateMark>>;
+  inlineStyle?: boolean;
+}
+
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 const text = (x: number, y: number, s: string, cls: string) => `<text x="${x}" y="${y}" class="${cls}">${esc(s)}</text>`;
 
-function layout(view: OperatorView) {
+function layout(view: OperatorView, marks: Readonly<Record<string, StateMark>>) {
+  /** A state's group: `data-state` (its key) lets a page find it; `data-mark` and a class say what the run did there. */
+  const group = (n: ViewNode) => {
+    const mark = marks[n.label];
+    return `<g data-state="${esc(n.label)}"${mark ? ` data-mark="${mark}" class="mark-${mark}"` : ''}>`;
+  };
   const byId = new Map(view.nodes.map((n) => [n.id, n]));
   const childrenOf = (parent: string | null) => view.nodes.filter((n) => n.parent === parent);
   /** The ancestor of `id` (or itself) that is a direct child of `container`. */
@@ -61,9 +76,9 @@ function layout(view: OperatorView) {
       place(x, y, at, out) {
         at.set(n.id, { x, y, w, h: BOX_H });
         const cls = `state${n.failure ? ' failure' : ''}${n.type === 'final' ? ' final' : ''}`;
-        out.push(`<rect x="${x}" y="${y}" width="${w}" height="${BOX_H}" rx="8" class="${cls}"/>`);
+        out.push(group(n), `<rect x="${x}" y="${y}" width="${w}" height="${BOX_H}" rx="8" class="${cls}"/>`);
         if (n.type === 'final') out.push(`<rect x="${x + 3}" y="${y + 3}" width="${w - 6}" height="${BOX_H - 6}" rx="6" class="${cls}"/>`);
-        out.push(text(x + w / 2, y + BOX_H / 2 + 4, n.label, n.failure ? 'label failure-label' : 'label'));
+        out.push(text(x + w / 2, y + BOX_H / 2 + 4, n.label, n.failure ? 'label failure-label' : 'label'), '</g>');
       },
     };
   };
@@ -75,8 +90,8 @@ function layout(view: OperatorView) {
       const w = inner.w + 2 * PAD;
       const h = inner.h + TITLE_H + PAD;
       at.set(n.id, { x, y, w, h });
-      out.push(`<rect x="${x}" y="${y}" width="${w}" height="${h}" rx="10" class="${cls}"/>`);
-      out.push(text(x + 10, y + 15, n.type === 'parallel' ? `${n.label} (parallel)` : n.label, 'title'));
+      out.push(group(n), `<rect x="${x}" y="${y}" width="${w}" height="${h}" rx="10" class="${cls}"/>`);
+      out.push(text(x + 10, y + 15, n.type === 'parallel' ? `${n.label} (parallel)` : n.label, 'title'), '</g>');
       inner.place(x + PAD, y + TITLE_H, at, out);
     },
   });
@@ -156,7 +171,8 @@ function line(x1: number, y1: number, x2: number, y2: number, cls: string): stri
   return `<path d="M${x1} ${y1} L${x2} ${y2}" class="${cls}"/>`;
 }
 
-const STYLE = `
+/** The statechart's styles: inside the standalone SVG, and served as a stylesheet to the dashboard. */
+export const STATECHART_CSS = `
   text { font-family: monospace; font-size: 12px; fill: #1a1a1a; }
   .label { text-anchor: middle; } .title { font-weight: bold; fill: #455a64; } .note { fill: #455a64; }
   .state { fill: #e3f2fd; stroke: #1565c0; stroke-width: 1.5; } .final { fill: #e8f5e9; stroke: #2e7d32; }
@@ -165,12 +181,17 @@ const STYLE = `
   .final-ring { fill: #fff; stroke: #1a1a1a; stroke-width: 1.5; } .final-dot, .initial { fill: #1a1a1a; }
   .edge { fill: none; stroke: #37474f; stroke-width: 1.4; marker-end: url(#arrow); }
   .error { fill: none; stroke: #c62828; stroke-width: 1.4; stroke-dasharray: 6 4; marker-end: url(#arrow-red); }
-  .error-label { fill: #c62828; }`;
+  .error-label { fill: #c62828; }
+  .mark-done rect { fill: #c8e6c9; stroke: #2e7d32; stroke-width: 2.5; }
+  .mark-active rect { fill: #b3e5fc; stroke: #0277bd; stroke-width: 3; }
+  .mark-waiting rect { fill: #fff3c4; stroke: #f9a825; stroke-width: 3; stroke-dasharray: 5 3; }
+  .mark-failed rect { fill: #ffcdd2; stroke: #b71c1c; stroke-width: 3.5; }
+  .mark-failed text { fill: #7f0000; font-weight: bold; }`;
 
 /** The graph as a standalone SVG document. */
-export function toSvg(graph: MachineGraph): string {
+export function toSvg(graph: MachineGraph, options: SvgOptions = {}): string {
   const view = operatorView(graph);
-  const { column, byId } = layout(view);
+  const { column, byId } = layout(view, options.marks ?? {});
   const body = column(null);
   const at = new Map<string, Rect>();
   const shapes: string[] = [];
@@ -220,7 +241,7 @@ export function toSvg(graph: MachineGraph): string {
     `<?xml version="1.0" encoding="UTF-8"?>`,
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">`,
     `<title>${esc(graph.id)}: the l2flow statechart</title>`,
-    `<defs><style>${STYLE}\n</style>`,
+    `<defs>${options.inlineStyle === false ? '' : `<style>${STATECHART_CSS}\n</style>`}`,
     `<marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse"><path d="M0 0 L10 5 L0 10 z" fill="#37474f"/></marker>`,
     `<marker id="arrow-red" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse"><path d="M0 0 L10 5 L0 10 z" fill="#c62828"/></marker></defs>`,
     `<rect width="100%" height="100%" fill="#ffffff"/>`,

@@ -22,6 +22,11 @@ const SYMBOLS: Record<string, { symbol: string; label: string; color?: Parameter
   cancelled: { symbol: '⊘', label: 'cancelled', color: 'magenta' },
 };
 
+/** Every state with its symbol and label, for the dashboard's grid and legend (the same symbols as the CLI). */
+export function stateLegend(): { state: string; symbol: string; label: string }[] {
+  return Object.entries(SYMBOLS).map(([state, s]) => ({ state, symbol: s.symbol, label: s.label }));
+}
+
 /** The grid symbol of a state (`?` for a status this version does not know). */
 export function symbolOf(state: StepState, color = false): string {
   const s = SYMBOLS[state];

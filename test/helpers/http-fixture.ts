@@ -18,6 +18,7 @@ export interface HttpFixture {
   db: TestDb;
   l2: L2flow;
   url: string;
+  sap: TestSapServer;
   /** Every response body read through `call`. */
   bodies: string[];
   /** A request to the server; `token` adds the bearer token, `json` sends a JSON body. */
@@ -25,8 +26,8 @@ export interface HttpFixture {
   close(): Promise<void>;
 }
 
-/** Start the fixture; `token` is L2FLOW_API_TOKEN (default `ops:<secret>`; null for none). */
-export async function startHttpFixture(o: { token?: string | null } = {}): Promise<HttpFixture> {
+/** Start the fixture; `token` is L2FLOW_API_TOKEN (default `ops:<secret>`; null for none); `sensors` is the config's. */
+export async function startHttpFixture(o: { token?: string | null; sensors?: Record<string, Record<string, unknown>> } = {}): Promise<HttpFixture> {
   const db = await createTestDb();
   await createSegmentationView(db.pool, 3);
   const role = `l2flow_http_${db.name}`;
@@ -44,6 +45,7 @@ export async function startHttpFixture(o: { token?: string | null } = {}): Promi
         smtp_default: smtp.uri('mailer', SECRETS.smtp),
       },
       email: { recipients: ['dwh-team@bank.example'] },
+      ...(o.sensors ? { sensors: o.sensors } : {}),
       children: {
         wf_data_preparation_for_reports: { kind: 'sql', statement: 'select $1::date' },
         l1_to_l2_p_load_data_ds_client_segmentation_full: { kind: 'sql', statement: 'select $1::date, $2::bigint' },
@@ -59,6 +61,7 @@ export async function startHttpFixture(o: { token?: string | null } = {}): Promi
     db,
     l2,
     url,
+    sap,
     bodies,
     async call(method, path, c = {}) {
       const headers: Record<string, string> = { ...c.headers };

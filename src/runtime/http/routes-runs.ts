@@ -8,7 +8,7 @@ import { badInput, dateParam, HttpError, isoDate, jsonBody, reason, type Send } 
 
 /** The runs API: list, one run, trigger, clear, cancel, mark. Reads are open; writes pass requireToken. */
 
-export type RunsApi = Pick<L2flow, 'trigger' | 'cancel' | 'clear' | 'mark' | 'getRun' | 'listRuns'>;
+export type RunsApi = Pick<L2flow, 'trigger' | 'cancel' | 'clear' | 'mark' | 'getRun' | 'listRuns' | 'stepsOf'>;
 
 const STATUSES: RunStatus[] = ['queued', 'running', 'success', 'failed', 'cancelled'];
 const MAX_LIMIT = 500;
@@ -27,6 +27,15 @@ const clearBody = z.strictObject({
 const cancelBody = z.strictObject({ reason: reason.optional() });
 const markBody = z.strictObject({ status: z.enum(['success', 'failed'], { error: 'must be "success" or "failed"' }), reason: reason.optional() });
 
+/** The run's deadlines from its snapshot (absolute, so they survive a restore): the run's and each sensor's, ISO. */
+function deadlinesOf(snapshot: unknown): Record<string, string> {
+  const ctx = (snapshot as { context?: { runDeadline?: unknown; deadlines?: Record<string, unknown> } } | null)?.context;
+  const out: Record<string, string> = {};
+  if (typeof ctx?.runDeadline === 'number') out.run = new Date(ctx.runDeadline).toISOString();
+  for (const [step, at] of Object.entries(ctx?.deadlines ?? {})) if (typeof at === 'number') out[step] = new Date(at).toISOString();
+  return out;
+}
+
 /** A whole number query parameter within bounds. */
 function whole(name: string, text: string | undefined, dflt: number, min: number, max: number): number {
   if (text === undefined) return dflt;
@@ -36,7 +45,7 @@ function whole(name: string, text: string | undefined, dflt: number, min: number
 }
 
 /** The list's query: every parameter checked, an unknown one refused (a typo must not widen the answer silently). */
-function listQuery(c: Context) {
+export function listQuery(c: Context) {
   const q = c.req.query();
   const unknown = Object.keys(q).find((k) => !LIST_PARAMS.includes(k));
   if (unknown) throw badInput(unknown, `is not a parameter of this list: use ${LIST_PARAMS.join(', ')}`);
@@ -67,8 +76,8 @@ export function runsRoutes(api: RunsApi, token: ApiToken | null, send: Send) {
       const date = dateParam(c);
       const run = await api.getRun(date);
       if (!run) throw new HttpError(404, 'NOT_FOUND', `no run for ${date}: queue one with POST /api/runs {"date": "${date}"}`);
-      const { snapshot: _snapshot, ...details } = run;
-      return send(c, details);
+      const { snapshot, ...details } = run;
+      return send(c, { ...details, deadlines: deadlinesOf(snapshot) });
     })
     .post('/', write, async (c) => {
       const body = await jsonBody(c, triggerBody);

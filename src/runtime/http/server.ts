@@ -14,9 +14,10 @@ import type { Readiness } from './readiness.js';
 import { healthRoutes, type MetricsSource } from './routes-health.js';
 import { eventRoutes } from './routes-events.js';
 import { runsRoutes, type RunsApi } from './routes-runs.js';
+import { dashboardRoutes } from './routes-dashboard.js';
 import { errorAnswer, HttpError, jsonWriter } from './respond.js';
 
-/** The HTTP server of a running l2flow: probes, metrics, the JSON API and its event stream (hono on node:http). */
+/** The HTTP server of a running l2flow: probes, metrics, the JSON API, its event stream and the dashboard (hono on node:http). */
 
 export interface HttpServerOptions {
   host: string;
@@ -50,6 +51,7 @@ export function httpApp(o: Omit<HttpServerOptions, 'host' | 'port'>) {
     .route('/', healthRoutes(o.readiness, o.metrics, json.send))
     .route('/api/runs', runsRoutes(o.api, o.token, json.send))
     .route('/api/events', events.app)
+    .route('/', dashboardRoutes(o.api, json.send))
     .notFound((c) => json.send(c, { error: { code: 'NOT_FOUND', message: `no route ${c.req.method} ${c.req.path}: see README "HTTP API"` } }, 404))
     .onError((err, c) => {
       const { status, body } = errorAnswer(err);
