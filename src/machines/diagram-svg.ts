@@ -30,8 +30,9 @@ interface Rect {
   h: number;
 }
 
-/** How the dashboard marks a state of one run: entered and running, passed, failed, or waiting in a sensor. */
-export type StateMark = 'active' | 'done' | 'failed' | 'waiting';
+/** How the dashboard marks a state of one run: running, passed, failed, waiting in a sensor, or stopped (cancelled,
+ * also a branch stopped because its sibling failed). */
+export type StateMark = 'active' | 'done' | 'failed' | 'waiting' | 'cancelled';
 
 /** Options of toSvg: `marks` by state key (a step id, or success / failed / cancelled); `inlineStyle: false` leaves
  * the `<style>` out, for a page whose Content-Security-Policy refuses inline styles (it links STATECHART_CSS). */
@@ -186,7 +187,8 @@ export const STATECHART_CSS = `
   .mark-active rect { fill: #b3e5fc; stroke: #0277bd; stroke-width: 3; }
   .mark-waiting rect { fill: #fff3c4; stroke: #f9a825; stroke-width: 3; stroke-dasharray: 5 3; }
   .mark-failed rect { fill: #ffcdd2; stroke: #b71c1c; stroke-width: 3.5; }
-  .mark-failed text { fill: #7f0000; font-weight: bold; }`;
+  .mark-failed text { fill: #7f0000; font-weight: bold; }
+  .mark-cancelled rect { fill: #f3e5f5; stroke: #6d4c7d; stroke-width: 2.5; stroke-dasharray: 2 2; }`;
 
 /** The graph as a standalone SVG document. */
 export function toSvg(graph: MachineGraph, options: SvgOptions = {}): string {

@@ -36,7 +36,7 @@ async function settled(date: string, timeoutMs = 20_000): Promise<string> {
 const flag = (logicalDate: string) => fx.db.pool.query('insert into md.dwh_flag (flag_cd, bussines_date) values ($1, $2)', [FLAG, addDays(logicalDate, -1)]);
 
 async function open(path: string, viewport = { width: 1280, height: 800 }): Promise<Page> {
-  const page = await browser.newPage({ viewport });
+  const page = await browser.newPage({ viewport, locale: 'en-US' });
   page.on('request', (r) => void requested.push(r.url()));
   page.on('console', (m) => void (m.type() === 'error' && consoleErrors.push(m.text())));
   // The server has a token: the page asks for it once, at the first write.
@@ -135,7 +135,7 @@ describe.skipIf(!haveBrowser)('dashboard in headless chromium', () => {
     await page.close();
   });
 
-  it('the Trigger button queues a run through the API, asking for the token once', async () => {
+  it('the Trigger button queues a run through the API, asking for the token once; the waiting run shows its sensor', async () => {
     const page = await open('/');
     await page.locator('#grid').waitFor();
     await page.locator('#trigger input[name="date"]').fill(TRIGGERED);
@@ -146,6 +146,15 @@ describe.skipIf(!haveBrowser)('dashboard in headless chromium', () => {
     expect(run.body.audit).toEqual(expect.arrayContaining([expect.objectContaining({ action: 'trigger', actor: 'ops' })]));
     expect(await page.evaluate(() => sessionStorage.getItem('l2flow.token'))).toBe(SECRETS.token);
     await page.close();
+
+    // Nobody inserts its flag: its page shows what the sensor waits for, its last check and its deadline.
+    const waiting = await open(`/runs/${TRIGGERED}`);
+    await waiting.locator('#waiting').waitFor({ timeout: 10_000 });
+    const text = await waiting.locator('#waiting').textContent();
+    expect(text).toContain(`flag '${FLAG}' in md.dwh_flag for business date ${addDays(TRIGGERED, -1)}`);
+    expect(text).toMatch(/deadline\d{1,2}\/\d{1,2}\/\d{4}/);
+    expect(await waiting.locator('#statechart [data-state="wait_for_l2_full_load"]').getAttribute('data-mark')).toBe('waiting');
+    await waiting.close();
   });
 
   it('fits a phone: the grid scrolls inside its box, the run page stacks; nothing left 127.0.0.1', async () => {

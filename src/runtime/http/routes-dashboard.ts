@@ -41,7 +41,7 @@ const secured = (c: Context) => {
 };
 
 /** A step state as the statechart marks it; not started and unknown states are not marked. */
-const MARK_OF: Record<string, StateMark> = { success: 'done', failed: 'failed', running: 'active', waiting: 'waiting', cancelled: 'failed' };
+const MARK_OF: Record<string, StateMark> = { success: 'done', failed: 'failed', running: 'active', waiting: 'waiting', cancelled: 'cancelled' };
 
 /** The marks of one run: each step by its state, and the final state the run reached. */
 function runMarks(status: string, steps: Parameters<typeof stepStates>[0]): Record<string, StateMark> {
@@ -52,7 +52,7 @@ function runMarks(status: string, steps: Parameters<typeof stepStates>[0]): Reco
   }
   if (status === 'success') marks.success = 'done';
   if (status === 'failed') marks.failed = 'failed';
-  if (status === 'cancelled') marks.cancelled = 'failed';
+  if (status === 'cancelled') marks.cancelled = 'cancelled';
   return marks;
 }
 
