@@ -81,6 +81,16 @@ describe('toSvg', () => {
     expect(svg).toContain('class="error"');
     expectWellFormed(svg);
   });
+
+  it('marks the states of a run by key, and leaves the inline style out for a page that links it', () => {
+    const marked = toSvg(graph, { marks: { send_flg_to_sap: 'failed', get_load_id: 'done', failed: 'failed' }, inlineStyle: false });
+    expect(marked).toContain('<g data-state="send_flg_to_sap" data-mark="failed" class="mark-failed">');
+    expect(marked).toContain('<g data-state="get_load_id" data-mark="done" class="mark-done">');
+    expect(marked).toContain('<g data-state="branches">');
+    expect(marked).not.toContain('<style>');
+    expect(svg).toContain('<style>');
+    expectWellFormed(marked);
+  });
 });
 
 /** A small XML check: every tag closes in order, attributes are quoted, no stray `&` or `<`. */
