@@ -179,7 +179,8 @@ sap:
     runtime = startRuntime({ ...env, L2FLOW_HTTP_PORT: '0' });
     const rt = runtime;
     const url = await until('the URL line', async () => rt.logs.map((l) => /^l2flow: HTTP API on (http:\/\/127\.0\.0\.1:\d+)$/.exec(l)?.[1]).find(Boolean));
-    expect(rt.logs.some((l) => l.includes('HTTP API listening on') && l.includes(url))).toBe(true);
+    // The log line goes through pino's asynchronous destination: it may land a moment after the printed URL.
+    await until('the log line naming the URL', async () => rt.logs.some((l) => l.includes('HTTP API listening on') && l.includes(url)));
     expect(await (await fetch(`${url}/healthz`)).json()).toEqual({ ok: true });
     expect((await fetch(`${url}/readyz`)).status).toBe(200);
     const run = await fetch(`${url}/api/runs/${D}`);
