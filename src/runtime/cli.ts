@@ -6,6 +6,7 @@ import { parseDate, processIo, type Out } from './cli-io.js';
 import { cmdStatus, parseStatusFlags } from './cli-status.js';
 import { cmdClear, cmdMark, CLEAR_USAGE } from './cli-clear.js';
 import { cmdDiagram, DIAGRAM_USAGE } from './cli-diagram.js';
+import { cmdConfig, CONFIG_USAGE } from './cli-config.js';
 import { ConfigError } from './config.js';
 import { RUN_FLAGS, runInspect } from './inspect-flags.js';
 
@@ -26,6 +27,7 @@ commands:
   cancel --date YYYY-MM-DD     cancel a queued or running run wherever it runs (its warehouse query too; no mail)
 ${CLEAR_USAGE}
 ${DIAGRAM_USAGE}
+${CONFIG_USAGE}
 
 configuration: environment variables (see README), optionally L2FLOW_CONFIG=<file.yaml|json>`;
 
@@ -65,6 +67,9 @@ export async function main(argv: string[], io: Out = processIo(process.env)): Pr
       // No configuration and no database: it only reads the machine definition.
       case 'diagram':
         return await cmdDiagram(rest, io);
+      // The configuration only: nothing connects.
+      case 'config':
+        return await cmdConfig(rest, io);
       case undefined:
       case 'help':
       case '--help':
