@@ -165,12 +165,13 @@ export function benchConfig(uri: string, sapUrl: string, settings: object): Conf
 }
 
 /** createApp as `l2flow run` builds it, logging to a file (default /dev/null), started. */
-export async function startApp(config: Config, opts: { pool?: pg.Pool; logFile?: string } = {}): Promise<App> {
+export async function startApp(config: Config, opts: { pool?: pg.Pool; logFile?: string; beforeStart?: (app: App) => void } = {}): Promise<App> {
   const logger = createLogger({
     level: config.logLevel,
     destination: opts.logFile ? createWriteStream(opts.logFile) : pino.destination({ dest: '/dev/null', sync: false }),
   });
   const app = createApp(config, logger, opts.pool ? { pool: opts.pool } : {});
+  opts.beforeStart?.(app);
   await app.start();
   return app;
 }
