@@ -16,8 +16,8 @@ export const manyBench: Bench = {
   title: 'many waiting runs, then release all',
   async run(ctx) {
     const n = ctx.n(1000, 20);
-    const pollS = ctx.n(5, 1);
-    const idleS = ctx.n(20, 2);
+    const pollS = ctx.n(5, 0.5);
+    const idleS = ctx.n(20, 1);
     const db = await openDb('many');
     const sap = await startSap();
     try {

@@ -13,12 +13,13 @@ import { ADMIN_URI, type Bench, type BenchResult } from './harness.js';
 import { fullRunBench, sensorBench } from './b-latency.js';
 import { manyBench } from './b-many.js';
 import { onFlagBench } from './b-onflag.js';
+import { backfillBench, persistenceBench, startupBench } from './b-process.js';
 import { markdownTable, textTable } from './table.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** The checkout: bench/ in the sources, dist/bench/ once built. */
 const ROOT = path.basename(path.resolve(HERE, '..')) === 'dist' ? path.resolve(HERE, '..', '..') : path.resolve(HERE, '..');
-export const BENCHES: Bench[] = [sensorBench, fullRunBench, manyBench, onFlagBench];
+export const BENCHES: Bench[] = [sensorBench, fullRunBench, manyBench, onFlagBench, backfillBench, persistenceBench, startupBench];
 
 export interface SuiteResult {
   startedAt: string;
