@@ -27,7 +27,8 @@ export interface SuiteResult {
   machine: { cpus: number; cpuModel: string; memGiB: number; loadavg: { start: number[]; end: number[] }; platform: string };
   versions: { node: string; postgres: string; l2flow: string; graphileWorker: string };
   durationS: number;
-  benchmarks: (BenchResult & { error?: string })[];
+  /** A benchmark kept from an earlier run (`npm run bench -- NAME` ran others) says when it was measured. */
+  benchmarks: (BenchResult & { error?: string; measuredAt?: string })[];
 }
 
 function version(pkg: string): string {
@@ -95,6 +96,16 @@ export async function runSuite(o: { names: string[]; smoke: boolean; out?: strin
   result.durationS = Math.round((performance.now() - t0) / 100) / 10;
   const out = o.out ?? path.join(ROOT, 'bench', 'results', 'latest.json');
   mkdirSync(path.dirname(out), { recursive: true });
+  // One benchmark run by name: keep the others' last figures (marked with when they were measured).
+  if (o.names.length && !o.smoke) {
+    try {
+      const old = JSON.parse(readFileSync(out, 'utf8')) as SuiteResult;
+      const kept = old.benchmarks.filter((b) => !chosen.some((c) => c.name === b.name)).map((b) => ({ ...b, measuredAt: b.measuredAt ?? old.startedAt }));
+      result.benchmarks = BENCHES.flatMap((b) => [...result.benchmarks, ...kept].filter((x) => x.name === b.name));
+    } catch {
+      // no earlier results
+    }
+  }
   writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
   log(textTable(result));
   log(`results: ${out}`);

@@ -18,6 +18,7 @@ interface Row {
 function rows(r: SuiteResult): Row[] {
   const out: Row[] = [];
   for (const b of r.benchmarks) {
+    if (b.measuredAt) out.push({ bench: b.name, figure: `(kept from ${b.measuredAt})`, value: '', target: '', verdict: '', floor: '' });
     if (b.error) out.push({ bench: b.name, figure: 'error', value: b.error.slice(0, 120), target: '', verdict: 'failed', floor: '' });
     for (const f of b.figures) {
       out.push({ bench: b.name, figure: f.name, value: fmt(f), target: f.target ?? '', verdict: verdict(f), floor: floorOf(f) });
