@@ -25,7 +25,7 @@ const SENSOR_STEP = 'wait_for_l2_full_load';
 const VIEW = 'wk_export.ds_client_segmentation_last_v';
 
 /** A stand-in SAP: answers every POST with 200. */
-async function startSap(): Promise<{ url: string; requests: () => number; close(): Promise<void> }> {
+export async function startSap(): Promise<{ url: string; requests: () => number; close(): Promise<void> }> {
   let requests = 0;
   const server = http.createServer((req, res) => {
     req.resume();

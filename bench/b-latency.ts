@@ -1,0 +1,87 @@
+/**
+ * The latency benchmarks timed with interleaved samples against the floor (raw INSERT → NOTIFY to a bare LISTEN):
+ * - sensor: committed flag INSERT → run leaves wait_for_l2_full_load, and the peer (graphile-worker add_job →
+ *   task start) interleaved in the same rounds;
+ * - full-run: flag INSERT → run `success` committed.
+ */
+import { atMost, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, benchConfig, benchSettings, type Bench, type Probe } from './harness.js';
+import { startSap } from './run-observer.js';
+import { runProbe } from './run-probe.js';
+import { graphileProbe } from './peer.js';
+
+/** Floor, the run probe and optionally the peer, interleaved; returns every probe's samples. */
+async function interleaved(tag: string, until: 'sensor' | 'success', rounds: number, warmup: number, peer: boolean) {
+  const db = await openDb(tag);
+  const sap = await startSap();
+  const probes: Probe[] = [];
+  try {
+    // Disjoint business dates: the floor's flags never satisfy a run's wait.
+    probes.push(await floorProbe(db, '2001-01-01'));
+    const firstBusinessDate = '2021-01-01';
+    const app = await startApp(benchConfig(db.uri, sap.url, benchSettings('2021-01-02')));
+    const run = await runProbe({ app, db, firstBusinessDate, until, name: until === 'sensor' ? 'l2flow run leaves the sensor' : 'l2flow run success committed' });
+    probes.push(run);
+    if (peer) probes.push(await graphileProbe(db));
+    try {
+      const samples = await sampleInterleaved(probes, rounds, warmup);
+      return { samples, probes: probes.map((p) => p.name), succeeded: run.succeeded(), sapPosts: sap.requests() };
+    } finally {
+      await app.stop();
+    }
+  } finally {
+    for (const p of probes) await p.close().catch(() => undefined);
+    await sap.close();
+    await db.drop();
+  }
+}
+
+export const sensorBench: Bench = {
+  name: 'sensor',
+  title: 'sensor reaction (+ peer, same run)',
+  async run(ctx) {
+    const rounds = ctx.n(500, 10);
+    const r = await interleaved('sensor', 'sensor', rounds, ctx.n(20, 2), true);
+    const [floorName, runName, peerName] = r.probes as [string, string, string];
+    const floor = percentiles(r.samples.get(floorName)!);
+    const l2 = percentiles(r.samples.get(runName)!);
+    const peer = percentiles(r.samples.get(peerName)!);
+    return {
+      samples: rounds,
+      figures: [
+        report('floor p50', floor.p50, 'ms'),
+        report('floor p99', floor.p99, 'ms'),
+        atMost('l2flow p50', l2.p50, 'ms', floor.p50 + 0.7, '≤ floor p50 + 0.7 ms', floor.p50),
+        atMost('l2flow p99', l2.p99, 'ms', floor.p99 + 3, '≤ floor p99 + 3 ms', floor.p99),
+        report('graphile-worker p50', peer.p50, 'ms', floor.p50),
+        report('graphile-worker p99', peer.p99, 'ms', floor.p99),
+        atMost('l2flow p50 vs graphile-worker p50', l2.p50, 'ms', peer.p50, '< graphile-worker p50', floor.p50),
+        atMost('l2flow p99 vs graphile-worker p99', l2.p99, 'ms', peer.p99, '< graphile-worker p99', floor.p99),
+      ],
+      notes: [
+        `times from the INSERT / add_job being sent; floor p90 ${floor.p90}, l2flow p90 ${l2.p90} / max ${l2.max}, graphile-worker p90 ${peer.p90} / max ${peer.max} ms`,
+        `${r.succeeded} runs finished success, SAP got ${r.sapPosts} POSTs; idle protocol: 5 ms settle before, 10 ms after each sample`,
+      ],
+    };
+  },
+};
+
+export const fullRunBench: Bench = {
+  name: 'full-run',
+  title: 'full run (flag INSERT → success committed)',
+  async run(ctx) {
+    const rounds = ctx.n(200, 10);
+    const r = await interleaved('fullrun', 'success', rounds, ctx.n(10, 1), false);
+    const [floorName, runName] = r.probes as [string, string];
+    const floor = percentiles(r.samples.get(floorName)!);
+    const l2 = percentiles(r.samples.get(runName)!);
+    return {
+      samples: rounds,
+      figures: [
+        report('floor p50', floor.p50, 'ms'),
+        atMost('run p50', l2.p50, 'ms', 20, '≤ 20 ms', floor.p50),
+        atMost('run p99', l2.p99, 'ms', 50, '≤ 50 ms', floor.p99),
+      ],
+      notes: [`run p90 ${l2.p90}, max ${l2.max} ms; children select 1, SAP a local HTTP server; ${r.succeeded} runs success, ${r.sapPosts} SAP POSTs`],
+    };
+  },
+};

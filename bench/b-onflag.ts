@@ -1,0 +1,99 @@
+/**
+ * onFlag creation: with schedule.onFlag on, a flag INSERT for business date B creates the run of B + 1, which is
+ * claimed and passes wait_for_l2_full_load at once. Timed from the INSERT to the run leaving the sensor,
+ * interleaved with the floor; the moment the run row was committed (its l2flow_run NOTIFY) is reported too.
+ */
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import { filter } from 'rxjs';
+import { FLAG_SENSOR } from './observers.js';
+import { addDaysIso, atMost, benchConfig, benchSettings, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, until, within, type Bench, type Probe } from './harness.js';
+import { startSap } from './run-observer.js';
+
+const FIRST_BUSINESS = '2041-01-01';
+
+export const onFlagBench: Bench = {
+  name: 'onflag',
+  title: 'onFlag creation (flag INSERT → run created and past the sensor)',
+  async run(ctx) {
+    const rounds = ctx.n(200, 10);
+    const db = await openDb('onflag');
+    const sap = await startSap();
+    const probes: Probe[] = [];
+    const listener = new pg.Client({ connectionString: db.uri, application_name: 'l2flow-bench-runlisten' });
+    try {
+      await listener.connect();
+      const createdAt = new Map<string, number>();
+      listener.on('notification', (n) => {
+        const p = JSON.parse(n.payload ?? '{}') as { logical_date?: string; status?: string };
+        if (p.status === 'queued' && p.logical_date && !createdAt.has(p.logical_date)) createdAt.set(p.logical_date, performance.now());
+      });
+      await listener.query('listen l2flow_run');
+      probes.push(await floorProbe(db, '2001-01-01'));
+      const settings = benchSettings(addDaysIso(FIRST_BUSINESS, 1), { schedule: { onFlag: { enabled: true } } });
+      const app = await startApp(benchConfig(db.uri, sap.url, settings));
+      const created: number[] = [];
+      try {
+        await until(() => app.supervisor.isLeader(), 30_000, 'this process becoming the leader');
+        let sentAt = 0;
+        probes.push({
+          name: 'onFlag run past the sensor',
+          async arm(i) {
+            const business = addDaysIso(FIRST_BUSINESS, i);
+            const logical = addDaysIso(business, 1);
+            let onLeft!: (t: number) => void;
+            let onEnd!: (status: string) => void;
+            const left = new Promise<number>((r) => (onLeft = r));
+            const ended = new Promise<string>((r) => (onEnd = r));
+            let entered = false;
+            const sub = app.supervisor.events$.pipe(filter((e) => e.logicalDate === logical)).subscribe((e) => {
+              if (e.steps.includes(FLAG_SENSOR)) entered = true;
+              else if (entered) onLeft(performance.now());
+              if (e.type === 'finished' || e.type === 'released') {
+                sub.unsubscribe();
+                onEnd(e.status);
+              }
+            });
+            return {
+              fire: async () => {
+                sentAt = performance.now();
+                await db.insertFlag(business);
+              },
+              seen: left,
+              async done() {
+                const status = await within(ended, 30_000, `onFlag run ${logical} finishing`);
+                if (status !== 'success') throw new Error(`benchmark: onFlag run ${logical} ended ${status}`);
+                const c = createdAt.get(logical);
+                if (c !== undefined && i >= ctx.n(10, 1)) created.push(c - sentAt);
+                // The run's tail (snapshot writes) must not overlap the next sample.
+                await until(() => app.pool.waitingCount === 0 && app.pool.idleCount === app.pool.totalCount, 10_000, 'pool idle', 2);
+              },
+            };
+          },
+          close: async () => undefined,
+        });
+        const samples = await sampleInterleaved(probes, rounds, ctx.n(10, 1));
+        const floor = percentiles(samples.get(probes[0]!.name)!);
+        const past = percentiles(samples.get(probes[1]!.name)!);
+        const row = percentiles(created);
+        return {
+          samples: rounds,
+          figures: [
+            report('floor p50', floor.p50, 'ms'),
+            atMost('run past the sensor p50', past.p50, 'ms', 5, '≤ 5 ms', floor.p50),
+            report('run past the sensor p99', past.p99, 'ms', floor.p99),
+            report('run row committed p50', row.p50, 'ms', floor.p50),
+          ],
+          notes: [`run past the sensor p90 ${past.p90}, max ${past.max} ms; run row committed (its l2flow_run NOTIFY) p90 ${row.p90} ms`],
+        };
+      } finally {
+        await app.stop();
+      }
+    } finally {
+      for (const p of probes) await p.close().catch(() => undefined);
+      await listener.end().catch(() => undefined);
+      await sap.close();
+      await db.drop();
+    }
+  },
+};

@@ -1,0 +1,173 @@
+/**
+ * Benchmarks of whole processes and of persistence:
+ * - backfill: 365 dates with their flags present, each waiting on the previous date's success, max_active_runs 20,
+ *   through `l2flow backfill` (a child process) while the runtime runs in this one;
+ * - startup: `node bin/l2flow.js run` from spawn to its "l2flow running" line, and the idle process's RSS;
+ * - persistence: one snapshot write (saveProgress), bytes per snapshot, transitions and writes per run.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { createPool } from '../src/runtime/app.js';
+import { addDaysIso, atMost, benchConfig, benchEnv, benchSettings, FLAG, openDb, percentiles, report, sampleInterleaved, sleep, startApp, type Bench, type BenchDb } from './harness.js';
+import { startSap } from './run-observer.js';
+import { runProbe } from './run-probe.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** bin/l2flow.js of this checkout (bench/ in the sources, dist/bench/ once built). */
+const BIN = path.resolve(HERE, path.basename(path.resolve(HERE, '..')) === 'dist' ? '../..' : '..', 'bin', 'l2flow.js');
+
+/** The environment of an `l2flow` child process: the bench's settings as a JSON L2FLOW_CONFIG file. */
+function cliEnv(db: BenchDb, sapUrl: string, settings: object): { env: NodeJS.ProcessEnv; cleanup(): void } {
+  const dir = mkdtempSync(path.join(tmpdir(), 'l2flow-bench-'));
+  const file = path.join(dir, 'l2flow.json');
+  writeFileSync(file, JSON.stringify(settings));
+  return { env: { PATH: process.env.PATH, ...benchEnv(db.uri, sapUrl), L2FLOW_CONFIG: file }, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export const backfillBench: Bench = {
+  name: 'backfill',
+  title: 'backfill chain (365 dates through `l2flow backfill`)',
+  async run(ctx) {
+    const days = ctx.n(365, 10);
+    const first = '2051-01-02';
+    const last = addDaysIso(first, days - 1);
+    const db = await openDb('backfill');
+    const sap = await startSap();
+    const settings = benchSettings(first, { workflow: { maxActiveRuns: 20 }, logLevel: 'warn' });
+    const cli = cliEnv(db, sap.url, settings);
+    try {
+      await db.pool.query(`insert into md.dwh_flag (flag_cd, bussines_date) select $1, d::date from generate_series($2::date, $3::date, interval '1 day') d`, [
+        FLAG, addDaysIso(first, -1), addDaysIso(last, -1),
+      ]);
+      const app = await startApp(benchConfig(db.uri, sap.url, settings));
+      try {
+        const t0 = performance.now();
+        const { code, out } = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
+          const child = spawn(process.execPath, [BIN, 'backfill', '--from', first, '--to', last], { env: cli.env, stdio: ['ignore', 'pipe', 'pipe'] });
+          let out = '';
+          child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+          child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+          child.on('error', reject);
+          child.on('exit', (c) => resolve({ code: c, out }));
+        });
+        const wallS = (performance.now() - t0) / 1000;
+        const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from l2flow.run where status = 'success'`);
+        if (code !== 0) throw new Error(`l2flow backfill exited ${code}: ${out.slice(-400)}`);
+        return {
+          samples: days,
+          figures: [atMost('wall time', wallS, 's', 6, '≤ 6 s'), report('runs per second', (rows[0]?.n ?? 0) / wallS, 'count')],
+          notes: [`${rows[0]?.n} runs success; wall time from spawning \`l2flow backfill\` to its exit (includes its ~0.3 s Node start); runtime log level warn`],
+        };
+      } finally {
+        await app.stop();
+      }
+    } finally {
+      cli.cleanup();
+      await sap.close();
+      await db.drop();
+    }
+  },
+};
+
+export const startupBench: Bench = {
+  name: 'startup',
+  title: 'start-up and idle (`l2flow run`)',
+  async run(ctx) {
+    const db = await openDb('startup');
+    const sap = await startSap();
+    const cli = cliEnv(db, sap.url, benchSettings('2061-01-01'));
+    const readyMs: number[] = [];
+    let rssMiB = 0;
+    try {
+      for (let i = 0; i < ctx.n(5, 1); i++) {
+        const t0 = performance.now();
+        const child = spawn(process.execPath, [BIN, 'run'], { env: cli.env, stdio: ['ignore', 'pipe', 'pipe'] });
+        let out = '';
+        const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+        await new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`l2flow run not ready in 15 s: ${out.slice(-400)}`)), 15_000);
+          child.stdout.on('data', (d: Buffer) => {
+            out += d.toString();
+            if (out.includes('l2flow running')) {
+              clearTimeout(timer);
+              resolve();
+            }
+          });
+          child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+        });
+        readyMs.push(performance.now() - t0);
+        if (i === 0) {
+          await sleep(ctx.n(5000, 200)); // idle
+          const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+          rssMiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? Number.NaN) / 1024;
+        }
+        child.kill('SIGTERM');
+        await exited;
+      }
+      const p = percentiles(readyMs);
+      return {
+        samples: readyMs.length,
+        figures: [atMost('ready (median of starts)', p.p50, 'ms', 1000, '≤ 1 s'), report('ready, slowest start', p.max, 'ms'), report('idle RSS', rssMiB, 'MiB')],
+        notes: [`from spawn to the "l2flow running" log line, ${readyMs.length} starts; idle RSS from /proc after ${ctx.n(5, 0.2)} s idle, http off`],
+      };
+    } finally {
+      cli.cleanup();
+      await sap.close();
+      await db.drop();
+    }
+  },
+};
+
+export const persistenceBench: Bench = {
+  name: 'persistence',
+  title: 'persistence (snapshot writes)',
+  async run(ctx) {
+    const runs = ctx.n(50, 3);
+    const db = await openDb('persist');
+    const sap = await startSap();
+    const config = benchConfig(db.uri, sap.url, benchSettings('2071-01-02'));
+    const pool = createPool(config);
+    const writes: { ms: number; bytes: number }[] = [];
+    const query = pool.query.bind(pool) as (text: unknown, values?: unknown[]) => Promise<unknown>;
+    (pool as unknown as { query: typeof query }).query = async (text, values) => {
+      const sql = typeof text === 'string' ? text : '';
+      if (!sql.includes('update l2flow.run') || !sql.includes('snapshot = $7')) return query(text, values);
+      const t = performance.now();
+      const r = await query(text, values);
+      writes.push({ ms: performance.now() - t, bytes: Buffer.byteLength(String(values?.[6] ?? '')) });
+      return r;
+    };
+    const transitions = new Map<string, number>();
+    const app = await startApp(config, { pool, beforeStart: (a) => void a.supervisor.events$.subscribe((e) => transitions.set(e.runId, (transitions.get(e.runId) ?? 0) + 1)) });
+    try {
+      const probe = await runProbe({ app, db, firstBusinessDate: '2071-01-01', until: 'success', name: 'run' });
+      await sampleInterleaved([probe], runs, 0);
+      await probe.close();
+      await sleep(200);
+      const w = percentiles(writes.map((x) => x.ms));
+      const b = percentiles(writes.map((x) => x.bytes));
+      const perRun = percentiles([...transitions.values()]);
+      const { rows } = await db.pool.query<{ n: number }>(`select avg(octet_length(snapshot::text))::int as n from l2flow.run`);
+      return {
+        samples: runs,
+        figures: [
+          report('snapshot write p50', w.p50, 'ms'),
+          report('snapshot write p99', w.p99, 'ms'),
+          report('bytes per snapshot p50', b.p50, 'bytes'),
+          report('bytes per snapshot max', b.max, 'bytes'),
+          report('transitions per run (events$)', perRun.p50, 'count'),
+          report('snapshot writes per run', writes.length / runs, 'count'),
+        ],
+        notes: [`a write is saveProgress (run row + step rows, one statement) incl. the pool checkout; stored final snapshot ${rows[0]?.n} bytes on average`],
+      };
+    } finally {
+      await app.stop();
+      await sap.close();
+      await db.drop();
+    }
+  },
+};

@@ -1,0 +1,89 @@
+/**
+ * A real l2flow run as a probe: sample i queues the run of business date first + i, waits until it is parked in
+ * wait_for_l2_full_load (first check answered, pool idle), and the flag INSERT fires it. "Seen" is either the run
+ * leaving the sensor (events$) or its `success` being committed (the l2flow_run NOTIFY of that status).
+ */
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import { filter } from 'rxjs';
+import type { App } from '../src/runtime/app.js';
+import { createRun, getRunByDate } from '../src/runtime/run-store.js';
+import type { RunEvent } from '../src/runtime/supervisor.js';
+import { noteFlagChecks } from './observers.js';
+import { addDaysIso, within, type BenchDb, type Probe } from './harness.js';
+
+const SENSOR_STEP = 'wait_for_l2_full_load';
+
+export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: string; until: 'sensor' | 'success'; name: string }): Promise<Probe & { succeeded(): number }> {
+  const { app, db } = o;
+  const checks = noteFlagChecks(app.pool);
+  const checksSub = app.sensorChecks$.subscribe(checks.onCheck);
+  // Committed success: the run row's trigger notifies after commit.
+  const listener = new pg.Client({ connectionString: db.uri, application_name: 'l2flow-bench-runlisten' });
+  await listener.connect();
+  const successAt = new Map<string, (t: number) => void>();
+  listener.on('notification', (n) => {
+    const t = performance.now();
+    const p = JSON.parse(n.payload ?? '{}') as { logical_date?: string; status?: string };
+    if (p.status === 'success' && p.logical_date) successAt.get(p.logical_date)?.(t);
+  });
+  await listener.query('listen l2flow_run');
+  let succeeded = 0;
+  return {
+    name: o.name,
+    succeeded: () => succeeded,
+    async arm(i) {
+      const businessDate = addDaysIso(o.firstBusinessDate, i);
+      const logicalDate = addDaysIso(businessDate, 1);
+      let parked = false;
+      let onParked!: () => void;
+      let onLeft!: (t: number) => void;
+      let onEnd!: (e: RunEvent) => void;
+      const parkedP = new Promise<void>((r) => (onParked = r));
+      const left = new Promise<number>((r) => (onLeft = r));
+      const ended = new Promise<RunEvent>((r) => (onEnd = r));
+      const committed = new Promise<number>((r) => successAt.set(logicalDate, r));
+      const sub = app.supervisor.events$.pipe(filter((e) => e.logicalDate === logicalDate)).subscribe((e) => {
+        const t = performance.now();
+        if (!parked && e.steps.length === 1 && e.steps[0] === SENSOR_STEP) {
+          parked = true;
+          onParked();
+        } else if (parked && !e.steps.includes(SENSOR_STEP)) {
+          onLeft(t);
+        }
+        if (e.type === 'finished' || e.type === 'released') {
+          sub.unsubscribe();
+          onEnd(e);
+        }
+      });
+      const { created } = await createRun(app.pool, { workflowId: app.config.workflowId, logicalDate, businessDate, triggeredBy: 'manual' });
+      if (!created) throw new Error(`benchmark: a run for ${logicalDate} already exists`);
+      await within(
+        Promise.race([parkedP, ended.then((e) => Promise.reject(new Error(`run ${logicalDate} ended ${e.status} before parking`)))]),
+        10_000,
+        `run ${logicalDate} parking in ${SENSOR_STEP}`,
+      );
+      await checks.quiet(businessDate, 10_000);
+      return {
+        fire: () => db.insertFlag(businessDate),
+        seen: o.until === 'sensor' ? left : committed,
+        async done() {
+          const e = await within(ended, 30_000, `run ${logicalDate} finishing`);
+          if (o.until === 'success') await within(committed, 30_000, `run ${logicalDate} success committed`);
+          successAt.delete(logicalDate);
+          checks.forget(businessDate);
+          if (e.status !== 'success') {
+            const row = await getRunByDate(app.pool, app.config.workflowId, logicalDate);
+            throw new Error(`benchmark: run ${logicalDate} ended ${row?.status ?? e.status}: ${row?.error?.message ?? e.type}`);
+          }
+          succeeded += 1;
+        },
+      };
+    },
+    async close() {
+      checksSub.unsubscribe();
+      checks.stop();
+      await listener.end().catch(() => undefined);
+    },
+  };
+}
