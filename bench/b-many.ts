@@ -49,7 +49,7 @@ export const manyBench: Bench = {
       });
       try {
         const idlePool = () => app.pool.waitingCount === 0 && app.pool.idleCount === app.pool.totalCount;
-        await until(() => parked.size === n && checked.size === n && idlePool(), ctx.n(180_000, 20_000), `${n} runs parked`, 50).catch(async (err: Error) => {
+        await until(() => parked.size === n && checked.size === n && idlePool(), ctx.n(180_000, 60_000), `${n} runs parked`, 50).catch(async (err: Error) => {
           const { rows } = await db.pool.query(`select status, current_step, count(*)::int as n from l2flow.run group by 1, 2`);
           throw new Error(`${err.message} (parked ${parked.size}, checked ${checked.size}, pool ${app.pool.totalCount - app.pool.idleCount} busy; runs ${JSON.stringify(rows)})`);
         });

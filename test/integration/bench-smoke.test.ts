@@ -25,5 +25,5 @@ describe('benchmark suite, smoke mode', () => {
         if (f.target !== undefined) expect(typeof f.met, `${b.name} ${f.name}`).toBe('boolean');
       }
     }
-  }, 90_000);
+  }, 180_000);
 });
