@@ -67,7 +67,13 @@ type Key = { kind: 'run' | 'leader'; id: string } | { kind: 'slot'; slot: number
 const keyOf = (k: Key) => (k.kind === 'named' ? `named:${k.namespace}:${k.key}` : k.kind === 'slot' ? `slot:${k.slot}` : `${k.kind}:${k.id}`);
 
 /** Build the lock session of one process. */
-export function createRunLocks(o: { connectionString: string; maxActiveRuns: number; workflowId: string; recoverWithinMs?: number }): RunLocks {
+export function createRunLocks(o: {
+  connectionString: string;
+  maxActiveRuns: number;
+  workflowId: string;
+  /** How long a broken lock connection may take to come back with its locks (default 15 s); 0: never, lose them at once. */
+  recoverWithinMs?: number;
+}): RunLocks {
   let client: pg.Client | null = null;
   let session: LockEpoch | null = null;
   let opening: Promise<pg.Client> | null = null;
@@ -86,7 +92,9 @@ export function createRunLocks(o: { connectionString: string; maxActiveRuns: num
       // for a connection that was already replaced.
       if (client !== c) return;
       client = null;
-      if (!ended) opening = recover(err);
+      if (ended) return;
+      if (o.recoverWithinMs === 0) return loseAll(err);
+      opening = recover(err);
     });
     await c.connect();
     // The server must notice a vanished host (no FIN) to free this process's run locks: without these settings
@@ -117,13 +125,18 @@ export function createRunLocks(o: { connectionString: string; maxActiveRuns: num
       relocked.next(gone);
       return c;
     } catch (err) {
-      held.clear();
-      session = null;
-      lost.next(cause);
+      loseAll(cause);
       throw err;
     } finally {
       opening = null;
     }
+  }
+
+  /** Every lock is gone with its session: forget them, and say so. */
+  function loseAll(cause: Error): void {
+    held.clear();
+    session = null;
+    lost.next(cause);
   }
 
   async function current(): Promise<pg.Client> {

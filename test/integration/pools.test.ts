@@ -71,10 +71,13 @@ describe('cross-process pool slots', () => {
     expect(await advisoryLocks()).toEqual([]);
   });
 
-  it('frees the slot when the holder\'s backend is terminated', async () => {
+  it('frees the slot when the holder\'s lock session dies and does not come back', async () => {
+    // A process that died: its lock connection is gone and nothing takes its locks again.
+    const dying = createRunLocks({ connectionString: db.uri, maxActiveRuns: 1, workflowId: 'wf', recoverWithinMs: 0 });
+    const holder = createPools({ locks: dying, pools: config, logger, pollMs: 30 });
     const holdA = gate();
     let aStarted = false;
-    const first = a.withSlot('dwh_l2', never, async () => { aStarted = true; await holdA.promise; return 'a done'; });
+    const first = holder.withSlot('dwh_l2', never, async () => { aStarted = true; await holdA.promise; return 'a done'; });
     await until(async () => aStarted);
     const [holderPid] = await advisoryLocks();
     const bRan = gate();
@@ -85,6 +88,29 @@ describe('cross-process pool slots', () => {
     expect(await second).toBe('b');
     holdA.open();
     expect(await first).toBe('a done');
+    expect(await advisoryLocks()).toEqual([]);
+    await dying.end();
+  });
+
+  it('a holder whose lock connection breaks and comes back takes its slot again; the waiter keeps waiting', async () => {
+    const holdA = gate();
+    let aStarted = false;
+    const relocked = new Promise((resolve) => locksA.relocked$.subscribe(resolve));
+    const first = a.withSlot('dwh_l2', never, async () => { aStarted = true; await holdA.promise; return 'a done'; });
+    await until(async () => aStarted);
+    const [holderPid] = await advisoryLocks();
+    let bRan = false;
+    // A waiter that looks again only every 2 s: the holder's reconnection (milliseconds) cannot lose the race to it.
+    const patient = createPools({ locks: locksB, pools: config, logger, pollMs: 2_000 });
+    const second = patient.withSlot('dwh_l2', never, async () => { bRan = true; return 'b'; });
+    await sleep(100);
+    await db.pool.query('select pg_terminate_backend($1)', [holderPid]);
+    expect(await relocked).toEqual({ runs: [], slots: [], leader: false, named: [] });
+    await sleep(300);
+    expect(bRan).toBe(false);
+    holdA.open();
+    expect(await first).toBe('a done');
+    expect(await second).toBe('b');
     expect(await advisoryLocks()).toEqual([]);
   });
 
