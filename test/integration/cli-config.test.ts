@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runMain } from '../helpers/process.js';
+import { writeChildrenConfig } from '../helpers/children-config.js';
 
 // `l2flow config check` needs no database: these connections point nowhere and nothing connects.
 const SECRET = 'S3cr3t-Pa55';
@@ -10,14 +11,7 @@ const TOKEN_SECRET = 'tok-0123456789abcdef';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'l2flow-config-check-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-const childrenFile = path.join(tmp, 'l2flow.yaml');
-writeFileSync(
-  childrenFile,
-  `children:
-  wf_data_preparation_for_reports: { kind: sql, statement: "select $1::date" }
-  l1_to_l2_p_load_data_ds_client_segmentation_full: { kind: sql, statement: "select $1::date" }
-`,
-);
+const childrenFile = writeChildrenConfig(tmp);
 
 const ENV: Record<string, string> = {
   L2FLOW_CONN_DWH: `postgres://etl:${SECRET}@127.0.0.1:9/dwh`,

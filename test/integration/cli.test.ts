@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dateInZone } from '../../src/lib/dates.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { ensureBuilt, runCli, runMain } from '../helpers/process.js';
+import { writeChildrenConfig } from '../helpers/children-config.js';
 
 
 // The test server trusts local connections, so this password is sent nowhere; it only must never be printed.
@@ -13,14 +14,7 @@ const SECRET = 'S3cr3t-Pa55';
 const withPassword = (uri: string) => uri.replace('postgres://root@', `postgres://root:${SECRET}@`);
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'l2flow-cli-test-'));
-const childrenFile = path.join(tmp, 'l2flow.yaml');
-writeFileSync(
-  childrenFile,
-  `children:
-  wf_data_preparation_for_reports: { kind: sql, statement: "select $1::date" }
-  l1_to_l2_p_load_data_ds_client_segmentation_full: { kind: sql, statement: "select $1::date" }
-`,
-);
+const childrenFile = writeChildrenConfig(tmp);
 
 /** Everything a full `run` needs except the warehouse; tests override or drop keys. */
 function runEnv(dwhUri: string, over: Record<string, string | undefined> = {}): Record<string, string> {
