@@ -18,10 +18,12 @@ export type ErrorCode =
   | 'SAP_UNREACHABLE'
   | 'SAP_BAD_RESPONSE'
   | 'MAIL_FAILED'
-  // run-level outcomes, written by the machine (RUN_TIMEOUT), the supervisor (RESTORE_FAILED) and run-store (CANCELLED)
+  // run-level outcomes, written by the machine (RUN_TIMEOUT), the supervisor (RESTORE_FAILED), run-store (CANCELLED)
+  // and an operator's `l2flow mark --failed` (MARKED_FAILED)
   | 'RUN_TIMEOUT'
   | 'RESTORE_FAILED'
   | 'CANCELLED'
+  | 'MARKED_FAILED'
   | 'INTERNAL';
 
 /** A failure of one workflow step (or of the run), carrying a stable code and optional details for the run's error. */

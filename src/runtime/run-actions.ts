@@ -4,6 +4,7 @@ import type { StepId } from '../machines/steps.js';
 import { withTransaction } from '../services/db/index.js';
 import { writeAudit } from './audit.js';
 import type { RunRow, RunStatus } from './run-store.js';
+import type { ErrorCode, ErrorInfo } from '../lib/errors.js';
 
 /**
  * Operator actions on finished runs, each with its audit record in the same transaction: clear (a new attempt of
@@ -125,7 +126,7 @@ export async function markRun(pool: pg.Pool, r: MarkRequest): Promise<{ runId: s
     const run = rows[0];
     if (!run) throw new RunActionError('NO_RUNS', `no run for ${r.logicalDate}: nothing to mark (queue one with \`l2flow trigger --date ${r.logicalDate}\`)`);
     if (run.status === r.status) return { runId: run.run_id, was: run.status, changed: false };
-    const error = r.status === 'failed' ? { code: 'MARKED_FAILED', message: `marked failed by ${r.actor}${r.reason ? `: ${r.reason}` : ''}` } : null;
+    const error: ErrorInfo | null = r.status === 'failed' ? { code: 'MARKED_FAILED' satisfies ErrorCode, message: `marked failed by ${r.actor}${r.reason ? `: ${r.reason}` : ''}` } : null;
     await client.query(
       `update l2flow.run set status = $2, error = $3, current_step = null, finished_at = coalesce(finished_at, now()), updated_at = now()
         where run_id = $1`,
