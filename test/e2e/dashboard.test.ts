@@ -157,6 +157,32 @@ describe.skipIf(!haveBrowser)('dashboard in headless chromium', () => {
     await waiting.close();
   });
 
+  it('"Keep as is" changes nothing, "Confirm clear" re-runs the failed run to success, "Cancel run" stops a waiting run', async () => {
+    const page = await open(`/runs/${FAILED}`);
+    await page.locator('#clear').click();
+    await page.locator('#clear-plan:not([hidden])').waitFor();
+    await page.getByRole('button', { name: 'Keep as is' }).click();
+    await page.locator('#clear-plan').waitFor({ state: 'hidden' });
+    const kept = await fx.call('GET', `/api/runs/${FAILED}`);
+    expect(kept.body).toMatchObject({ status: 'failed', attempt: 1 });
+
+    await page.locator('#clear').click();
+    await page.locator('#confirm-clear').click();
+    await page.locator('#message', { hasText: `cleared ${FAILED}` }).waitFor();
+    expect(await settled(FAILED, 30_000)).toBe('success'); // SAP answers 200 again: the cleared run goes through
+    const cleared = await fx.call('GET', `/api/runs/${FAILED}`);
+    expect(cleared.body.attempt).toBe(2);
+    expect(cleared.body.audit).toEqual(expect.arrayContaining([expect.objectContaining({ action: 'clear', actor: 'ops' })]));
+    await page.close();
+
+    // The Trigger test's run still waits for its flag; the browser's confirm() is accepted by open()'s dialog handler.
+    const waiting = await open(`/runs/${TRIGGERED}`);
+    await waiting.locator('#cancel:not([disabled])').click();
+    await waiting.locator('#message', { hasText: `cancelled ${TRIGGERED}` }).waitFor();
+    expect(await settled(TRIGGERED)).toBe('cancelled');
+    await waiting.close();
+  });
+
   it('fits a phone: the grid scrolls inside its box, the run page stacks; nothing left 127.0.0.1', async () => {
     const phone = { width: 390, height: 844 };
     const grid = await open('/', phone);
