@@ -233,6 +233,7 @@ function buildSubscriber(
   class TappedClient extends Original {
     constructor(c?: string | pg.ClientConfig) {
       super(c);
+      serializeListens(this);
       onClient(this);
     }
   }
@@ -242,4 +243,20 @@ function buildSubscriber(
   } finally {
     (pg as { Client: typeof pg.Client }).Client = Original;
   }
+}
+
+/**
+ * After a reconnect pg-listen re-LISTENs every channel at once; from the third on, pg (8.x) prints a deprecation
+ * warning for a query queued behind another. Its LISTENs are sent one by one instead; other queries pass as they are.
+ */
+function serializeListens(c: pg.Client): void {
+  const query = c.query.bind(c) as (...args: unknown[]) => unknown;
+  let tail: Promise<unknown> = Promise.resolve();
+  (c as { query: unknown }).query = (...args: unknown[]) => {
+    const [text] = args;
+    if (args.length !== 1 || typeof text !== 'string' || !text.startsWith('LISTEN ')) return query(...args);
+    const sent = tail.then(() => query(text));
+    tail = sent.catch(() => undefined);
+    return sent;
+  };
 }

@@ -1,9 +1,9 @@
-import net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { filter, firstValueFrom, timeout } from 'rxjs';
 import { createNotificationHub, type HubNotification, type NotificationHub } from '../../src/runtime/notification-hub.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
+import { startPgProxy } from '../helpers/pg-proxy.js';
 
 type LogLine = { level: number; msg: string } & Record<string, unknown>;
 const CHANNELS = ['l2flow_dwh_flag', 'l2flow_run'];
@@ -13,35 +13,6 @@ function captureLogger() {
   const lines: LogLine[] = [];
   const logger = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as LogLine) });
   return { logger, lines };
-}
-
-/** A TCP proxy to PostgreSQL whose existing connections can be frozen: open but silent, like a half-open socket. */
-async function createFreezableProxy(target: URL) {
-  const pairs = new Set<{ frozen: boolean; down: net.Socket; up: net.Socket }>();
-  const server = net.createServer((down) => {
-    const up = net.connect(Number(target.port || 5432), target.hostname);
-    const pair = { frozen: false, down, up };
-    pairs.add(pair);
-    down.on('data', (d) => void (pair.frozen || up.write(d)));
-    up.on('data', (d) => void (pair.frozen || down.write(d)));
-    const close = () => {
-      down.destroy();
-      up.destroy();
-      pairs.delete(pair);
-    };
-    for (const s of [down, up]) s.on('close', close).on('error', close);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const uri = new URL(target);
-  uri.port = String((server.address() as net.AddressInfo).port);
-  return {
-    uri: uri.toString(),
-    freeze: () => pairs.forEach((p) => (p.frozen = true)),
-    close: async () => {
-      pairs.forEach((p) => (p.down.destroy(), p.up.destroy()));
-      await new Promise((r) => server.close(r));
-    },
-  };
 }
 
 describe('notification hub', () => {
@@ -118,8 +89,32 @@ describe('notification hub', () => {
     expect((await next).payload).toEqual({ after: 'reconnect' });
   });
 
+  it('re-LISTENs four channels after a reconnect one by one: every channel delivers again, pg prints no deprecation warning', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => void warnings.push(`${w.name}: ${w.message}`);
+    process.on('warning', onWarning);
+    try {
+      const { logger } = captureLogger();
+      const channels = [...CHANNELS, 'l2flow_extra_a', 'l2flow_extra_b'];
+      hub = createNotificationHub({ connectionString: db.uri, channels, logger });
+      await hub.start();
+      const reconnected = firstValueFrom(hub.connected$.pipe(timeout(5_000)));
+      await terminateListener();
+      await reconnected;
+      for (const channel of channels) {
+        const next = nextOn(hub, channel);
+        await db.pool.query('select pg_notify($1, $2)', [channel, JSON.stringify({ channel })]);
+        expect((await next).payload).toEqual({ channel });
+      }
+      await sleep(50); // process warnings are emitted on the next tick
+      expect(warnings.filter((w) => /already executing a query/.test(w))).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('heartbeat forces a reconnect when the connection goes half-open', async () => {
-    const proxy = await createFreezableProxy(new URL(db.uri));
+    const proxy = await startPgProxy(db.uri);
     try {
       const { logger, lines } = captureLogger();
       hub = createNotificationHub({ connectionString: proxy.uri, channels: CHANNELS, logger, heartbeatMs: 150, heartbeatTimeoutMs: 150 });
