@@ -53,6 +53,10 @@ describe('when the warehouse is not ours', () => {
   };
   const inFlagSensor = (date: string) =>
     until(`the run of ${date} to wait in wait_for_l2_full_load`, async () => (await fx.run(date))?.current_step === 'wait_for_l2_full_load');
+  /** The sensor's first check found no flag: a flag inserted now is seen by a hint or a poll, not by that check. */
+  const parkedInFlagSensor = (checks: SensorCheck[]) =>
+    until('the flag sensor\'s first check', async () =>
+      checks.some((c) => c.sensor === 'wait_for_l2_full_load' && c.reason === 'register' && c.satisfied.length === 0));
   const listenerRole = async () =>
     (await fx.db.pool.query<{ usename: string }>(
       `select usename from pg_stat_activity where application_name = 'l2flow-listener' and datname = current_database()`,
@@ -121,7 +125,7 @@ describe('when the warehouse is not ours', () => {
     const app = await fx.startApp(D, { file: { sensors: { wait_for_l2_full_load: { notify: false, pokeIntervalSeconds: 1 } } } });
     const checks = checksOf(app);
     await fx.trigger(D);
-    await inFlagSensor(D);
+    await parkedInFlagSensor(checks);
     // The trigger is there (the fixture's warehouse has it): its NOTIFY, and one by hand, reach no listener.
     await fx.insertFlag(addDays(D, -1));
     await fx.db.pool.query(`select pg_notify('l2flow_dwh_flag', json_build_object('flag_cd', $1::text, 'business_date', $2::text)::text)`, [FLAG, addDays(D, -1)]);
@@ -178,7 +182,7 @@ describe('when the warehouse is not ours', () => {
 
     // The flag sensor hears the trigger's NOTIFY on the direct connection (its poll is 60 s away).
     await fx.trigger(D);
-    await inFlagSensor(D);
+    await parkedInFlagSensor(checks);
     await fx.insertFlag(addDays(D, -1));
     expect(await fx.finished(D)).toMatchObject({ status: 'success' });
     expect(checks.find((c) => c.sensor === 'wait_for_l2_full_load' && c.satisfied.length > 0)?.reason).toBe('hint');
