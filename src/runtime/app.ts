@@ -193,6 +193,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     connectionString: listenUri,
     channels: [...(config.flagSensor.notify ? [DWH_FLAG_CHANNEL] : []), RUN_CHANNEL, checkChannel],
     logger,
+    checkChannels: () => notifyCheck.status().state !== 'silent',
     ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
   });
   const notifyCheck = createDeliveryCheck({

@@ -4,6 +4,7 @@ import { filter, firstValueFrom, timeout } from 'rxjs';
 import { createNotificationHub, type HubNotification, type NotificationHub } from '../../src/runtime/notification-hub.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { startPgProxy } from '../helpers/pg-proxy.js';
+import { until } from '../helpers/process.js';
 
 type LogLine = { level: number; msg: string } & Record<string, unknown>;
 const CHANNELS = ['l2flow_dwh_flag', 'l2flow_run'];
@@ -21,6 +22,9 @@ describe('notification hub', () => {
   const terminateListener = () =>
     db.pool.query(`select pg_terminate_backend(pid) from pg_stat_activity
       where application_name = 'l2flow-listener' and datname = current_database() and pid <> pg_backend_pid()`);
+  const listeners = async () =>
+    (await db.pool.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity
+      where application_name = 'l2flow-listener' and datname = current_database()`)).rows[0]?.n;
   const nextOn = (h: NotificationHub, channel: string) =>
     firstValueFrom(h.notifications$.pipe(filter((n) => n.channel === channel), timeout(3_000)));
 
@@ -113,6 +117,25 @@ describe('notification hub', () => {
     }
   });
 
+  it('checkChannels false (a pooler that never delivers): the heartbeat asks only whether the connection answers, no reconnect loop', async () => {
+    // PostgreSQL truncates identifiers to 63 bytes: pg_listening_channels() never shows this channel as it was given,
+    // as a backend reached through pgbouncer in transaction mode shows none of the listener's channels.
+    const channels = ['l2flow_run', `l2flow_${'x'.repeat(70)}`];
+    const forced = (lines: LogLine[]) => lines.filter((l) => /not listening on every channel/.test(l.msg)).length;
+    const strict = captureLogger();
+    hub = createNotificationHub({ connectionString: db.uri, channels, logger: strict.logger, heartbeatMs: 100, checkChannels: () => true });
+    await hub.start();
+    await until('the heartbeat to force a reconnect', async () => forced(strict.lines) > 0);
+    await hub.stop();
+
+    const lenient = captureLogger();
+    hub = createNotificationHub({ connectionString: db.uri, channels, logger: lenient.logger, heartbeatMs: 100, checkChannels: () => false });
+    await hub.start();
+    await sleep(1_000); // ten heartbeats
+    expect(forced(lenient.lines)).toBe(0);
+    expect(hub.isConnected()).toBe(true);
+  });
+
   it('heartbeat forces a reconnect when the connection goes half-open', async () => {
     const proxy = await startPgProxy(db.uri);
     try {
@@ -132,15 +155,26 @@ describe('notification hub', () => {
     }
   });
 
+  it('stop() during a reconnect leaves no connection behind (the one being built is closed once it is up)', async () => {
+    let stopping: Promise<void> | undefined;
+    let h: NotificationHub | undefined;
+    // pino writes to this destination synchronously: stop() runs inside the first reconnect attempt's callback.
+    const logger = pino({ level: 'debug' }, { write: (s: string) => void (/reconnect attempt 1"/.test(s) && (stopping ??= h!.stop())) });
+    h = hub = createNotificationHub({ connectionString: db.uri, channels: CHANNELS, logger });
+    await h.start();
+    await terminateListener();
+    await until('stop() to be called during the reconnect', async () => stopping !== undefined);
+    await stopping;
+    await until('no listener connection left', async () => (await listeners()) === 0, 5_000);
+  });
+
   it('stop() closes the listener connection and completes its streams', async () => {
     const { logger } = captureLogger();
     hub = createNotificationHub({ connectionString: db.uri, channels: CHANNELS, logger });
     await hub.start();
     let completed = false;
     hub.notifications$.subscribe({ complete: () => (completed = true) });
-    const count = async () =>
-      (await db.pool.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity
-        where application_name = 'l2flow-listener' and datname = current_database()`)).rows[0]?.n;
+    const count = listeners;
     // Seen while connected: without it, a count of 0 after stop() would also hold for a connection never found.
     expect(await count()).toBe(1);
     await hub.stop();
