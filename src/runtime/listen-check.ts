@@ -155,7 +155,7 @@ async function identify(client: pg.ClientBase): Promise<ServerIdentity> {
   return { ...rows[0]!, systemId };
 }
 
-const describe = (s: ServerIdentity) =>
+const describeServer = (s: ServerIdentity) =>
   `database ${s.database}${s.systemId ? ` of cluster ${s.systemId}` : ''}${s.addr ? ` at ${s.addr}:${s.port}` : ''}`;
 
 /**
@@ -179,16 +179,17 @@ export async function checkSameDatabase(d: { pool: pg.Pool; listenUri: string; v
     if (here.database !== there.database || (bothIds && here.systemId !== there.systemId)) {
       throw new ConfigError(
         d.variable,
-        `the listener reaches ${describe(there)}, but the warehouse queries reach ${describe(here)}: ` +
+        `the listener reaches ${describeServer(there)}, but the warehouse queries reach ${describeServer(here)}: ` +
           `a NOTIFY never crosses databases, so the sensors would never hear one. Point ${d.variable} at the same database, directly (not through pgbouncer)`,
       );
     }
     const log = d.logger.child({ module: 'notify-check' });
-    if (bothIds) log.debug(compared, `the listener URI reaches the warehouse's ${describe(here)}`);
+    const shown = displayUri(d.listenUri);
+    if (bothIds) log.info(compared, `the listener URI reaches the warehouse's ${describeServer(here)}: LISTEN on ${shown}`);
     else if (here.addr !== null && here.addr === there.addr && here.port === there.port) {
-      log.info(compared, `the listener URI reaches the same ${describe(here)} (compared by database name and server address; this role may not read pg_control_system())`);
+      log.info(compared, `the listener URI reaches the same ${describeServer(here)} (compared by database name and server address; this role may not read pg_control_system()): LISTEN on ${shown}`);
     } else {
-      log.info(compared, `the listener URI reaches a database named ${here.database} too; whether it is the same server could not be verified (this role may not read pg_control_system(), and the server addresses differ or are unknown)`);
+      log.info(compared, `the listener URI reaches a database named ${here.database} too; whether it is the same server could not be verified (this role may not read pg_control_system(), and the server addresses differ or are unknown): LISTEN on ${shown}`);
     }
   } finally {
     client.release();

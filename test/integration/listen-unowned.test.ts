@@ -178,7 +178,7 @@ describe('when the warehouse is not ours', () => {
     const since = linesSince(from);
     expect(since.filter((l) => l.level >= 40 && l.module === 'notify-check')).toEqual([]);
     // A role that is no superuser reads pg_control_system() on a stock PostgreSQL: compared by the cluster's identifier.
-    expect(since.find((l) => /the listener URI reaches the warehouse's database/.test(l.msg))?.msg).toMatch(/of cluster \d+/);
+    expect(since.find((l) => /the listener URI reaches the warehouse's database/.test(l.msg))?.msg).toMatch(/of cluster \d+ at 127\.0\.0\.1:5432: LISTEN on postgres:\/\/l2flow_ls_\w+:\*\*\*@127\.0\.0\.1:5432\/l2flow_t_\w+$/);
 
     // The flag sensor hears the trigger's NOTIFY on the direct connection (its poll is 60 s away).
     await fx.trigger(D);
@@ -199,6 +199,21 @@ describe('when the warehouse is not ours', () => {
       listenUri.replace(LISTEN_SECRET, '***'),
     );
     expect(r.out).not.toContain(LISTEN_SECRET);
+  });
+
+  it('a listener role that may not read pg_control_system(): the server address is compared instead, and the log says so', async () => {
+    // Function privileges live in each database's catalog: this touches the test database alone.
+    await fx.db.pool.query('revoke execute on function pg_control_system() from public');
+    try {
+      const from = fx.lines.length;
+      const app = await fx.startApp('2024-06-12', { env: { L2FLOW_CONN_DWH_LISTEN: listenUri } });
+      const line = linesSince(from).find((l) => l.module === 'notify-check' && /listener URI reaches/.test(l.msg));
+      expect(line?.msg).toMatch(/^the listener URI reaches the same database l2flow_t_\w+ of cluster \d+ at 127\.0\.0\.1:5432 \(compared by database name and server address; this role may not read pg_control_system\(\)\): LISTEN on postgres:\/\/l2flow_ls_\w+:\*\*\*@/);
+      expect(line).toMatchObject({ listener: { systemId: null }, queryPool: { systemId: expect.stringMatching(/^\d+$/) } });
+      expect(await until('the NOTIFY self-test', async () => app.notifyDelivery().state !== 'pending' && app.notifyDelivery().state)).toBe('delivered');
+    } finally {
+      await fx.db.pool.query('grant execute on function pg_control_system() to public');
+    }
   });
 
   it('a listener URI of another database: start-up refused naming L2FLOW_CONN_DWH_LISTEN, nothing left listening', async () => {
