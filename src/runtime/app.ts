@@ -186,11 +186,12 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
   // A restart kills every idle connection at once: one line per outage, not one per connection.
   const poolWarn = createRateLimitedWarn(logger, 60_000);
   pool.on('error', (err) => poolWarn('pool', { err: toErrorInfo(err) }, 'idle database connection failed; the pool replaces it'));
-  // notify: false: nobody may put a trigger on the flag table, so nothing is sent on its channel.
+  // The LISTEN connection goes to dwh_listen when set (around a pooler that never delivers), else with the queries.
   const checkChannel = deliveryCheckChannel();
-  const listenUri = config.connections.dwhListen ?? config.connections.dwh;
+  const notifyCheckTimeoutMs = opts.notifyCheckTimeoutMs ?? 2_000;
   const hub = createNotificationHub({
-    connectionString: listenUri,
+    connectionString: config.connections.dwhListen ?? config.connections.dwh,
+    // notify: false: nobody may put a trigger on the flag table, so nothing is sent on its channel.
     channels: [...(config.flagSensor.notify ? [DWH_FLAG_CHANNEL] : []), RUN_CHANNEL, checkChannel],
     logger,
     checkChannels: () => notifyCheck.status().state !== 'silent',
@@ -201,9 +202,9 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     notifications$: hub.notifications$,
     connected$: hub.connected$,
     send: (channel, payload) => pool.query('select pg_notify($1, $2)', [channel, payload]),
-    timeoutMs: opts.notifyCheckTimeoutMs ?? 2_000,
+    timeoutMs: notifyCheckTimeoutMs,
     logger,
-    silentMessage: silentListenerMessage(config, opts.notifyCheckTimeoutMs ?? 2_000),
+    silentMessage: silentListenerMessage(config, notifyCheckTimeoutMs),
   });
   const childConnections = createDedicatedConnections({
     connectionString: config.connections.dwh,
