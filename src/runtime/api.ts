@@ -87,7 +87,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
 
   async function startOnce(): Promise<void> {
     if (scope !== 'full') throw new L2flowError('NOT_AVAILABLE', "start() needs the full configuration: create the instance without scope: 'dwh'");
-    const problem = await query((p) => checkFlagTrigger(p, config.flagSensor.flagTable));
+    const problem = await query((p) => checkFlagTrigger(p, config.flagSensor.flagTable, { trigger: config.flagSensor.notify }));
     if (problem) throw new L2flowError('FLAG_TRIGGER_MISSING', problem);
     const port = typeof options.inspect === 'object' ? options.inspect.port : undefined;
     inspector ??= options.inspect ? await startInspector({ logger: getLogger(), ...(port === undefined ? {} : { port }) }) : undefined;
@@ -97,7 +97,9 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     try {
       await built.start();
       if (config.http.enabled) {
-        const readiness = createReadiness({ pool: built.pool, listenerConnected: () => built.hub.isConnected() });
+        const readiness = createReadiness({
+          pool: built.pool, listenerConnected: () => built.hub.isConnected(), listenerDelivery: () => built.notifyDelivery(),
+        });
         http = await startHttpServer({ ...config.http, api: l2flow, readiness, metrics: l2flow.metrics, secrets, logger: getLogger() });
       }
     } catch (err) {
@@ -131,7 +133,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       contentType: processMetricsProvider().contentType,
       text: () => (app ? app.metrics.text() : processMetricsProvider().text()),
     },
-    migrate: () => query((p) => migrate(p, { flagTable: config.flagSensor.flagTable })),
+    migrate: () => query((p) => migrate(p, { flagTable: config.flagSensor.flagTable, flagTrigger: config.flagSensor.notify })),
     start() {
       if (stopping) return Promise.reject(new L2flowError('NOT_AVAILABLE', 'this l2flow instance is stopped: create a new one with createL2flow()'));
       // A failed start may be retried; concurrent calls share one attempt.

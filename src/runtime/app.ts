@@ -24,6 +24,9 @@ import { createScheduler, type Scheduler } from './scheduler.js';
 import { createDeadlineWatch } from './deadline-watch.js';
 import { createMetrics, type MetricsProvider } from './metrics.js';
 import type { SapTry } from '../services/sap/index.js';
+import {
+  checkSameDatabase, createDeliveryCheck, deliveryCheckChannel, LISTEN_VARIABLE, pollingAloneMessage, silentListenerMessage, type NotifyDelivery,
+} from './listen-check.js';
 
 export type { SensorCheck } from '../services/sensors/index.js';
 
@@ -52,6 +55,8 @@ export interface App {
   sensorChecks$: Observable<SensorCheck>;
   /** Prometheus exposition of this runtime (own registry) plus the process metrics: what `/metrics` serves. */
   metrics: MetricsProvider;
+  /** Whether a NOTIFY sent through the query pool reaches the LISTEN connection (tested after every (re)connect). */
+  notifyDelivery(): NotifyDelivery;
   start(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -64,6 +69,8 @@ export interface AppOptions {
   mailPollIntervalMs?: number;
   mailRetryBaseDelayMs?: number;
   heartbeatMs?: number;
+  /** How long the NOTIFY self-test waits for its notification on the listener (default 2 s). */
+  notifyCheckTimeoutMs?: number;
   /** The scheduler's wall clock (tests move it). */
   now?: () => Date;
   /** Passed as `inspect` to every run's actor (the Stately inspector, see inspect.ts). */
@@ -179,11 +186,25 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
   // A restart kills every idle connection at once: one line per outage, not one per connection.
   const poolWarn = createRateLimitedWarn(logger, 60_000);
   pool.on('error', (err) => poolWarn('pool', { err: toErrorInfo(err) }, 'idle database connection failed; the pool replaces it'));
+  // The LISTEN connection goes to dwh_listen when set (around a pooler that never delivers), else with the queries.
+  const checkChannel = deliveryCheckChannel();
+  const notifyCheckTimeoutMs = opts.notifyCheckTimeoutMs ?? 2_000;
   const hub = createNotificationHub({
-    connectionString: config.connections.dwh,
-    channels: [DWH_FLAG_CHANNEL, RUN_CHANNEL],
+    connectionString: config.connections.dwhListen ?? config.connections.dwh,
+    // notify: false: nobody may put a trigger on the flag table, so nothing is sent on its channel.
+    channels: [...(config.flagSensor.notify ? [DWH_FLAG_CHANNEL] : []), RUN_CHANNEL, checkChannel],
     logger,
+    checkChannels: () => notifyCheck.status().state !== 'silent',
     ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
+  });
+  const notifyCheck = createDeliveryCheck({
+    channel: checkChannel,
+    notifications$: hub.notifications$,
+    connected$: hub.connected$,
+    send: (channel, payload) => pool.query('select pg_notify($1, $2)', [channel, payload]),
+    timeoutMs: notifyCheckTimeoutMs,
+    logger,
+    silentMessage: silentListenerMessage(config, notifyCheckTimeoutMs),
   });
   const childConnections = createDedicatedConnections({
     connectionString: config.connections.dwh,
@@ -271,7 +292,13 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     owner,
     sensorChecks$: sensorChecks.asObservable(),
     metrics,
+    notifyDelivery: notifyCheck.status,
     async start() {
+      if (config.connections.dwhListen) {
+        await checkSameDatabase({ pool, listenUri: config.connections.dwhListen, variable: LISTEN_VARIABLE, logger });
+      }
+      if (!config.flagSensor.notify) logger.warn({ pokeIntervalMs: config.flagSensor.pokeIntervalMs }, pollingAloneMessage(config));
+      notifyCheck.start();
       await hub.start();
       dispatcher.start();
       scheduler.start();
@@ -288,6 +315,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
         await locks.end();
         await childConnections.end();
         await dispatcher.stop();
+        notifyCheck.stop();
         await hub.stop();
         await mailer.close();
         metrics.stop();

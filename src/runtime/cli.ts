@@ -104,9 +104,12 @@ async function withApi(fn: (l2: L2flow) => Promise<number>): Promise<number> {
 }
 
 async function cmdMigrate(l2: L2flow, io: Out): Promise<number> {
-  const { applied } = await l2.migrate();
+  const { applied, flagTrigger } = await l2.migrate();
   const { flagTable } = l2.config.flagSensor;
-  io.out(applied.length ? `applied ${applied.join(', ')}; notify trigger installed on ${flagTable}` : `schema up to date; notify trigger installed on ${flagTable}`);
+  const trigger = flagTrigger === 'installed'
+    ? `notify trigger installed on ${flagTable}`
+    : `notify trigger on ${flagTable} skipped (sensors.wait_for_l2_full_load.notify: false): the flag sensor polls`;
+  io.out(`${applied.length ? `applied ${applied.join(', ')}` : 'schema up to date'}; ${trigger}`);
   return 0;
 }
 

@@ -28,6 +28,7 @@ export const ENV_KEYS: Readonly<Record<string, EnvSetting>> = {
   L2FLOW_RUN_TIMEOUT_SECONDS: { key: 'workflow.runTimeoutSeconds', type: 'number', example: '86400' },
   L2FLOW_EXPECTED_BY: { key: 'workflow.expectedBy', type: 'text', example: '07:30' },
   L2FLOW_FLAG_POKE_INTERVAL_SECONDS: { key: 'sensors.wait_for_l2_full_load.pokeIntervalSeconds', type: 'number' },
+  L2FLOW_FLAG_NOTIFY: { key: 'sensors.wait_for_l2_full_load.notify', type: 'boolean', example: 'false' },
   DWH_CONN_ID: { key: 'connectionIds.dwh', type: 'text' },
   SAP_CONN_ID: { key: 'connectionIds.sap', type: 'text' },
   SMTP_CONN_ID: { key: 'connectionIds.smtp', type: 'text' },

@@ -210,6 +210,8 @@ export const settingsSchema = z.strictObject({
       flagCode: z.string().min(1).default('l1_to_l2_load_successfull'),
       pokeIntervalSeconds: positive('seconds', { timer: true }).default(60),
       timeoutSeconds: positive('seconds').default(7 * DAY_S),
+      /** false: no trigger on the flag table and no LISTEN for it; the sensor sees a flag on its poll alone. */
+      notify: onOff.default(true),
     }),
     wait_for_success_end: section({
       pokeIntervalSeconds: positive('seconds', { timer: true }).default(100),

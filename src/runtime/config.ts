@@ -38,13 +38,18 @@ export interface Config {
   runTimeoutMs: number | null;
   /** Retries of each step (workflow defaults overlaid by steps.<step_id>); only steps with retries > 0 are listed. */
   retry: Partial<Record<StepId, StepRetryPolicy>>;
-  /** Connection URIs; they may hold secrets: never log them (see describeConfig). */
-  connections: { dwh: string; sap: string; smtp: string };
+  /**
+   * Connection URIs; they may hold secrets: never log them (see describeConfig). `dwhListen` (connection id
+   * `dwh_listen`, optional): where the LISTEN connection goes instead of `dwh`, e.g. straight to PostgreSQL when
+   * `dwh` goes through pgbouncer; the same database (checked at start).
+   */
+  connections: { dwh: string; sap: string; smtp: string; dwhListen?: string };
   connectionIds: { dwh: string; sap: string; smtp: string };
   /** The URI of every connection id an airflow child names; secrets too (see connectionUris). */
   airflowConnections: Record<string, string>;
   email: { recipients: string[]; from: string };
-  flagSensor: { flagTable: string; flagCode: string; pokeIntervalMs: number; timeoutMs: number };
+  /** `notify` false: no trigger on the flag table, no LISTEN for it; the sensor polls alone. */
+  flagSensor: { flagTable: string; flagCode: string; pokeIntervalMs: number; timeoutMs: number; notify: boolean };
   successEndSensor: {
     pokeIntervalMs: number; timeoutMs: number; executionDeltaDays: number;
     whenMissing: 'wait' | 'pass'; whenFailed: 'wait' | 'fail'; blockedMailAfterMs: number | null;
@@ -68,6 +73,9 @@ export interface Config {
 
 
 export { STEP_CHILDREN };
+
+/** The connection id of the optional LISTEN URI (L2FLOW_CONN_DWH_LISTEN, AIRFLOW_CONN_DWH_LISTEN, connections.dwh_listen). */
+export const LISTEN_CONNECTION_ID = 'dwh_listen';
 
 /** The configuration's values in the runtime's units (ms), from checked settings; connections are resolved apart. */
 function fromSettings(s: Settings, source?: string): Omit<Config, 'connections' | 'airflowConnections'> {
@@ -101,7 +109,10 @@ function fromSettings(s: Settings, source?: string): Omit<Config, 'connections' 
     retry: retryPolicies(s),
     connectionIds: s.connectionIds,
     email: s.email,
-    flagSensor: { flagTable: flag.flagTable, flagCode: flag.flagCode, pokeIntervalMs: flag.pokeIntervalSeconds * 1000, timeoutMs: flag.timeoutSeconds * 1000 },
+    flagSensor: {
+      flagTable: flag.flagTable, flagCode: flag.flagCode, pokeIntervalMs: flag.pokeIntervalSeconds * 1000, timeoutMs: flag.timeoutSeconds * 1000,
+      notify: flag.notify,
+    },
     successEndSensor: {
       pokeIntervalMs: prev.pokeIntervalSeconds * 1000, timeoutMs: prev.timeoutSeconds * 1000, executionDeltaDays: prev.executionDeltaDays,
       whenMissing: prev.whenMissing, whenFailed: prev.whenFailed,
@@ -181,11 +192,15 @@ export function loadConfig(
   const settings = readSettings(env, configFile, opts.file, fileName);
   const ids = settings.connectionIds;
   const connection = (idKey: string, id: string, kind: ConnectionKind) => resolveConnection(env, settings.connections, fileName, idKey, id, kind);
-  const connections = {
+  const connections: Config['connections'] = {
     dwh: connection('DWH_CONN_ID', ids.dwh, 'postgres'),
     sap: !full ? '' : connection('SAP_CONN_ID', ids.sap, 'sap'),
     smtp: !full ? '' : connection('SMTP_CONN_ID', ids.smtp, 'smtp'),
   };
+  // Optional: only `run` listens, so only the full scope reads it.
+  if (full && connectionSource(env, settings.connections, fileName, LISTEN_CONNECTION_ID)) {
+    connections.dwhListen = connection(LISTEN_CONNECTION_ID, LISTEN_CONNECTION_ID, 'postgres');
+  }
   if (full && settings.email.recipients.length === 0) {
     throw new ConfigError('EMAIL_RECIPIENTS', 'no failure-mail recipients: export EMAIL_RECIPIENTS=dwh-team@bank.example,oncall@bank.example (comma separated)');
   }
@@ -281,6 +296,7 @@ export function describeConfig(cfg: Config): Record<string, unknown> {
       dwh: redactUri(cfg.connections.dwh),
       sap: cfg.connections.sap && redactUri(cfg.connections.sap),
       smtp: cfg.connections.smtp && redactUri(cfg.connections.smtp),
+      ...(cfg.connections.dwhListen ? { dwhListen: redactUri(cfg.connections.dwhListen) } : {}),
     },
     http: { ...cfg.http, token: cfg.http.token && { name: cfg.http.token.name, secret: '***' } },
   };

@@ -13,13 +13,16 @@ const MIGRATION_LOCK = 727_001; // advisory lock key: one migrator at a time acr
 
 export interface MigrateResult {
   applied: string[];
+  /** `skipped` when the flag sensor runs without notifications (sensors.wait_for_l2_full_load.notify: false). */
+  flagTrigger: 'installed' | 'skipped';
 }
 
 /**
  * Apply every sql/NNN_*.sql not yet recorded in l2flow.schema_migrations, each in its own transaction,
- * then (re)install the notify trigger on the flag table. Safe to run concurrently and repeatedly.
+ * then (re)install the notify trigger on the flag table unless `flagTrigger` is false (a warehouse whose DBA
+ * refuses it: a trigger already there is left alone too). Safe to run concurrently and repeatedly.
  */
-export async function migrate(pool: pg.Pool, opts: { flagTable: string }): Promise<MigrateResult> {
+export async function migrate(pool: pg.Pool, opts: { flagTable: string; flagTrigger?: boolean }): Promise<MigrateResult> {
   const client = await pool.connect();
   const applied: string[] = [];
   try {
@@ -46,8 +49,9 @@ export async function migrate(pool: pg.Pool, opts: { flagTable: string }): Promi
       }
       applied.push(file);
     }
+    if (opts.flagTrigger === false) return { applied, flagTrigger: 'skipped' };
     await installFlagTrigger(client, opts.flagTable);
-    return { applied };
+    return { applied, flagTrigger: 'installed' };
   } finally {
     await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => undefined);
     client.release();
@@ -85,8 +89,11 @@ export async function installFlagTrigger(client: pg.ClientBase, flagTable: strin
   }
 }
 
-/** Start-up check: the flag table exists and carries l2flow's notify trigger. Returns a message naming the fix, or null. */
-export async function checkFlagTrigger(pool: pg.Pool, flagTable: string): Promise<string | null> {
+/**
+ * Start-up check: the flag table exists and (unless `trigger` is false: notify off) carries l2flow's notify trigger.
+ * Returns a message naming the fix, or null.
+ */
+export async function checkFlagTrigger(pool: pg.Pool, flagTable: string, opts: { trigger?: boolean } = {}): Promise<string | null> {
   const { rows } = await pool.query<{ exists: boolean; has_trigger: boolean }>(
     `select to_regclass($1) is not null as exists,
             exists (select 1 from pg_trigger where tgrelid = to_regclass($1) and tgname = 'l2flow_dwh_flag_notify') as has_trigger`,
@@ -94,6 +101,9 @@ export async function checkFlagTrigger(pool: pg.Pool, flagTable: string): Promis
   );
   const row = rows[0];
   if (!row?.exists) return `flag table ${flagTable} does not exist: create it or run \`l2flow migrate\` to create md.dwh_flag`;
-  if (!row.has_trigger) return `flag table ${flagTable} has no l2flow notify trigger: run \`l2flow migrate\` to install it`;
+  if (!row.has_trigger && opts.trigger !== false) {
+    return `flag table ${flagTable} has no l2flow notify trigger: run \`l2flow migrate\` to install it, ` +
+      'or set sensors.wait_for_l2_full_load.notify: false (L2FLOW_FLAG_NOTIFY=false) to wait for the flag by polling alone';
+  }
   return null;
 }

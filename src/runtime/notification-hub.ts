@@ -27,6 +27,12 @@ export interface NotificationHubOptions {
   heartbeatTimeoutMs?: number;
   /** Larger payloads are dropped: ours are ~150 bytes, anything near NOTIFY's 8000-byte cap is not ours. */
   maxPayloadBytes?: number;
+  /**
+   * Whether the heartbeat also requires every channel in `pg_listening_channels()` (default: always). Behind a pooler
+   * in transaction mode that query lands on any backend and a reconnect would be forced at nearly every heartbeat:
+   * the runtime turns it off while its NOTIFY self-test finds that notifications never arrive anyway.
+   */
+  checkChannels?: () => boolean;
 }
 
 export interface NotificationHub {
@@ -104,6 +110,7 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
         timer = setTimeout(() => reject(new Error(`no answer within ${heartbeatTimeoutMs} ms`)), heartbeatTimeoutMs);
       });
       const res = await Promise.race([c.query<{ channel: string }>('select pg_listening_channels() as channel'), timeout]);
+      if (opts.checkChannels?.() === false) return; // the answer alone shows the connection is alive
       const have = new Set(res.rows.map((r) => r.channel));
       const missing = channels.filter((ch) => !have.has(ch));
       if (missing.length > 0) forceReconnect(c, 'not listening on every channel', { missing });
@@ -126,12 +133,14 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
     log.warn({ attempt, downMs: Date.now() - lostAt }, `LISTEN connection lost; reconnect attempt ${attempt}`);
   }
 
+  /** A reconnect that got its connection after stop(): pg-listen's close() ended the client before it, not this one. */
+  function closeLate(): void {
+    void lastBuilt?.end().catch(() => undefined);
+  }
+
   function onConnected(): void {
     if (!initialDone) return; // the first connect is announced by start(), after our own LISTENs
-    if (stopped) {
-      void subscriber?.close().catch(() => undefined);
-      return;
-    }
+    if (stopped) return closeLate();
     client = lastBuilt;
     reconnecting = false;
     listening = true;
@@ -140,7 +149,10 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
   }
 
   function onError(err: Error): void {
-    if (stopped) return log.debug({ err }, 'listener error after stop');
+    if (stopped) {
+      closeLate();
+      return log.debug({ err }, 'listener error after stop');
+    }
     // With retryTimeout Infinity this means a reconnect got a connection but a re-LISTEN failed: the
     // heartbeat sees the missing channel and forces another reconnect.
     if (reconnecting) {
@@ -233,6 +245,7 @@ function buildSubscriber(
   class TappedClient extends Original {
     constructor(c?: string | pg.ClientConfig) {
       super(c);
+      serializeListens(this);
       onClient(this);
     }
   }
@@ -242,4 +255,20 @@ function buildSubscriber(
   } finally {
     (pg as { Client: typeof pg.Client }).Client = Original;
   }
+}
+
+/**
+ * After a reconnect pg-listen re-LISTENs every channel at once; from the third on, pg (8.x) prints a deprecation
+ * warning for a query queued behind another. Its LISTENs are sent one by one instead; other queries pass as they are.
+ */
+function serializeListens(c: pg.Client): void {
+  const query = c.query.bind(c) as (...args: unknown[]) => unknown;
+  let tail: Promise<unknown> = Promise.resolve();
+  (c as { query: unknown }).query = (...args: unknown[]) => {
+    const [text] = args;
+    if (args.length !== 1 || typeof text !== 'string' || !text.startsWith('LISTEN ')) return query(...args);
+    const sent = tail.then(() => query(text));
+    tail = sent.catch(() => undefined);
+    return sent;
+  };
 }

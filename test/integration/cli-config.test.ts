@@ -15,6 +15,7 @@ const childrenFile = writeChildrenConfig(tmp);
 
 const ENV: Record<string, string> = {
   L2FLOW_CONN_DWH: `postgres://etl:${SECRET}@127.0.0.1:9/dwh`,
+  L2FLOW_CONN_DWH_LISTEN: `postgres://listener:${SECRET}@127.0.0.1:9/dwh`,
   L2FLOW_CONN_SAP_CONN: `https://sap.example/readiness?token=${SECRET}`,
   L2FLOW_CONN_SMTP_DEFAULT: `smtp://mail:${SECRET}@127.0.0.1:9`,
   EMAIL_RECIPIENTS: 'dwh-team@bank.example',
@@ -35,6 +36,7 @@ describe('l2flow config check', () => {
     expect(r.out).toMatch(/^poolSize +7$/m);
     expect(r.out).toMatch(/^http\.host +0\.0\.0\.0$/m);
     expect(r.out).toMatch(/^connections\.dwh +postgres:\/\/etl:\*\*\*@127\.0\.0\.1:9\/dwh$/m);
+    expect(r.out).toMatch(/^connections\.dwhListen +postgres:\/\/listener:\*\*\*@127\.0\.0\.1:9\/dwh$/m);
     expect(r.out).toMatch(/^http\.token\.secret +\*\*\*$/m);
     expect(r.out).toMatch(/^children\.wf_data_preparation_for_reports\.statement +select \$1::date$/m);
     expect(r.out).not.toContain(SECRET);

@@ -20,6 +20,16 @@ describe('migrations', () => {
     expect(await checkFlagTrigger(db.pool, 'md.dwh_flag')).toBeNull();
   });
 
+  it('notify off (flagTrigger: false): no trigger installed, and the start-up check asks only for the table', async () => {
+    await db.pool.query('create table md.their_flag (flag_cd text, bussines_date date)');
+    expect(await migrate(db.pool, { flagTable: 'md.their_flag', flagTrigger: false })).toEqual({ applied: [], flagTrigger: 'skipped' });
+    const { rows } = await db.pool.query(`select 1 from pg_trigger where tgrelid = 'md.their_flag'::regclass`);
+    expect(rows).toEqual([]);
+    expect(await checkFlagTrigger(db.pool, 'md.their_flag', { trigger: false })).toBeNull();
+    expect(await checkFlagTrigger(db.pool, 'md.their_flag')).toMatch(/l2flow migrate.*or set sensors\.wait_for_l2_full_load\.notify: false \(L2FLOW_FLAG_NOTIFY=false\)/);
+    expect(await checkFlagTrigger(db.pool, 'md.no_such_flag', { trigger: false })).toMatch(/does not exist/);
+  });
+
   it('names the fix when the flag table is missing', async () => {
     expect(await checkFlagTrigger(db.pool, 'md.no_such_flag')).toMatch(/does not exist.*l2flow migrate/);
   });

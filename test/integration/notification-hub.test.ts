@@ -1,9 +1,10 @@
-import net from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { filter, firstValueFrom, timeout } from 'rxjs';
 import { createNotificationHub, type HubNotification, type NotificationHub } from '../../src/runtime/notification-hub.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
+import { startPgProxy } from '../helpers/pg-proxy.js';
+import { until } from '../helpers/process.js';
 
 type LogLine = { level: number; msg: string } & Record<string, unknown>;
 const CHANNELS = ['l2flow_dwh_flag', 'l2flow_run'];
@@ -15,41 +16,15 @@ function captureLogger() {
   return { logger, lines };
 }
 
-/** A TCP proxy to PostgreSQL whose existing connections can be frozen: open but silent, like a half-open socket. */
-async function createFreezableProxy(target: URL) {
-  const pairs = new Set<{ frozen: boolean; down: net.Socket; up: net.Socket }>();
-  const server = net.createServer((down) => {
-    const up = net.connect(Number(target.port || 5432), target.hostname);
-    const pair = { frozen: false, down, up };
-    pairs.add(pair);
-    down.on('data', (d) => void (pair.frozen || up.write(d)));
-    up.on('data', (d) => void (pair.frozen || down.write(d)));
-    const close = () => {
-      down.destroy();
-      up.destroy();
-      pairs.delete(pair);
-    };
-    for (const s of [down, up]) s.on('close', close).on('error', close);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const uri = new URL(target);
-  uri.port = String((server.address() as net.AddressInfo).port);
-  return {
-    uri: uri.toString(),
-    freeze: () => pairs.forEach((p) => (p.frozen = true)),
-    close: async () => {
-      pairs.forEach((p) => (p.down.destroy(), p.up.destroy()));
-      await new Promise((r) => server.close(r));
-    },
-  };
-}
-
 describe('notification hub', () => {
   let db: TestDb;
   let hub: NotificationHub | undefined;
   const terminateListener = () =>
     db.pool.query(`select pg_terminate_backend(pid) from pg_stat_activity
       where application_name = 'l2flow-listener' and datname = current_database() and pid <> pg_backend_pid()`);
+  const listeners = async () =>
+    (await db.pool.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity
+      where application_name = 'l2flow-listener' and datname = current_database()`)).rows[0]?.n;
   const nextOn = (h: NotificationHub, channel: string) =>
     firstValueFrom(h.notifications$.pipe(filter((n) => n.channel === channel), timeout(3_000)));
 
@@ -118,8 +93,51 @@ describe('notification hub', () => {
     expect((await next).payload).toEqual({ after: 'reconnect' });
   });
 
+  it('re-LISTENs four channels after a reconnect one by one: every channel delivers again, pg prints no deprecation warning', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => void warnings.push(`${w.name}: ${w.message}`);
+    process.on('warning', onWarning);
+    try {
+      const { logger } = captureLogger();
+      const channels = [...CHANNELS, 'l2flow_extra_a', 'l2flow_extra_b'];
+      hub = createNotificationHub({ connectionString: db.uri, channels, logger });
+      await hub.start();
+      const reconnected = firstValueFrom(hub.connected$.pipe(timeout(5_000)));
+      await terminateListener();
+      await reconnected;
+      for (const channel of channels) {
+        const next = nextOn(hub, channel);
+        await db.pool.query('select pg_notify($1, $2)', [channel, JSON.stringify({ channel })]);
+        expect((await next).payload).toEqual({ channel });
+      }
+      await sleep(50); // process warnings are emitted on the next tick
+      expect(warnings.filter((w) => /already executing a query/.test(w))).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
+  it('checkChannels false (a pooler that never delivers): the heartbeat asks only whether the connection answers, no reconnect loop', async () => {
+    // PostgreSQL truncates identifiers to 63 bytes: pg_listening_channels() never shows this channel as it was given,
+    // as a backend reached through pgbouncer in transaction mode shows none of the listener's channels.
+    const channels = ['l2flow_run', `l2flow_${'x'.repeat(70)}`];
+    const forced = (lines: LogLine[]) => lines.filter((l) => /not listening on every channel/.test(l.msg)).length;
+    const strict = captureLogger();
+    hub = createNotificationHub({ connectionString: db.uri, channels, logger: strict.logger, heartbeatMs: 100, checkChannels: () => true });
+    await hub.start();
+    await until('the heartbeat to force a reconnect', async () => forced(strict.lines) > 0);
+    await hub.stop();
+
+    const lenient = captureLogger();
+    hub = createNotificationHub({ connectionString: db.uri, channels, logger: lenient.logger, heartbeatMs: 100, checkChannels: () => false });
+    await hub.start();
+    await sleep(1_000); // ten heartbeats
+    expect(forced(lenient.lines)).toBe(0);
+    expect(hub.isConnected()).toBe(true);
+  });
+
   it('heartbeat forces a reconnect when the connection goes half-open', async () => {
-    const proxy = await createFreezableProxy(new URL(db.uri));
+    const proxy = await startPgProxy(db.uri);
     try {
       const { logger, lines } = captureLogger();
       hub = createNotificationHub({ connectionString: proxy.uri, channels: CHANNELS, logger, heartbeatMs: 150, heartbeatTimeoutMs: 150 });
@@ -137,15 +155,26 @@ describe('notification hub', () => {
     }
   });
 
+  it('stop() during a reconnect leaves no connection behind (the one being built is closed once it is up)', async () => {
+    let stopping: Promise<void> | undefined;
+    let h: NotificationHub | undefined;
+    // pino writes to this destination synchronously: stop() runs inside the first reconnect attempt's callback.
+    const logger = pino({ level: 'debug' }, { write: (s: string) => void (/reconnect attempt 1"/.test(s) && (stopping ??= h!.stop())) });
+    h = hub = createNotificationHub({ connectionString: db.uri, channels: CHANNELS, logger });
+    await h.start();
+    await terminateListener();
+    await until('stop() to be called during the reconnect', async () => stopping !== undefined);
+    await stopping;
+    await until('no listener connection left', async () => (await listeners()) === 0, 5_000);
+  });
+
   it('stop() closes the listener connection and completes its streams', async () => {
     const { logger } = captureLogger();
     hub = createNotificationHub({ connectionString: db.uri, channels: CHANNELS, logger });
     await hub.start();
     let completed = false;
     hub.notifications$.subscribe({ complete: () => (completed = true) });
-    const count = async () =>
-      (await db.pool.query<{ n: number }>(`select count(*)::int as n from pg_stat_activity
-        where application_name = 'l2flow-listener' and datname = current_database()`)).rows[0]?.n;
+    const count = listeners;
     // Seen while connected: without it, a count of 0 after stop() would also hold for a connection never found.
     expect(await count()).toBe(1);
     await hub.stop();

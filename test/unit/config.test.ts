@@ -85,7 +85,7 @@ describe('loadConfig: defaults and sources', () => {
     expect(c.timezone).toBe('Asia/Tashkent');
     expect(c.startDate).toBe('2023-12-22');
     expect(c.maxActiveRuns).toBe(20);
-    expect(c.flagSensor).toEqual({ flagTable: 'md.dwh_flag', flagCode: 'l1_to_l2_load_successfull', pokeIntervalMs: 60_000, timeoutMs: 7 * 24 * 3600 * 1000 });
+    expect(c.flagSensor).toEqual({ flagTable: 'md.dwh_flag', flagCode: 'l1_to_l2_load_successfull', pokeIntervalMs: 60_000, timeoutMs: 7 * 24 * 3600 * 1000, notify: true });
     expect(c.successEndSensor).toEqual({
       pokeIntervalMs: 100_000, timeoutMs: 7 * 24 * 3600 * 1000, executionDeltaDays: 1, whenMissing: 'wait', whenFailed: 'wait', blockedMailAfterMs: null,
     });

@@ -1,7 +1,12 @@
 import type pg from 'pg';
 import { pendingMigrations } from '../migrate.js';
+import type { NotifyDelivery } from '../listen-check.js';
 
-/** /readyz: the database answers, the LISTEN connection is up, every shipped migration is applied. */
+/**
+ * /readyz: the database answers, the LISTEN connection is up, every shipped migration is applied. The listener's
+ * `delivery` (does a NOTIFY sent through the query pool reach it?) is shown but never makes the process unready:
+ * without it the sensors still work, on their polls.
+ */
 
 export interface Check {
   ok: boolean;
@@ -11,7 +16,7 @@ export interface Check {
 
 export interface Readiness {
   ok: boolean;
-  checks: { database: Check; listener: Check; migrations: Check };
+  checks: { database: Check; listener: Check & { delivery?: NotifyDelivery }; migrations: Check };
 }
 
 /** A promise that rejects after `ms`: a database that does not answer is as unready as one that refuses. */
@@ -26,7 +31,9 @@ function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
 const failed = (err: unknown): Check => ({ ok: false, error: (err as Error).message });
 
 /** The readiness probe of one process; each call asks the database afresh (a probe is a few seconds apart). */
-export function createReadiness(d: { pool: pg.Pool; listenerConnected: () => boolean; timeoutMs?: number }): () => Promise<Readiness> {
+export function createReadiness(d: {
+  pool: pg.Pool; listenerConnected: () => boolean; listenerDelivery?: () => NotifyDelivery; timeoutMs?: number;
+}): () => Promise<Readiness> {
   const timeoutMs = d.timeoutMs ?? 2000;
   return async () => {
     const [database, migrations] = await Promise.all([
@@ -36,7 +43,8 @@ export function createReadiness(d: { pool: pg.Pool; listenerConnected: () => boo
         failed,
       ),
     ]);
-    const listener: Check = d.listenerConnected() ? { ok: true } : { ok: false, error: 'the LISTEN connection is down; it reconnects by itself' };
+    const up: Check = d.listenerConnected() ? { ok: true } : { ok: false, error: 'the LISTEN connection is down; it reconnects by itself' };
+    const listener = d.listenerDelivery ? { ...up, delivery: d.listenerDelivery() } : up;
     return { ok: database.ok && listener.ok && migrations.ok, checks: { database, listener, migrations } };
   };
 }
