@@ -1,3 +1,4 @@
+-- target: warehouse
 -- The warehouse metadata schema. Real warehouses already have these tables: create only what is missing,
 -- never alter or drop an existing one.
 create schema if not exists md;

@@ -6,8 +6,8 @@ import { toErrorInfo } from '../lib/errors.js';
 import { withTransaction } from '../services/db/index.js';
 import { emailOutboxStatus } from '../services/mail/index.js';
 import { listAudit, writeAudit } from './audit.js';
-import { createApp, createPool, type App } from './app.js';
-import { ConfigError, connectionUris, loadConfig, redactUri } from './config.js';
+import { createApp, createPool, createWarehousePool, type App } from './app.js';
+import { ConfigError, connectionUris, loadConfig, redactUri, stateIsWarehouse } from './config.js';
 import { createLogger, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate } from './migrate.js';
 import { checkRange, datesBetween, judgeDates } from './backfill.js';
@@ -39,11 +39,14 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
   const env = options.env ?? (options.config === undefined ? process.env : {});
   const scope = options.scope ?? 'full';
   const config = loadConfig(env, { scope, file: options.config });
-  const database = redactUri(config.connections.dwh);
+  // l2flow's tables are where most queries go: errors name that database (the warehouse unless `state` is set).
+  const database = redactUri(config.connections.state);
   const events = new Subject<RunEvent>();
   const actorOf = (opts: ActionOptions | undefined) => opts?.actor ?? options.actor ?? userInfo().username;
   let logger: Logger | undefined;
   let pool: pg.Pool | undefined;
+  /** The warehouse's own pool, only when l2flow's tables live elsewhere. */
+  let dwhPool: pg.Pool | undefined;
   let app: App | undefined;
   let inspector: RunInspector | undefined;
   let starting: Promise<void> | undefined;
@@ -85,13 +88,25 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     }
   }
 
+  /** Run `fn` on both databases (one pool object when l2flow's tables live in the warehouse). */
+  function withDatabases<T>(fn: (db: { state: pg.Pool; dwh: pg.Pool }) => Promise<T>): Promise<T> {
+    return query((state) => {
+      if (!stateIsWarehouse(config) && !dwhPool) {
+        dwhPool = createWarehousePool(config, options.applicationName ?? 'l2flow')!;
+        dwhPool.on('error', () => undefined);
+      }
+      return fn({ state, dwh: dwhPool ?? state });
+    });
+  }
+
   async function startOnce(): Promise<void> {
     if (scope !== 'full') throw new L2flowError('NOT_AVAILABLE', "start() needs the full configuration: create the instance without scope: 'dwh'");
-    const problem = await query((p) => checkFlagTrigger(p, config.flagSensor.flagTable));
+    const problem = await withDatabases((db) => checkFlagTrigger(db.dwh, config.flagSensor.flagTable));
     if (problem) throw new L2flowError('FLAG_TRIGGER_MISSING', problem);
     const port = typeof options.inspect === 'object' ? options.inspect.port : undefined;
     inspector ??= options.inspect ? await startInspector({ logger: getLogger(), ...(port === undefined ? {} : { port }) }) : undefined;
-    const built = createApp(config, getLogger(), { pool: await query(async (p) => p), ...(inspector ? { inspect: inspector.inspect } : {}) });
+    const db = await withDatabases(async (d) => d);
+    const built = createApp(config, getLogger(), { pool: db.state, dwhPool: db.dwh, ...(inspector ? { inspect: inspector.inspect } : {}) });
     built.supervisor.events$.subscribe({ next: (e) => events.next(e) });
     app = built;
     try {
@@ -131,7 +146,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       contentType: processMetricsProvider().contentType,
       text: () => (app ? app.metrics.text() : processMetricsProvider().text()),
     },
-    migrate: () => query((p) => migrate(p, { flagTable: config.flagSensor.flagTable })),
+    migrate: () => withDatabases((db) => migrate(db, { flagTable: config.flagSensor.flagTable })),
     start() {
       if (stopping) return Promise.reject(new L2flowError('NOT_AVAILABLE', 'this l2flow instance is stopped: create a new one with createL2flow()'));
       // A failed start may be retried; concurrent calls share one attempt.
@@ -151,6 +166,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
         } finally {
           inspector?.stop();
           await pool?.end();
+          await dwhPool?.end();
           events.complete();
         }
       })();

@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { filter, map, Subject, type Observable } from 'rxjs';
+import { filter, map, merge, Subject, type Observable } from 'rxjs';
 import { fromPromise, type InspectionEvent, type Observer } from 'xstate';
 import { workflowMachine, type WorkflowMachine } from '../machines/workflow.js';
 import { createChildRunner } from '../services/children/index.js';
@@ -15,7 +15,7 @@ import { createCheckRecorder, createFlagSensor, createPreviousRunSensor, DWH_FLA
 import { toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { poolOf, STEP_CHILDREN, type ChildStep } from '../machines/steps.js';
-import type { Config } from './config.js';
+import { stateIsWarehouse, type Config } from './config.js';
 import type { Logger } from './logger.js';
 import { createNotificationHub, type NotificationHub } from './notification-hub.js';
 import { createRunLocks } from './run-locks.js';
@@ -34,7 +34,10 @@ export type { SensorCheck } from '../services/sensors/index.js';
 
 export interface App {
   config: Config;
+  /** l2flow's own tables (schema l2flow). */
   pool: pg.Pool;
+  /** The warehouse (md tables, flag table, SAP view): the same object as `pool` unless connection id `state` is set. */
+  dwh: pg.Pool;
   hub: NotificationHub;
   supervisor: Supervisor;
   /** schedule.cron and schedule.onFlag, active while this process leads. */
@@ -57,8 +60,10 @@ export interface App {
 }
 
 export interface AppOptions {
-  /** The shared pool, when the caller owns it (the embedding API); it must hold at most config.poolSize connections. */
+  /** The shared pool of l2flow's tables, when the caller owns it (the embedding API); at most config.poolSize connections. */
   pool?: pg.Pool;
+  /** The warehouse's pool, when the caller owns it and the state database is separate; ignored (= pool) otherwise. */
+  dwhPool?: pg.Pool;
   /** Override polling cadences for tests and benchmarks. */
   claimIntervalMs?: number;
   mailPollIntervalMs?: number;
@@ -78,7 +83,10 @@ function actor<I>(fn: StepFn<I, unknown>) {
 /** Every step's implementation, built from the configuration; the runtime's only knowledge of what a step does. */
 export function buildActors(d: {
   config: Config;
+  /** l2flow's own tables. */
   pool: pg.Pool;
+  /** The warehouse; the same object as `pool` when l2flow's tables live there. */
+  dwh: pg.Pool;
   notifications$: Observable<{ channel: string; payload: unknown }>;
   reconnects$: Observable<void>;
   pools: Pools;
@@ -90,7 +98,7 @@ export function buildActors(d: {
   /** Every POST to SAP, once answered or not (metrics). */
   onSapTry?: (t: SapTry) => void;
 }) {
-  const { config, pool, logger } = d;
+  const { config, pool, dwh, logger } = d;
   const sensorDeps = {
     pool,
     notifications$: d.notifications$,
@@ -98,9 +106,10 @@ export function buildActors(d: {
     logger: logger.child({ module: 'sensor' }),
     onCheck: d.onSensorCheck,
   };
-  const metadata = createMetadata({ pool, completionFlag: config.completionFlag, logger: logger.child({ module: 'metadata' }) });
+  const metadata = createMetadata({ pool, dwh, completionFlag: config.completionFlag, logger: logger.child({ module: 'metadata' }) });
   const children = createChildRunner({
     pool,
+    dwh,
     connections: d.childConnections,
     children: config.children,
     airflowConnections: config.airflowConnections,
@@ -108,6 +117,7 @@ export function buildActors(d: {
   });
   const sendToSap = createSapSender({
     pool,
+    dwh,
     endpoint: parseSapConnection(config.connections.sap),
     viewName: config.sap.viewName,
     timezone: config.timezone,
@@ -133,7 +143,7 @@ export function buildActors(d: {
   };
 
   return {
-    waitForL2FullLoad: actor(createFlagSensor({ ...sensorDeps, ...config.flagSensor })),
+    waitForL2FullLoad: actor(createFlagSensor({ ...sensorDeps, dwh, ...config.flagSensor })),
     getLoadId: fromPromise<{ loadId: number }, StepContext>(({ input, signal }) => metadata.getLoadId(input, signal)),
     workflowRegistration: actor(metadata.workflowRegistration),
     waitForSuccessEnd: actor(
@@ -162,10 +172,38 @@ export function buildActors(d: {
   };
 }
 
-/** The shared pool of one process: its whole share of the server besides the listener, the locks and children. */
+/**
+ * The shared pool of one process on l2flow's own tables (the warehouse unless connection id `state` is set): its
+ * whole share of that server besides the listener, the locks and children.
+ */
 export function createPool(config: Config, applicationName = 'l2flow'): pg.Pool {
   // application_name starts with l2flow: the builtin session killer never terminates our own connections.
+  return new pg.Pool({ connectionString: config.connections.state, max: config.poolSize, application_name: applicationName });
+}
+
+/** The warehouse's pool when l2flow's tables live elsewhere (metadata steps, flag checks, the SAP view); else null: `createPool`'s serves both. */
+export function createWarehousePool(config: Config, applicationName = 'l2flow'): pg.Pool | null {
+  if (stateIsWarehouse(config)) return null;
   return new pg.Pool({ connectionString: config.connections.dwh, max: config.poolSize, application_name: applicationName });
+}
+
+/**
+ * The process's notifications: one LISTEN connection when l2flow's tables live in the warehouse; else one on the
+ * warehouse (the flag trigger's channel) and one on the state database (the run channel), merged.
+ */
+function createHubs(config: Config, logger: Logger, heartbeatMs: number | undefined): NotificationHub {
+  const hub = (connectionString: string, channels: string[]) =>
+    createNotificationHub({ connectionString, channels, logger, ...(heartbeatMs ? { heartbeatMs } : {}) });
+  if (stateIsWarehouse(config)) return hub(config.connections.dwh, [DWH_FLAG_CHANNEL, RUN_CHANNEL]);
+  const hubs = [hub(config.connections.dwh, [DWH_FLAG_CHANNEL]), hub(config.connections.state, [RUN_CHANNEL])];
+  return {
+    notifications$: merge(...hubs.map((h) => h.notifications$)),
+    // Either reconnect re-checks every parked condition: cheap, and nothing missed in either gap.
+    connected$: merge(...hubs.map((h) => h.connected$)),
+    start: async () => void (await Promise.all(hubs.map((h) => h.start()))),
+    stop: async () => void (await Promise.all(hubs.map((h) => h.stop()))),
+    isConnected: () => hubs.every((h) => h.isConnected()),
+  };
 }
 
 /** Build the runtime from a validated configuration. Nothing connects until `start()`. */
@@ -176,15 +214,13 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
   // statements executing now: however many runs are active or parked, no more connections are opened.
   const ownPool = !opts.pool;
   const pool = opts.pool ?? createPool(config);
+  const ownDwh = stateIsWarehouse(config) ? null : opts.dwhPool ? null : createWarehousePool(config);
+  const dwh = stateIsWarehouse(config) ? pool : (opts.dwhPool ?? ownDwh!);
   // A restart kills every idle connection at once: one line per outage, not one per connection.
   const poolWarn = createRateLimitedWarn(logger, 60_000);
   pool.on('error', (err) => poolWarn('pool', { err: toErrorInfo(err) }, 'idle database connection failed; the pool replaces it'));
-  const hub = createNotificationHub({
-    connectionString: config.connections.dwh,
-    channels: [DWH_FLAG_CHANNEL, RUN_CHANNEL],
-    logger,
-    ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
-  });
+  ownDwh?.on('error', (err) => poolWarn('dwh-pool', { err: toErrorInfo(err) }, 'idle warehouse connection failed; the pool replaces it'));
+  const hub = createHubs(config, logger, opts.heartbeatMs);
   const childConnections = createDedicatedConnections({
     connectionString: config.connections.dwh,
     max: config.childConnections,
@@ -200,7 +236,8 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     ...(opts.mailPollIntervalMs ? { pollIntervalMs: opts.mailPollIntervalMs } : {}),
     ...(opts.mailRetryBaseDelayMs ? { baseDelayMs: opts.mailRetryBaseDelayMs } : {}),
   });
-  const locks = createRunLocks({ connectionString: config.connections.dwh, maxActiveRuns: config.maxActiveRuns, workflowId: config.workflowId });
+  // Advisory locks coordinate l2flow processes: they live beside l2flow's tables.
+  const locks = createRunLocks({ connectionString: config.connections.state, maxActiveRuns: config.maxActiveRuns, workflowId: config.workflowId });
   const pools = createPools({ locks, pools: config.pools, logger, onAcquired: metrics.slotAcquired });
   const sensorChecks = new Subject<SensorCheck>();
   const recordCheck = createCheckRecorder({ pool, logger });
@@ -208,6 +245,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     actors: buildActors({
       config,
       pool,
+      dwh,
       notifications$: hub.notifications$,
       reconnects$: hub.connected$,
       pools,
@@ -242,6 +280,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
   });
   const scheduler = createScheduler({
     pool,
+    dwh,
     config,
     leadership$: supervisor.leadership$,
     flagHints$: flagDates(hub.notifications$, config.flagSensor.flagCode),
@@ -258,11 +297,15 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     lockRelocked$: locks.relocked$, lockLost$: locks.lost$, activeRuns: () => supervisor.activeRunIds().length, isLeader: supervisor.isLeader,
   });
   let stopping: Promise<void> | undefined;
-  logger.info({ owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)) }, 'l2flow runtime built');
+  logger.info({
+    owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)),
+    stateDatabase: stateIsWarehouse(config) ? 'the warehouse' : `separate (connection ${config.connectionIds.state})`,
+  }, 'l2flow runtime built');
 
   return {
     config,
     pool,
+    dwh,
     hub,
     supervisor,
     scheduler,
@@ -292,6 +335,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
         await mailer.close();
         metrics.stop();
         if (ownPool) await pool.end();
+        await ownDwh?.end();
         sensorChecks.complete();
       })();
       return stopping;

@@ -38,9 +38,12 @@ export interface Config {
   runTimeoutMs: number | null;
   /** Retries of each step (workflow defaults overlaid by steps.<step_id>); only steps with retries > 0 are listed. */
   retry: Partial<Record<StepId, StepRetryPolicy>>;
-  /** Connection URIs; they may hold secrets: never log them (see describeConfig). */
-  connections: { dwh: string; sap: string; smtp: string };
-  connectionIds: { dwh: string; sap: string; smtp: string };
+  /**
+   * Connection URIs; they may hold secrets: never log them (see describeConfig). `state` is where l2flow's own
+   * tables live: the warehouse's URI itself unless connection id `state` is set (see stateIsWarehouse).
+   */
+  connections: { dwh: string; state: string; sap: string; smtp: string };
+  connectionIds: { dwh: string; state: string; sap: string; smtp: string };
   /** The URI of every connection id an airflow child names; secrets too (see connectionUris). */
   airflowConnections: Record<string, string>;
   email: { recipients: string[]; from: string };
@@ -181,8 +184,11 @@ export function loadConfig(
   const settings = readSettings(env, configFile, opts.file, fileName);
   const ids = settings.connectionIds;
   const connection = (idKey: string, id: string, kind: ConnectionKind) => resolveConnection(env, settings.connections, fileName, idKey, id, kind);
+  const dwh = connection('DWH_CONN_ID', ids.dwh, 'postgres');
   const connections = {
-    dwh: connection('DWH_CONN_ID', ids.dwh, 'postgres'),
+    dwh,
+    // Unset: l2flow's tables stay in the warehouse, as before the state connection existed.
+    state: connectionSource(env, settings.connections, fileName, ids.state) ? connection('STATE_CONN_ID', ids.state, 'postgres') : dwh,
     sap: !full ? '' : connection('SAP_CONN_ID', ids.sap, 'sap'),
     smtp: !full ? '' : connection('SMTP_CONN_ID', ids.smtp, 'smtp'),
   };
@@ -262,6 +268,11 @@ function resolveConnection(
   return uri;
 }
 
+/** True when l2flow's own tables live in the warehouse (no separate state database): one pool, one transaction per memo. */
+export function stateIsWarehouse(cfg: Pick<Config, 'connections'>): boolean {
+  return cfg.connections.state === cfg.connections.dwh;
+}
+
 /** Replace the password (and every token-like parameter) of a URI with ***, for logs and status output. */
 export function redactUri(uri: string): string {
   return displayUri(uri);
@@ -279,6 +290,7 @@ export function describeConfig(cfg: Config): Record<string, unknown> {
     airflowConnections: Object.fromEntries(Object.entries(cfg.airflowConnections).map(([id, uri]) => [id, redactUri(uri)])),
     connections: {
       dwh: redactUri(cfg.connections.dwh),
+      state: stateIsWarehouse(cfg) ? 'the warehouse (dwh)' : redactUri(cfg.connections.state),
       sap: cfg.connections.sap && redactUri(cfg.connections.sap),
       smtp: cfg.connections.smtp && redactUri(cfg.connections.smtp),
     },
