@@ -112,7 +112,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     try {
       await built.start();
       if (config.http.enabled) {
-        const readiness = createReadiness({ pool: built.pool, listenerConnected: () => built.hub.isConnected() });
+        const readiness = createReadiness({ pool: built.pool, dwh: built.dwh, listenerConnected: () => built.hub.isConnected() });
         http = await startHttpServer({ ...config.http, api: l2flow, readiness, metrics: l2flow.metrics, secrets, logger: getLogger() });
       }
     } catch (err) {

@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
 import { createL2flow, type L2flow } from '../../src/index.js';
+import { createReadiness } from '../../src/runtime/http/readiness.js';
 import { createSegmentationView, createSplitTestDbs, schemasOf, type SplitDbs } from '../helpers/db.js';
 import { until } from '../helpers/process.js';
 import { startSapServer, type TestSapServer } from '../helpers/sap-server.js';
@@ -107,5 +109,19 @@ describe('a separate state database (connection id state)', () => {
       `select distinct application_name as a from pg_stat_activity where datname = current_database() and application_name like 'l2flow%' order by 1`)).rows.map((r) => r.a);
     expect(await apps(split.state.pool)).toContain('l2flow-locks');
     expect(await apps(split.dwh.pool)).not.toContain('l2flow-locks');
+  });
+
+  it('readiness asks both databases and names the warehouse when it does not answer', async () => {
+    const ok = await createReadiness({ pool: split.state.pool, dwh: split.dwh.pool, listenerConnected: () => true })();
+    expect(ok).toMatchObject({ ok: true, checks: { database: { ok: true }, migrations: { ok: true } } });
+    const gone = new pg.Pool({ connectionString: split.dwh.uri.replace(/\/[^/]*$/, '/l2flow_no_such_db'), max: 1 });
+    try {
+      const r = await createReadiness({ pool: split.state.pool, dwh: gone, listenerConnected: () => true })();
+      expect(r.ok).toBe(false);
+      expect(r.checks.database.error).toMatch(/^the warehouse: .*l2flow_no_such_db/);
+      expect(r.checks.migrations.ok).toBe(true);
+    } finally {
+      await gone.end();
+    }
   });
 });
