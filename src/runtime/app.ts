@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { filter, map, merge, Subject, type Observable } from 'rxjs';
+import { filter, map, Subject, type Observable } from 'rxjs';
 import { fromPromise, type InspectionEvent, type Observer } from 'xstate';
 import { workflowMachine, type WorkflowMachine } from '../machines/workflow.js';
 import { createChildRunner } from '../services/children/index.js';
@@ -11,13 +11,14 @@ import { createMailer } from '../services/mail/index.js';
 import { createMetadata } from '../services/metadata.js';
 import { createDedicatedConnections, createPools, type DedicatedConnections, type Pools } from '../services/db/index.js';
 import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap/index.js';
-import { createCheckRecorder, createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, flagDates, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
+import { createCheckRecorder, createFlagSensor, createPreviousRunSensor, flagDates, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { poolOf, STEP_CHILDREN, type ChildStep } from '../machines/steps.js';
 import { stateIsWarehouse, type Config } from './config.js';
 import type { Logger } from './logger.js';
-import { createNotificationHub, type NotificationHub } from './notification-hub.js';
+import type { NotificationHub } from './notification-hub.js';
+import { createHubs, createPool, createWarehousePool } from './databases.js';
 import { createRunLocks } from './run-locks.js';
 import { createSupervisor, type Supervisor } from './supervisor.js';
 import { createScheduler, type Scheduler } from './scheduler.js';
@@ -169,40 +170,6 @@ export function buildActors(d: {
       );
       return notifyFailure(input, signal);
     }),
-  };
-}
-
-/**
- * The shared pool of one process on l2flow's own tables (the warehouse unless connection id `state` is set): its
- * whole share of that server besides the listener, the locks and children.
- */
-export function createPool(config: Config, applicationName = 'l2flow'): pg.Pool {
-  // application_name starts with l2flow: the builtin session killer never terminates our own connections.
-  return new pg.Pool({ connectionString: config.connections.state, max: config.poolSize, application_name: applicationName });
-}
-
-/** The warehouse's pool when l2flow's tables live elsewhere (metadata steps, flag checks, the SAP view); else null: `createPool`'s serves both. */
-export function createWarehousePool(config: Config, applicationName = 'l2flow'): pg.Pool | null {
-  if (stateIsWarehouse(config)) return null;
-  return new pg.Pool({ connectionString: config.connections.dwh, max: config.poolSize, application_name: applicationName });
-}
-
-/**
- * The process's notifications: one LISTEN connection when l2flow's tables live in the warehouse; else one on the
- * warehouse (the flag trigger's channel) and one on the state database (the run channel), merged.
- */
-function createHubs(config: Config, logger: Logger, heartbeatMs: number | undefined): NotificationHub {
-  const hub = (connectionString: string, channels: string[]) =>
-    createNotificationHub({ connectionString, channels, logger, ...(heartbeatMs ? { heartbeatMs } : {}) });
-  if (stateIsWarehouse(config)) return hub(config.connections.dwh, [DWH_FLAG_CHANNEL, RUN_CHANNEL]);
-  const hubs = [hub(config.connections.dwh, [DWH_FLAG_CHANNEL]), hub(config.connections.state, [RUN_CHANNEL])];
-  return {
-    notifications$: merge(...hubs.map((h) => h.notifications$)),
-    // Either reconnect re-checks every parked condition: cheap, and nothing missed in either gap.
-    connected$: merge(...hubs.map((h) => h.connected$)),
-    start: async () => void (await Promise.all(hubs.map((h) => h.start()))),
-    stop: async () => void (await Promise.all(hubs.map((h) => h.stop()))),
-    isConnected: () => hubs.every((h) => h.isConnected()),
   };
 }
 
