@@ -113,22 +113,29 @@ export async function installFlagTrigger(client: pg.ClientBase, flagTable: strin
   const table = quoteQualified(flagTable);
   await client.query('begin');
   try {
-    let fn = 'l2flow.notify_dwh_flag()';
+    let fn = { schema: 'l2flow', name: 'notify_dwh_flag' };
     if (ownFunction) {
       const { rows } = await client.query<{ schema: string | null }>(
         'select n.nspname as schema from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass($1)', [flagTable]);
       const schema = rows[0]?.schema;
       if (!schema) throw new Error(`flag table ${flagTable} does not exist in the warehouse`);
-      fn = `${quoteQualified(schema)}.l2flow_notify_dwh_flag()`;
-      await client.query(`create or replace function ${fn} returns trigger language plpgsql as $$
+      fn = { schema, name: 'l2flow_notify_dwh_flag' };
+      await client.query(`create or replace function ${quoteQualified(`${fn.schema}.${fn.name}`)}() returns trigger language plpgsql as $$
         begin
           perform pg_notify('${DWH_FLAG_CHANNEL}', json_build_object('flag_cd', new.flag_cd, 'business_date', new.bussines_date)::text);
           return null;
         end $$`);
     }
-    await client.query(`drop trigger if exists l2flow_dwh_flag_notify on ${table}`);
-    await client.query(`create trigger l2flow_dwh_flag_notify after insert or update on ${table}
-      for each row execute function ${fn}`);
+    // Already there with this function: left alone (dropping a trigger needs the table's owner; creating one, TRIGGER).
+    const { rowCount } = await client.query(
+      `select 1 from pg_trigger t join pg_proc p on p.oid = t.tgfoid join pg_namespace n on n.oid = p.pronamespace
+        where t.tgrelid = to_regclass($1) and t.tgname = 'l2flow_dwh_flag_notify' and n.nspname = $2 and p.proname = $3`,
+      [flagTable, fn.schema, fn.name]);
+    if (!rowCount) {
+      await client.query(`drop trigger if exists l2flow_dwh_flag_notify on ${table}`);
+      await client.query(`create trigger l2flow_dwh_flag_notify after insert or update on ${table}
+        for each row execute function ${quoteQualified(`${fn.schema}.${fn.name}`)}()`);
+    }
     await client.query('commit');
   } catch (err) {
     await client.query('rollback').catch(() => undefined);

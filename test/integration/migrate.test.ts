@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import pg from 'pg';
 import { createSplitTestDbs, createTestDb, schemasOf, type TestDb } from '../helpers/db.js';
-import { checkFlagTrigger, migrate } from '../../src/runtime/migrate.js';
+import { checkFlagTrigger, migrate, SQL_DIR } from '../../src/runtime/migrate.js';
 
 describe('migrations', () => {
   let db: TestDb;
@@ -73,6 +75,34 @@ describe('migrations with a separate state database (L2FLOW_CONN_STATE)', () => 
       expect(await schemasOf(split.dwh.pool, ['l2flow', 'md'])).toEqual(['md']);
     } finally {
       await split.drop();
+    }
+  });
+
+  it('migrates a warehouse l2flow does not own: no CREATE on the database, md made by its DBA, only TRIGGER on the flag table', async () => {
+    const split = await createSplitTestDbs({ migrate: false });
+    const role = `l2flow_wh_${split.dwh.name}`;
+    const admin = new pg.Client({ connectionString: split.dwh.uri.replace(/\/[^/]*$/, '/postgres') });
+    await admin.connect();
+    let restricted: pg.Pool | undefined;
+    try {
+      // The DBA's warehouse: md exists with its tables; l2flow may use md and create in it, not create schemas.
+      await split.dwh.pool.query(readFileSync(path.join(SQL_DIR, '002_md.sql'), 'utf8'));
+      await split.dwh.pool.query(`create role ${role} login;
+        revoke create on database ${split.dwh.name} from public;
+        grant usage, create on schema md to ${role};
+        grant select, insert, update on all tables in schema md to ${role};
+        grant usage, select on sequence md.load_id_seq to ${role};
+        grant trigger on md.dwh_flag to ${role}`);
+      restricted = new pg.Pool({ connectionString: split.dwh.uri.replace(/^postgres:\/\/[^@]*@/, `postgres://${role}@`), max: 2 });
+      const db = { state: split.state.pool, dwh: restricted };
+      expect((await migrate(db, { flagTable: 'md.dwh_flag' })).applied).toHaveLength(7);
+      expect((await migrate(db, { flagTable: 'md.dwh_flag' })).applied).toEqual([]);
+      expect(await checkFlagTrigger(restricted, 'md.dwh_flag')).toBeNull();
+      expect(await schemasOf(split.dwh.pool, ['l2flow', 'md'])).toEqual(['md']);
+    } finally {
+      await restricted?.end();
+      await split.drop();
+      await admin.query(`drop role if exists ${role}`).finally(() => admin.end());
     }
   });
 });

@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type pg from 'pg';
 import { createSplitTestDbs, createTestDb, type SplitDbs, type TestDb } from '../helpers/db.js';
-import { memoized, readMemo, type Databases } from '../../src/services/db/index.js';
+import pino from 'pino';
+import { createDedicatedConnections, memoized, readMemo, type Databases, type DedicatedConnections } from '../../src/services/db/index.js';
+import { createChildRunner, type ChildRunner } from '../../src/services/children/index.js';
 
 /**
  * Exactly once across two databases: the crash windows of the intent protocol (src/services/db/step-memo.ts),
@@ -119,6 +121,64 @@ describe('step memos with a separate state database', () => {
       open.release();
     }
     expect(await effects(split.db, ctx.runId)).toBe(0);
+  });
+});
+
+describe('child workflows with a separate state database', () => {
+  let split: SplitDbs;
+  let connections: DedicatedConnections;
+  let runner: ChildRunner;
+  const signal = new AbortController().signal;
+  let loadId = 100;
+  /** Each test's run has a load id of its own: the child writes it, the test counts by it. */
+  const ctx = () => ({ ...key(), workflowId: 'WF', logicalDate: '2024-03-02', businessDate: '2024-03-01', loadId: ++loadId });
+  const calls = async (id: number) =>
+    (await split.db.dwh.query<{ n: number }>('select count(*)::int as n from child_calls where load_id = $1', [id])).rows[0]!.n;
+  beforeAll(async () => {
+    split = await createSplitTestDbs();
+    await split.db.dwh.query(`create table child_calls (load_id bigint);
+      create procedure commits_itself(l bigint) language plpgsql as $$ begin insert into child_calls values (l); commit; end $$;`);
+    connections = createDedicatedConnections({ connectionString: split.dwh.uri, max: 2, applicationName: 'l2flow-child' });
+    runner = createChildRunner({
+      pool: split.db.state, dwh: split.db.dwh, connections, logger: pino({ level: 'silent' }),
+      children: {
+        tx: { kind: 'sql', statement: 'insert into child_calls values ($2::bigint)', transactional: true },
+        committing: { kind: 'sql', statement: 'call commits_itself($2::bigint)', transactional: false },
+      },
+    });
+  });
+  afterAll(async () => { await connections.end(); await split.drop(); });
+
+  it('a transactional child: its effect and memo are recorded once; (a) a committed intent resumes it without running it', async () => {
+    const done = ctx();
+    expect(await runner.run('tx')(done, signal)).toMatchObject({ rowCount: 1, resumed: false });
+    expect(await runner.run('tx')(done, signal)).toMatchObject({ rowCount: 1, resumed: true });
+    expect(await calls(done.loadId)).toBe(1);
+    expect(await readMemo(split.db.state, done, 'child:tx')).toMatchObject({ rowCount: 1 });
+
+    // (a): the warehouse committed the child's effect and its intent is there, the memo is not.
+    const c = ctx();
+    const w = await split.db.dwh.connect();
+    await w.query('begin');
+    await w.query('insert into child_calls values ($1)', [c.loadId]);
+    const xid = (await w.query<{ x: string }>('select txid_current()::text as x')).rows[0]!.x;
+    await split.db.state.query(`insert into l2flow.step_intent (run_id, step, attempt, dwh_xid, output) values ($1, 'child:tx', 1, $2, $3)`,
+      [c.runId, xid, JSON.stringify({ child: 'tx', kind: 'sql', durationMs: 5, rowCount: 1, resumed: false })]);
+    await w.query('commit');
+    w.release();
+    expect(await runner.run('tx')(c, signal)).toMatchObject({ child: 'tx', rowCount: 1, resumed: true });
+    expect(await calls(c.loadId)).toBe(1);
+    expect(await readMemo(split.db.state, c, 'child:tx')).toMatchObject({ rowCount: 1 });
+    expect(await intents(split.db, c.runId)).toBe(0);
+  });
+
+  it('a child that commits itself records its memo in the state database after the work', async () => {
+    const c = ctx();
+    expect(await runner.run('committing')(c, signal)).toMatchObject({ resumed: false });
+    expect(await runner.run('committing')(c, signal)).toMatchObject({ resumed: true });
+    expect(await calls(c.loadId)).toBe(1);
+    expect(await readMemo(split.db.state, c, 'child:committing')).toBeDefined();
+    expect(await intents(split.db, c.runId)).toBe(0);
   });
 });
 

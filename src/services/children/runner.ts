@@ -180,6 +180,11 @@ export function createChildRunner(opts: {
         ? await commitWithMemo(db, client, ctx, step, work)
         : await work().then(async (r) => ({ output: r, fresh: await writeMemo(separate ? pool : client, ctx, step, r) }));
       const winner = fresh ? undefined : separate ? await recordedOutput<ChildResult>(db, ctx, step) : await readMemo<ChildResult>(client, ctx, step);
+      if (!fresh && winner === undefined && transactional && separate) {
+        // Ours was rolled back for another invocation's intent, whose transaction then aborted too: nothing committed.
+        throw new StepError('CHILD_FAILED', `child workflow ${child} of run ${ctx.runId} (${ctx.logicalDate}) was run at the same time ` +
+          'by another l2flow process whose warehouse transaction aborted; neither committed: clear the step to run it again', { retryable: true });
+      }
       const output = fresh ? result : { ...(winner ?? result), resumed: true };
       conn.release();
       return output;
