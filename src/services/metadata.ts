@@ -142,7 +142,7 @@ export function createMetadata(opts: MetadataOptions): Metadata {
         await client.query(q('openJob', [loadId, ctx.runId, ctx.workflowId]));
         await client.query(q('log', [loadId, 'i', message]));
         return { loadId, workflowRegistered: wf.rowCount === 1 };
-      });
+      }, { signal });
       logger.info({ runId: ctx.runId, loadId, resumed }, 'workflow registered, load session opened');
       return { ...output, resumed };
     });
@@ -158,7 +158,7 @@ export function createMetadata(opts: MetadataOptions): Metadata {
         await client.query(q('closeJob', [loadId, ctx.workflowId, 's']));
         await client.query(q('log', [loadId, 'i', message]));
         return { loadId, flagged };
-      });
+      }, { signal });
       logger.info({ runId: ctx.runId, loadId, resumed, flagged: output.flagged }, 'load session closed as successful');
       return { ...output, resumed };
     });
@@ -173,7 +173,7 @@ export function createMetadata(opts: MetadataOptions): Metadata {
         await client.query(q('closeJob', [loadId, input.workflowId, 'f']));
         await client.query(q('log', [loadId, 'e', message]));
         return { recorded: true };
-      });
+      }, { signal });
       logger.info({ runId: input.runId, loadId, failedStep: failure.step, resumed }, 'load session closed as failed');
       return { ...output, resumed };
     });

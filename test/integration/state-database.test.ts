@@ -104,11 +104,18 @@ describe('a separate state database (connection id state)', () => {
       .toEqual([{ n: 6 }]);
     expect(await state(`select count(*)::int as n from l2flow.step_intent`)).toEqual([{ n: 0 }]);
     expect(sap.requests).toHaveLength(2);
-    // Advisory locks and both listeners: each database sees the connections it should.
-    const apps = async (pool: typeof split.dwh.pool) => (await pool.query<{ a: string }>(
-      `select distinct application_name as a from pg_stat_activity where datname = current_database() and application_name like 'l2flow%' order by 1`)).rows.map((r) => r.a);
-    expect(await apps(split.state.pool)).toContain('l2flow-locks');
-    expect(await apps(split.dwh.pool)).not.toContain('l2flow-locks');
+    // The connection budget per database: the locks and a listener on the state database, a listener and the
+    // children on the warehouse, each pool within poolSize (10).
+    const apps = async (pool: typeof split.dwh.pool) => Object.fromEntries((await pool.query<{ a: string; n: number }>(
+      `select application_name as a, count(*)::int as n from pg_stat_activity
+        where datname = current_database() and application_name like 'l2flow%' group by 1`)).rows.map((r) => [r.a, r.n]));
+    const onState = await apps(split.state.pool);
+    const onDwh = await apps(split.dwh.pool);
+    expect(onState).toMatchObject({ 'l2flow-locks': 1, 'l2flow-listener': 1 });
+    expect(onState['l2flow-child']).toBeUndefined();
+    expect(onDwh).toMatchObject({ 'l2flow-listener': 1 });
+    expect(onDwh['l2flow-locks']).toBeUndefined();
+    for (const counts of [onState, onDwh]) expect(counts.l2flow ?? 0).toBeLessThanOrEqual(10);
   });
 
   it('readiness asks both databases and names the warehouse when it does not answer', async () => {

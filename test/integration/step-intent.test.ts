@@ -110,7 +110,7 @@ describe('step memos with a separate state database', () => {
     const open = await stageIntent(split.db, ctx, 'open');
     const xid = (await open.query<{ x: string }>('select txid_current()::text as x')).rows[0]!.x;
     try {
-      const err = await memoized(split.db, ctx, STEP, work(ctx), { maxTries: Infinity, baseDelayMs: 50, maxDelayMs: 50, jitter: 'none', maxElapsedMs: 400 })
+      const err = await memoized(split.db, ctx, STEP, work(ctx), { wait: { maxTries: Infinity, baseDelayMs: 50, maxDelayMs: 50, jitter: 'none', maxElapsedMs: 400 } })
         .then(() => null, (e: Error & { code?: string }) => e);
       expect(err?.code).toBe('DB_ERROR');
       expect(err?.message).toContain(`${STEP} of run ${ctx.runId}`);

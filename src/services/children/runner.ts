@@ -179,7 +179,7 @@ export function createChildRunner(opts: {
       const { output: result, fresh } = transactional
         ? await commitWithMemo(db, client, ctx, step, work)
         : await work().then(async (r) => ({ output: r, fresh: await writeMemo(separate ? pool : client, ctx, step, r) }));
-      const winner = fresh ? undefined : separate ? await recordedOutput<ChildResult>(db, ctx, step) : await readMemo<ChildResult>(client, ctx, step);
+      const winner = fresh ? undefined : separate ? await recordedOutput<ChildResult>(db, ctx, step, { signal }) : await readMemo<ChildResult>(client, ctx, step);
       if (!fresh && winner === undefined && transactional && separate) {
         // Ours was rolled back for another invocation's intent, whose transaction then aborted too: nothing committed.
         throw new StepError('CHILD_FAILED', `child workflow ${child} of run ${ctx.runId} (${ctx.logicalDate}) was run at the same time ` +
@@ -205,7 +205,7 @@ export function createChildRunner(opts: {
             `({ kind: 'sql', statement: 'CALL …' }, { kind: 'airflow', dagId, connection } or a builtin) to the l2flow config`);
         }
         throwIfAborted(signal, `child workflow ${childName}`);
-        const recorded = await recordedOutput<ChildResult>(db, ctx, memoStep(childName));
+        const recorded = await recordedOutput<ChildResult>(db, ctx, memoStep(childName), { signal });
         if (recorded) {
           logger.info({ child: childName, runId: ctx.runId }, 'child already completed in this attempt; not run again');
           return { ...recorded, resumed: true };

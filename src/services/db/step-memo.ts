@@ -23,6 +23,14 @@ export function separateState(db: Databases): boolean {
 
 type MemoKey = Pick<StepContext, 'runId' | 'attempt'>;
 
+/** How an intent whose warehouse transaction is still in progress is waited for. */
+export interface IntentWait {
+  /** Default INTENT_WAIT (up to 60 s). */
+  wait?: RetryPolicy;
+  /** Ends the wait with ABORTED (the step was left). */
+  signal?: AbortSignal;
+}
+
 /** The recorded output of `step` for this run attempt, or undefined when the step has not completed. */
 export async function readMemo<O>(db: Queryable, ctx: MemoKey, step: string): Promise<O | undefined> {
   const { rows } = await db.query<{ output: O }>({
@@ -79,7 +87,7 @@ async function settleIntent(state: Queryable, ctx: MemoKey, step: string, output
  * committed, made the memo now. An intent whose transaction aborted is deleted (undefined: run the step). One
  * still in progress is waited for up to `wait.maxElapsedMs`, then a retryable DB_ERROR names the transaction.
  */
-export async function recordedOutput<O>(db: Databases, ctx: MemoKey, step: string, wait: RetryPolicy = INTENT_WAIT): Promise<O | undefined> {
+export async function recordedOutput<O>(db: Databases, ctx: MemoKey, step: string, opts: IntentWait = {}): Promise<O | undefined> {
   const memo = await readMemo<O>(db.state, ctx, step);
   if (memo !== undefined || !separateState(db)) return memo;
   const { rows } = await db.state.query<{ xid: string; output: O }>({ name: 'l2flow_intent_read', text: INTENT_SQL.read, values: [ctx.runId, step, ctx.attempt] });
@@ -95,7 +103,7 @@ export async function recordedOutput<O>(db: Databases, ctx: MemoKey, step: strin
         'and let it finish or terminate it, then clear the step', { retryable: true, details: { xid: intent.xid } });
     }
     return answer;
-  }, wait, { what: `${step} of run ${ctx.runId}` });
+  }, opts.wait ?? INTENT_WAIT, { what: `${step} of run ${ctx.runId}`, ...(opts.signal ? { signal: opts.signal } : {}) });
   if (status === 'committed') {
     await settleIntent(db.state, ctx, step, intent.output);
     return (await readMemo<O>(db.state, ctx, step)) ?? intent.output;
@@ -150,11 +158,11 @@ export async function memoized<O>(
   ctx: MemoKey,
   step: string,
   work: (client: pg.PoolClient) => Promise<O>,
-  wait: RetryPolicy = INTENT_WAIT,
+  opts: IntentWait = {},
 ): Promise<{ output: O; resumed: boolean }> {
   // Twice at most: a concurrent invocation's intent whose transaction then aborted leaves the step to us.
   for (let round = 0; round < 2; round++) {
-    const recorded = await recordedOutput<O>(db, ctx, step, wait);
+    const recorded = await recordedOutput<O>(db, ctx, step, opts);
     if (recorded !== undefined) return { output: recorded, resumed: true };
     const c = await checkout(db.dwh);
     let attempt: { output: O; fresh: boolean };
@@ -167,7 +175,7 @@ export async function memoized<O>(
     }
     if (attempt.fresh) return { output: attempt.output, resumed: false };
   }
-  const winner = await recordedOutput<O>(db, ctx, step, wait);
+  const winner = await recordedOutput<O>(db, ctx, step, opts);
   if (winner === undefined) throw new Error(`step memo ${step} of run ${ctx.runId} vanished after a conflict`);
   return { output: winner, resumed: true };
 }
