@@ -193,7 +193,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     max: config.childConnections,
     applicationName: 'l2flow-child',
   });
-  const metrics = createMetrics({ workflowId: config.workflowId, pool, childConnections, logger });
+  const metrics = createMetrics({ workflowId: config.workflowId, pool, dwh, childConnections, logger });
   const mailer = createMailer({ smtpUri: config.connections.smtp, from: config.email.from, logger });
   const dispatcher = createEmailDispatcher({
     pool,

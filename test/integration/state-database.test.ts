@@ -116,6 +116,8 @@ describe('a separate state database (connection id state)', () => {
     expect(onDwh).toMatchObject({ 'l2flow-listener': 1 });
     expect(onDwh['l2flow-locks']).toBeUndefined();
     for (const counts of [onState, onDwh]) expect(counts.l2flow ?? 0).toBeLessThanOrEqual(10);
+    // The warehouse's pool has gauges of its own.
+    expect(await l2.metrics.text()).toMatch(/^l2flow_db_pool_idle\{pool="warehouse"[^}]*\} \d+$/m);
   });
 
   it('readiness asks both databases and names the warehouse when it does not answer', async () => {
