@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { createPool } from '../src/runtime/app.js';
+import { createPool } from '../src/runtime/databases.js';
 import { addDaysIso, atMost, benchConfig, benchEnv, benchSettings, FLAG, openDb, percentiles, report, sampleInterleaved, sleep, startApp, type Bench, type BenchDb } from './harness.js';
 import { startSap } from './run-observer.js';
 import { runProbe } from './run-probe.js';

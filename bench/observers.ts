@@ -143,6 +143,7 @@ export async function bareSensor(uri: string, firstDate: string): Promise<Observ
   const notified = noteFlagNotifications(hub.notifications$);
   const sensor = createFlagSensor({
     pool,
+    dwh: pool,
     notifications$: hub.notifications$,
     reconnects$: hub.connected$,
     logger,

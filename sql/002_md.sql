@@ -1,13 +1,21 @@
+-- target: warehouse
 -- The warehouse metadata schema. Real warehouses already have these tables: create only what is missing,
 -- never alter or drop an existing one.
-create schema if not exists md;
+-- Not `create schema / index if not exists`: they need CREATE on the database (the table's ownership) even when the
+-- object exists, which a warehouse l2flow does not own rarely grants; with a separate state database this file is
+-- applied at every migrate.
+do $$ begin
+  if not exists (select 1 from pg_namespace where nspname = 'md') then create schema md; end if;
+end $$;
 
 create table if not exists md.dwh_flag (
   flag_cd        text not null,
   bussines_date  date not null,
   created_at     timestamptz not null default now()
 );
-create index if not exists dwh_flag_cd_date_idx on md.dwh_flag (flag_cd, bussines_date);
+do $$ begin
+  if to_regclass('md.dwh_flag_cd_date_idx') is null then create index dwh_flag_cd_date_idx on md.dwh_flag (flag_cd, bussines_date); end if;
+end $$;
 
 create sequence if not exists md.load_id_seq;
 

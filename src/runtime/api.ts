@@ -6,8 +6,9 @@ import { toErrorInfo } from '../lib/errors.js';
 import { withTransaction } from '../services/db/index.js';
 import { emailOutboxStatus } from '../services/mail/index.js';
 import { listAudit, writeAudit } from './audit.js';
-import { createApp, createPool, type App } from './app.js';
-import { ConfigError, connectionUris, loadConfig, redactUri } from './config.js';
+import { createApp, type App } from './app.js';
+import { createPool, createWarehousePool } from './databases.js';
+import { ConfigError, connectionUris, loadConfig, redactUri, stateIsWarehouse } from './config.js';
 import { createLogger, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate } from './migrate.js';
 import { checkRange, datesBetween, judgeDates } from './backfill.js';
@@ -39,11 +40,14 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
   const env = options.env ?? (options.config === undefined ? process.env : {});
   const scope = options.scope ?? 'full';
   const config = loadConfig(env, { scope, file: options.config });
-  const database = redactUri(config.connections.dwh);
+  // l2flow's tables are where most queries go: errors name that database (the warehouse unless `state` is set).
+  const database = redactUri(config.connections.state);
   const events = new Subject<RunEvent>();
   const actorOf = (opts: ActionOptions | undefined) => opts?.actor ?? options.actor ?? userInfo().username;
   let logger: Logger | undefined;
   let pool: pg.Pool | undefined;
+  /** The warehouse's own pool, only when l2flow's tables live elsewhere. */
+  let dwhPool: pg.Pool | undefined;
   let app: App | undefined;
   let inspector: RunInspector | undefined;
   let starting: Promise<void> | undefined;
@@ -85,20 +89,32 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     }
   }
 
+  /** Run `fn` on both databases (one pool object when l2flow's tables live in the warehouse). */
+  function withDatabases<T>(fn: (db: { state: pg.Pool; dwh: pg.Pool }) => Promise<T>): Promise<T> {
+    return query((state) => {
+      if (!stateIsWarehouse(config) && !dwhPool) {
+        dwhPool = createWarehousePool(config, options.applicationName ?? 'l2flow')!;
+        dwhPool.on('error', () => undefined);
+      }
+      return fn({ state, dwh: dwhPool ?? state });
+    });
+  }
+
   async function startOnce(): Promise<void> {
     if (scope !== 'full') throw new L2flowError('NOT_AVAILABLE', "start() needs the full configuration: create the instance without scope: 'dwh'");
-    const problem = await query((p) => checkFlagTrigger(p, config.flagSensor.flagTable, { trigger: config.flagSensor.notify }));
+    const problem = await withDatabases((db) => checkFlagTrigger(db.dwh, config.flagSensor.flagTable, { trigger: config.flagSensor.notify }));
     if (problem) throw new L2flowError('FLAG_TRIGGER_MISSING', problem);
     const port = typeof options.inspect === 'object' ? options.inspect.port : undefined;
     inspector ??= options.inspect ? await startInspector({ logger: getLogger(), ...(port === undefined ? {} : { port }) }) : undefined;
-    const built = createApp(config, getLogger(), { pool: await query(async (p) => p), ...(inspector ? { inspect: inspector.inspect } : {}) });
+    const db = await withDatabases(async (d) => d);
+    const built = createApp(config, getLogger(), { pool: db.state, dwhPool: db.dwh, ...(inspector ? { inspect: inspector.inspect } : {}) });
     built.supervisor.events$.subscribe({ next: (e) => events.next(e) });
     app = built;
     try {
       await built.start();
       if (config.http.enabled) {
         const readiness = createReadiness({
-          pool: built.pool, listenerConnected: () => built.hub.isConnected(), listenerDelivery: () => built.notifyDelivery(),
+          pool: built.pool, dwh: built.dwh, listenerConnected: () => built.hub.isConnected(), listenerDelivery: () => built.notifyDelivery(),
         });
         http = await startHttpServer({ ...config.http, api: l2flow, readiness, metrics: l2flow.metrics, secrets, logger: getLogger() });
       }
@@ -133,7 +149,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
       contentType: processMetricsProvider().contentType,
       text: () => (app ? app.metrics.text() : processMetricsProvider().text()),
     },
-    migrate: () => query((p) => migrate(p, { flagTable: config.flagSensor.flagTable, flagTrigger: config.flagSensor.notify })),
+    migrate: () => withDatabases((db) => migrate(db, { flagTable: config.flagSensor.flagTable, flagTrigger: config.flagSensor.notify })),
     start() {
       if (stopping) return Promise.reject(new L2flowError('NOT_AVAILABLE', 'this l2flow instance is stopped: create a new one with createL2flow()'));
       // A failed start may be retried; concurrent calls share one attempt.
@@ -153,6 +169,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
         } finally {
           inspector?.stop();
           await pool?.end();
+          await dwhPool?.end();
           events.complete();
         }
       })();

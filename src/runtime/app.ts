@@ -11,13 +11,14 @@ import { createMailer } from '../services/mail/index.js';
 import { createMetadata } from '../services/metadata.js';
 import { createDedicatedConnections, createPools, type DedicatedConnections, type Pools } from '../services/db/index.js';
 import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap/index.js';
-import { createCheckRecorder, createFlagSensor, createPreviousRunSensor, DWH_FLAG_CHANNEL, flagDates, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
+import { createCheckRecorder, createFlagSensor, createPreviousRunSensor, flagDates, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { poolOf, STEP_CHILDREN, type ChildStep } from '../machines/steps.js';
-import type { Config } from './config.js';
+import { stateIsWarehouse, type Config } from './config.js';
 import type { Logger } from './logger.js';
-import { createNotificationHub, type NotificationHub } from './notification-hub.js';
+import type { NotificationHub } from './notification-hub.js';
+import { createHubs, createPool, createWarehousePool } from './databases.js';
 import { createRunLocks } from './run-locks.js';
 import { createSupervisor, type Supervisor } from './supervisor.js';
 import { createScheduler, type Scheduler } from './scheduler.js';
@@ -37,7 +38,10 @@ export type { SensorCheck } from '../services/sensors/index.js';
 
 export interface App {
   config: Config;
+  /** l2flow's own tables (schema l2flow). */
   pool: pg.Pool;
+  /** The warehouse (md tables, flag table, SAP view): the same object as `pool` unless connection id `state` is set. */
+  dwh: pg.Pool;
   hub: NotificationHub;
   supervisor: Supervisor;
   /** schedule.cron and schedule.onFlag, active while this process leads. */
@@ -62,8 +66,10 @@ export interface App {
 }
 
 export interface AppOptions {
-  /** The shared pool, when the caller owns it (the embedding API); it must hold at most config.poolSize connections. */
+  /** The shared pool of l2flow's tables, when the caller owns it (the embedding API); at most config.poolSize connections. */
   pool?: pg.Pool;
+  /** The warehouse's pool, when the caller owns it and the state database is separate; ignored (= pool) otherwise. */
+  dwhPool?: pg.Pool;
   /** Override polling cadences for tests and benchmarks. */
   claimIntervalMs?: number;
   mailPollIntervalMs?: number;
@@ -85,7 +91,10 @@ function actor<I>(fn: StepFn<I, unknown>) {
 /** Every step's implementation, built from the configuration; the runtime's only knowledge of what a step does. */
 export function buildActors(d: {
   config: Config;
+  /** l2flow's own tables. */
   pool: pg.Pool;
+  /** The warehouse; the same object as `pool` when l2flow's tables live there. */
+  dwh: pg.Pool;
   notifications$: Observable<{ channel: string; payload: unknown }>;
   reconnects$: Observable<void>;
   pools: Pools;
@@ -97,7 +106,7 @@ export function buildActors(d: {
   /** Every POST to SAP, once answered or not (metrics). */
   onSapTry?: (t: SapTry) => void;
 }) {
-  const { config, pool, logger } = d;
+  const { config, pool, dwh, logger } = d;
   const sensorDeps = {
     pool,
     notifications$: d.notifications$,
@@ -105,9 +114,10 @@ export function buildActors(d: {
     logger: logger.child({ module: 'sensor' }),
     onCheck: d.onSensorCheck,
   };
-  const metadata = createMetadata({ pool, completionFlag: config.completionFlag, logger: logger.child({ module: 'metadata' }) });
+  const metadata = createMetadata({ pool, dwh, completionFlag: config.completionFlag, logger: logger.child({ module: 'metadata' }) });
   const children = createChildRunner({
     pool,
+    dwh,
     connections: d.childConnections,
     children: config.children,
     airflowConnections: config.airflowConnections,
@@ -115,6 +125,7 @@ export function buildActors(d: {
   });
   const sendToSap = createSapSender({
     pool,
+    dwh,
     endpoint: parseSapConnection(config.connections.sap),
     viewName: config.sap.viewName,
     timezone: config.timezone,
@@ -140,7 +151,7 @@ export function buildActors(d: {
   };
 
   return {
-    waitForL2FullLoad: actor(createFlagSensor({ ...sensorDeps, ...config.flagSensor })),
+    waitForL2FullLoad: actor(createFlagSensor({ ...sensorDeps, dwh, ...config.flagSensor })),
     getLoadId: fromPromise<{ loadId: number }, StepContext>(({ input, signal }) => metadata.getLoadId(input, signal)),
     workflowRegistration: actor(metadata.workflowRegistration),
     waitForSuccessEnd: actor(
@@ -169,12 +180,6 @@ export function buildActors(d: {
   };
 }
 
-/** The shared pool of one process: its whole share of the server besides the listener, the locks and children. */
-export function createPool(config: Config, applicationName = 'l2flow'): pg.Pool {
-  // application_name starts with l2flow: the builtin session killer never terminates our own connections.
-  return new pg.Pool({ connectionString: config.connections.dwh, max: config.poolSize, application_name: applicationName });
-}
-
 /** Build the runtime from a validated configuration. Nothing connects until `start()`. */
 export function createApp(config: Config, logger: Logger, opts: AppOptions = {}): App {
   const owner = `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
@@ -183,25 +188,25 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
   // statements executing now: however many runs are active or parked, no more connections are opened.
   const ownPool = !opts.pool;
   const pool = opts.pool ?? createPool(config);
+  const ownDwh = stateIsWarehouse(config) ? null : opts.dwhPool ? null : createWarehousePool(config);
+  const dwh = stateIsWarehouse(config) ? pool : (opts.dwhPool ?? ownDwh!);
   // A restart kills every idle connection at once: one line per outage, not one per connection.
   const poolWarn = createRateLimitedWarn(logger, 60_000);
   pool.on('error', (err) => poolWarn('pool', { err: toErrorInfo(err) }, 'idle database connection failed; the pool replaces it'));
-  // The LISTEN connection goes to dwh_listen when set (around a pooler that never delivers), else with the queries.
+  ownDwh?.on('error', (err) => poolWarn('dwh-pool', { err: toErrorInfo(err) }, 'idle warehouse connection failed; the pool replaces it'));
   const checkChannel = deliveryCheckChannel();
   const notifyCheckTimeoutMs = opts.notifyCheckTimeoutMs ?? 2_000;
-  const hub = createNotificationHub({
-    connectionString: config.connections.dwhListen ?? config.connections.dwh,
-    // notify: false: nobody may put a trigger on the flag table, so nothing is sent on its channel.
-    channels: [...(config.flagSensor.notify ? [DWH_FLAG_CHANNEL] : []), RUN_CHANNEL, checkChannel],
-    logger,
+  const hub = createHubs(config, logger, {
+    heartbeatMs: opts.heartbeatMs,
+    extraChannels: [checkChannel],
     checkChannels: () => notifyCheck.status().state !== 'silent',
-    ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
   });
+  // Sent through the warehouse's query pool, the way a sensor's query goes: a pooler there that swallows NOTIFYs shows.
   const notifyCheck = createDeliveryCheck({
     channel: checkChannel,
     notifications$: hub.notifications$,
     connected$: hub.connected$,
-    send: (channel, payload) => pool.query('select pg_notify($1, $2)', [channel, payload]),
+    send: (channel, payload) => dwh.query('select pg_notify($1, $2)', [channel, payload]),
     timeoutMs: notifyCheckTimeoutMs,
     logger,
     silentMessage: silentListenerMessage(config, notifyCheckTimeoutMs),
@@ -211,7 +216,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     max: config.childConnections,
     applicationName: 'l2flow-child',
   });
-  const metrics = createMetrics({ workflowId: config.workflowId, pool, childConnections, logger });
+  const metrics = createMetrics({ workflowId: config.workflowId, pool, dwh, childConnections, logger });
   const mailer = createMailer({ smtpUri: config.connections.smtp, from: config.email.from, logger });
   const dispatcher = createEmailDispatcher({
     pool,
@@ -221,7 +226,8 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     ...(opts.mailPollIntervalMs ? { pollIntervalMs: opts.mailPollIntervalMs } : {}),
     ...(opts.mailRetryBaseDelayMs ? { baseDelayMs: opts.mailRetryBaseDelayMs } : {}),
   });
-  const locks = createRunLocks({ connectionString: config.connections.dwh, maxActiveRuns: config.maxActiveRuns, workflowId: config.workflowId });
+  // Advisory locks coordinate l2flow processes: they live beside l2flow's tables.
+  const locks = createRunLocks({ connectionString: config.connections.state, maxActiveRuns: config.maxActiveRuns, workflowId: config.workflowId });
   const pools = createPools({ locks, pools: config.pools, logger, onAcquired: metrics.slotAcquired });
   const sensorChecks = new Subject<SensorCheck>();
   const recordCheck = createCheckRecorder({ pool, logger });
@@ -229,6 +235,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     actors: buildActors({
       config,
       pool,
+      dwh,
       notifications$: hub.notifications$,
       reconnects$: hub.connected$,
       pools,
@@ -263,6 +270,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
   });
   const scheduler = createScheduler({
     pool,
+    dwh,
     config,
     leadership$: supervisor.leadership$,
     flagHints$: flagDates(hub.notifications$, config.flagSensor.flagCode),
@@ -279,11 +287,15 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     lockRelocked$: locks.relocked$, lockLost$: locks.lost$, activeRuns: () => supervisor.activeRunIds().length, isLeader: supervisor.isLeader,
   });
   let stopping: Promise<void> | undefined;
-  logger.info({ owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)) }, 'l2flow runtime built');
+  logger.info({
+    owner, sap: describeSapEndpoint(parseSapConnection(config.connections.sap)),
+    stateDatabase: stateIsWarehouse(config) ? 'the warehouse' : `separate (connection ${config.connectionIds.state})`,
+  }, 'l2flow runtime built');
 
   return {
     config,
     pool,
+    dwh,
     hub,
     supervisor,
     scheduler,
@@ -295,7 +307,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     notifyDelivery: notifyCheck.status,
     async start() {
       if (config.connections.dwhListen) {
-        await checkSameDatabase({ pool, listenUri: config.connections.dwhListen, variable: LISTEN_VARIABLE, logger });
+        await checkSameDatabase({ pool: dwh, listenUri: config.connections.dwhListen, variable: LISTEN_VARIABLE, logger });
       }
       if (!config.flagSensor.notify) logger.warn({ pokeIntervalMs: config.flagSensor.pokeIntervalMs }, pollingAloneMessage(config));
       notifyCheck.start();
@@ -320,6 +332,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
         await mailer.close();
         metrics.stop();
         if (ownPool) await pool.end();
+        await ownDwh?.end();
         sensorChecks.complete();
       })();
       return stopping;

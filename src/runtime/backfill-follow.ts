@@ -57,7 +57,7 @@ export async function followBackfill(o: FollowOptions): Promise<FollowResult> {
     pending = true;
     wakeWaiter?.();
   };
-  const hub = createNotificationHub({ connectionString: l2.config.connections.dwh, channels: [RUN_CHANNEL], logger: pino({ level: 'silent' }) });
+  const hub = createNotificationHub({ connectionString: l2.config.connections.state, channels: [RUN_CHANNEL], logger: pino({ level: 'silent' }) });
   const hints = hub.notifications$.subscribe((n) => {
     const p = n.payload as { workflow_id?: unknown; logical_date?: unknown };
     if (p.workflow_id === l2.config.workflowId && inRange(p.logical_date)) wake();

@@ -1,6 +1,6 @@
 import { parseFlags, UsageError } from './args.js';
 import type { Out } from './cli-io.js';
-import { describeConfig, ENV_KEYS, loadConfig } from './config.js';
+import { describeConfig, ENV_KEYS, loadConfig, stateIsWarehouse } from './config.js';
 import { envValue } from './config-env.js';
 
 /**
@@ -18,16 +18,22 @@ export async function cmdConfig(args: string[], io: Out, env: NodeJS.ProcessEnv 
     throw new UsageError(`config: ${sub === undefined ? 'a subcommand is missing' : `unknown subcommand "${sub}"`}; write l2flow config check [--json]`);
   }
   const f = parseFlags('config check', rest, [{ name: 'json', type: 'boolean', description: 'print the configuration as JSON' }]);
-  const cfg = describeConfig(loadConfig(env));
+  const loaded = loadConfig(env);
+  const cfg = describeConfig(loaded);
   const sources = configSources(env);
+  // Where l2flow's own tables live: the warehouse, or the database of connection id `state`.
+  const stateDatabase = stateIsWarehouse(loaded) ? 'warehouse' : 'separate';
   if (f.json) {
-    io.out(JSON.stringify({ ok: true, sources, config: cfg }, null, 2));
+    io.out(JSON.stringify({ ok: true, sources, stateDatabase, config: cfg }, null, 2));
     return 0;
   }
   io.out(`configuration ok`);
   io.out(`  file: ${sources.file ?? 'none (L2FLOW_CONFIG is not set): defaults and the environment only'}`);
   const fromEnv = Object.entries(sources.environment);
   io.out(`  from the environment: ${fromEnv.length ? fromEnv.map(([v, k]) => `${v} (${k})`).join(', ') : 'nothing'}`);
+  io.out(stateDatabase === 'warehouse'
+    ? `  l2flow's tables: in the warehouse (connection ${loaded.connectionIds.state} is not set)`
+    : `  l2flow's tables: a database of their own, connection ${loaded.connectionIds.state} (not the warehouse)`);
   io.out('');
   const rows = flatten(cfg);
   const width = Math.max(...rows.map(([k]) => k.length));

@@ -30,6 +30,7 @@ export const ENV_KEYS: Readonly<Record<string, EnvSetting>> = {
   L2FLOW_FLAG_POKE_INTERVAL_SECONDS: { key: 'sensors.wait_for_l2_full_load.pokeIntervalSeconds', type: 'number' },
   L2FLOW_FLAG_NOTIFY: { key: 'sensors.wait_for_l2_full_load.notify', type: 'boolean', example: 'false' },
   DWH_CONN_ID: { key: 'connectionIds.dwh', type: 'text' },
+  STATE_CONN_ID: { key: 'connectionIds.state', type: 'text' },
   SAP_CONN_ID: { key: 'connectionIds.sap', type: 'text' },
   SMTP_CONN_ID: { key: 'connectionIds.smtp', type: 'text' },
   EMAIL_RECIPIENTS: { key: 'email.recipients', type: 'list', example: 'dwh-team@bank.example,oncall@bank.example' },

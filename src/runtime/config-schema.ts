@@ -193,6 +193,8 @@ export const settingsSchema = z.strictObject({
   /** The connection id of each outside system; its URI is looked up by id (see config.ts). */
   connectionIds: section({
     dwh: z.string().min(1).default('dwh'),
+    /** l2flow's own tables (schema l2flow); when this id has no URI, they live in the warehouse. */
+    state: z.string().min(1).default('state'),
     sap: z.string().min(1).default('sap_conn'),
     smtp: z.string().min(1).default('smtp_default'),
   }),

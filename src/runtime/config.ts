@@ -39,12 +39,13 @@ export interface Config {
   /** Retries of each step (workflow defaults overlaid by steps.<step_id>); only steps with retries > 0 are listed. */
   retry: Partial<Record<StepId, StepRetryPolicy>>;
   /**
-   * Connection URIs; they may hold secrets: never log them (see describeConfig). `dwhListen` (connection id
-   * `dwh_listen`, optional): where the LISTEN connection goes instead of `dwh`, e.g. straight to PostgreSQL when
-   * `dwh` goes through pgbouncer; the same database (checked at start).
+   * Connection URIs; they may hold secrets: never log them (see describeConfig). `state` is where l2flow's own
+   * tables live: the warehouse's URI itself unless connection id `state` is set (see stateIsWarehouse).
+   * `dwhListen` (connection id `dwh_listen`, optional): where the warehouse's LISTEN connection goes instead of
+   * `dwh`, e.g. straight to PostgreSQL when `dwh` goes through pgbouncer; the same database (checked at start).
    */
-  connections: { dwh: string; sap: string; smtp: string; dwhListen?: string };
-  connectionIds: { dwh: string; sap: string; smtp: string };
+  connections: { dwh: string; state: string; sap: string; smtp: string; dwhListen?: string };
+  connectionIds: { dwh: string; state: string; sap: string; smtp: string };
   /** The URI of every connection id an airflow child names; secrets too (see connectionUris). */
   airflowConnections: Record<string, string>;
   email: { recipients: string[]; from: string };
@@ -192,8 +193,11 @@ export function loadConfig(
   const settings = readSettings(env, configFile, opts.file, fileName);
   const ids = settings.connectionIds;
   const connection = (idKey: string, id: string, kind: ConnectionKind) => resolveConnection(env, settings.connections, fileName, idKey, id, kind);
+  const dwh = connection('DWH_CONN_ID', ids.dwh, 'postgres');
   const connections: Config['connections'] = {
-    dwh: connection('DWH_CONN_ID', ids.dwh, 'postgres'),
+    dwh,
+    // Unset: l2flow's tables stay in the warehouse, as before the state connection existed.
+    state: connectionSource(env, settings.connections, fileName, ids.state) ? connection('STATE_CONN_ID', ids.state, 'postgres') : dwh,
     sap: !full ? '' : connection('SAP_CONN_ID', ids.sap, 'sap'),
     smtp: !full ? '' : connection('SMTP_CONN_ID', ids.smtp, 'smtp'),
   };
@@ -277,6 +281,11 @@ function resolveConnection(
   return uri;
 }
 
+/** True when l2flow's own tables live in the warehouse (no separate state database): one pool, one transaction per memo. */
+export function stateIsWarehouse(cfg: Pick<Config, 'connections'>): boolean {
+  return cfg.connections.state === cfg.connections.dwh;
+}
+
 /** Replace the password (and every token-like parameter) of a URI with ***, for logs and status output. */
 export function redactUri(uri: string): string {
   return displayUri(uri);
@@ -294,6 +303,7 @@ export function describeConfig(cfg: Config): Record<string, unknown> {
     airflowConnections: Object.fromEntries(Object.entries(cfg.airflowConnections).map(([id, uri]) => [id, redactUri(uri)])),
     connections: {
       dwh: redactUri(cfg.connections.dwh),
+      state: stateIsWarehouse(cfg) ? 'the warehouse (dwh)' : redactUri(cfg.connections.state),
       sap: cfg.connections.sap && redactUri(cfg.connections.sap),
       smtp: cfg.connections.smtp && redactUri(cfg.connections.smtp),
       ...(cfg.connections.dwhListen ? { dwhListen: redactUri(cfg.connections.dwhListen) } : {}),

@@ -24,6 +24,8 @@ export interface FlagSchedule {
 /** Build the onFlag schedule of one process; nothing runs until begin(). */
 export function createFlagSchedule(o: {
   pool: pg.Pool;
+  /** The warehouse, where the flag table is; the same pool object when l2flow's tables live there. */
+  dwh: pg.Pool;
   workflowId: string;
   timezone: string;
   onFlag: ScheduleConfig['onFlag'];
@@ -66,7 +68,7 @@ export function createFlagSchedule(o: {
       log.info({ businessDate, startDate: onFlag.startDate, endDate: onFlag.endDate }, 'flag outside the onFlag dates: no run');
       return;
     }
-    void queue('run creation', async () => create(await flaggedDatesWithoutRun(o.pool, { ...query, since: businessDate, only: businessDate }), 'notification', t0), []);
+    void queue('run creation', async () => create(await flaggedDatesWithoutRun({ state: o.pool, dwh: o.dwh }, { ...query, since: businessDate, only: businessDate }), 'notification', t0), []);
   }
 
   const schedule: FlagSchedule = {
@@ -91,7 +93,7 @@ export function createFlagSchedule(o: {
         // Bounded: from lookbackDays before the newest run (a flag for today makes tomorrow's run), or the start date.
         const newest = await latestRunDate(o.pool, workflowId, addDays(dateInZone(o.timezone, o.now()), 1));
         const since = newest === null ? addDays(onFlag.startDate, -1) : addDays(newest, -1 - onFlag.lookbackDays);
-        return create(await flaggedDatesWithoutRun(o.pool, { ...query, since }), 'scan', t0);
+        return create(await flaggedDatesWithoutRun({ state: o.pool, dwh: o.dwh }, { ...query, since }), 'scan', t0);
       }, []);
     },
   };

@@ -23,10 +23,13 @@ interface DbReading {
 export function registerDbMetrics(o: {
   registry: Registry;
   pool: pg.Pool;
+  /** The warehouse's own pool when l2flow's tables live elsewhere (label pool="warehouse"); else undefined. */
+  dwh?: pg.Pool;
   childConnections: Pick<DedicatedConnections, 'stats'>;
   workflowId: string;
   logger: Logger;
 }): { stop(): void } {
+  const dwh = o.dwh !== undefined && o.dwh !== o.pool ? o.dwh : undefined;
   const registers = [o.registry];
   const warn = createRateLimitedWarn(o.logger, 300_000);
   const errors = new Counter({
@@ -104,6 +107,7 @@ export function registerDbMetrics(o: {
     collect() {
       this.set({ pool: 'shared' }, o.pool.totalCount - o.pool.idleCount);
       this.set({ pool: 'children' }, o.childConnections.stats().inUse);
+      if (dwh) this.set({ pool: 'warehouse' }, dwh.totalCount - dwh.idleCount);
     },
   });
   new Gauge({
@@ -114,6 +118,7 @@ export function registerDbMetrics(o: {
     collect() {
       this.set({ pool: 'shared' }, o.pool.waitingCount);
       this.set({ pool: 'children' }, o.childConnections.stats().waiting);
+      if (dwh) this.set({ pool: 'warehouse' }, dwh.waitingCount);
     },
   });
   new Gauge({
@@ -123,6 +128,7 @@ export function registerDbMetrics(o: {
     registers,
     collect() {
       this.set({ pool: 'shared' }, o.pool.idleCount);
+      if (dwh) this.set({ pool: 'warehouse' }, dwh.idleCount);
     },
   });
   return {

@@ -80,6 +80,8 @@ export function processMetricsProvider(): MetricsProvider {
 export function createMetrics(deps: {
   workflowId: string;
   pool: pg.Pool;
+  /** The warehouse's pool, when it is not `pool` (a separate state database). */
+  dwh?: pg.Pool;
   childConnections: Pick<DedicatedConnections, 'stats'>;
   logger: Logger;
 }): Metrics {
@@ -191,7 +193,7 @@ export function createMetrics(deps: {
     help: 'Time a step waited for a slot of an Airflow-style pool (e.g. dwh_l2) before it could run',
     labelNames: ['pool'], buckets: [0.001, ...STEP_BUCKETS], registers,
   });
-  const db = registerDbMetrics({ registry, pool: deps.pool, childConnections: deps.childConnections, workflowId: deps.workflowId, logger: deps.logger });
+  const db = registerDbMetrics({ registry, pool: deps.pool, dwh: deps.dwh, childConnections: deps.childConnections, workflowId: deps.workflowId, logger: deps.logger });
 
   function onRunEvent(e: RunEvent): void {
     if (e.type === 'started' || e.type === 'restored') claims.inc({ kind: e.type });

@@ -2,7 +2,8 @@ import { readdir, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import type pg from 'pg';
-import { quoteQualified } from '../services/db/index.js';
+import { quoteQualified, separateState, type Databases } from '../services/db/index.js';
+import { DWH_FLAG_CHANNEL } from '../services/sensors/index.js';
 
 /** Folder of numbered migrations, shipped beside dist/ and src/. */
 // src/runtime/migrate.ts and dist/src/runtime/migrate.js sit at different depths below the package root.
@@ -17,13 +18,43 @@ export interface MigrateResult {
   flagTrigger: 'installed' | 'skipped';
 }
 
+/** The database a migration file is for: its first line says `-- target: warehouse`; every other file is l2flow's own. */
+export type MigrationTarget = 'state' | 'warehouse';
+
+function targetOf(text: string): MigrationTarget {
+  return /^--\s*target:\s*warehouse\b/.test(text) ? 'warehouse' : 'state';
+}
+
+/** Apply `text` in a transaction of its own on `client`, plus `after` (the bookkeeping) in the same one. */
+async function applyFile(client: pg.ClientBase, file: string, text: string, after?: () => Promise<unknown>): Promise<void> {
+  await client.query('begin');
+  try {
+    await client.query(text);
+    await after?.();
+    await client.query('commit');
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw new Error(`migration ${file} failed: ${(err as Error).message}`, { cause: err });
+  }
+}
+
 /**
- * Apply every sql/NNN_*.sql not yet recorded in l2flow.schema_migrations, each in its own transaction,
- * then (re)install the notify trigger on the flag table unless `flagTrigger` is false (a warehouse whose DBA
- * refuses it: a trigger already there is left alone too). Safe to run concurrently and repeatedly.
+ * Apply every sql/NNN_*.sql not yet recorded in l2flow.schema_migrations, each in its own transaction, then
+ * (re)install the notify trigger on the flag table unless `flagTrigger` is false (a warehouse whose DBA refuses it:
+ * a trigger already there is left alone too). Safe to run concurrently and repeatedly.
+ * With a separate state database (db.state ≠ db.dwh) l2flow's files go to the state database, which keeps the
+ * bookkeeping, and the warehouse files (`-- target: warehouse`: the md tables if missing, the load-id sequence) go
+ * to the warehouse at every run, idempotently, with the flag trigger: the warehouse gets no l2flow schema.
  */
-export async function migrate(pool: pg.Pool, opts: { flagTable: string; flagTrigger?: boolean }): Promise<MigrateResult> {
-  const client = await pool.connect();
+export async function migrate(target: pg.Pool | Databases, opts: { flagTable: string; flagTrigger?: boolean }): Promise<MigrateResult> {
+  // A lone pool: l2flow's tables in the warehouse, as before the state connection existed.
+  const db: Databases = 'state' in target && 'dwh' in target ? target : { state: target, dwh: target };
+  const separate = separateState(db);
+  const client = await db.state.connect();
+  const warehouse = separate ? await db.dwh.connect().catch((err: unknown) => {
+    client.release();
+    throw err;
+  }) : client;
   const applied: string[] = [];
   try {
     await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
@@ -33,28 +64,31 @@ export async function migrate(pool: pg.Pool, opts: { flagTable: string; flagTrig
     const done = new Set(
       (await client.query<{ version: number }>('select version from l2flow.schema_migrations')).rows.map((r) => r.version),
     );
-    const files = await migrationFiles();
-    for (const file of files) {
+    const record = (version: number, file: string) =>
+      client.query('insert into l2flow.schema_migrations (version, name) values ($1, $2) on conflict do nothing', [version, file]);
+    for (const file of await migrationFiles()) {
       const version = Number.parseInt(file, 10);
-      if (done.has(version)) continue;
       const text = await readFile(path.join(SQL_DIR, file), 'utf8');
-      await client.query('begin');
-      try {
-        await client.query(text);
-        await client.query('insert into l2flow.schema_migrations (version, name) values ($1, $2)', [version, file]);
-        await client.query('commit');
-      } catch (err) {
-        await client.query('rollback').catch(() => undefined);
-        throw new Error(`migration ${file} failed: ${(err as Error).message}`, { cause: err });
+      if (separate && targetOf(text) === 'warehouse') {
+        // Every time: the warehouse may be new while the state database already recorded the file.
+        await applyFile(warehouse, file, text);
+        if (!done.has(version)) {
+          await record(version, file);
+          applied.push(file);
+        }
+        continue;
       }
+      if (done.has(version)) continue;
+      await applyFile(client, file, text, () => record(version, file));
       applied.push(file);
     }
     if (opts.flagTrigger === false) return { applied, flagTrigger: 'skipped' };
-    await installFlagTrigger(client, opts.flagTable);
+    await installFlagTrigger(warehouse, opts.flagTable, separate);
     return { applied, flagTrigger: 'installed' };
   } finally {
     await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => undefined);
     client.release();
+    if (separate) warehouse.release();
   }
 }
 
@@ -74,14 +108,38 @@ export async function pendingMigrations(db: pg.Pool | pg.ClientBase): Promise<st
   return (await migrationFiles()).filter((f) => !done.has(Number.parseInt(f, 10)));
 }
 
-/** Install (or replace) the AFTER INSERT OR UPDATE notify trigger on the configured flag table. */
-export async function installFlagTrigger(client: pg.ClientBase, flagTable: string): Promise<void> {
+/**
+ * Install (or replace) the AFTER INSERT OR UPDATE notify trigger on the configured flag table. Its function is
+ * l2flow.notify_dwh_flag() when l2flow's schema is in the warehouse; with a separate state database (`ownFunction`)
+ * the warehouse has no l2flow schema, so the same function is created beside the flag table, as l2flow_notify_dwh_flag().
+ */
+export async function installFlagTrigger(client: pg.ClientBase, flagTable: string, ownFunction = false): Promise<void> {
   const table = quoteQualified(flagTable);
   await client.query('begin');
   try {
-    await client.query(`drop trigger if exists l2flow_dwh_flag_notify on ${table}`);
-    await client.query(`create trigger l2flow_dwh_flag_notify after insert or update on ${table}
-      for each row execute function l2flow.notify_dwh_flag()`);
+    let fn = { schema: 'l2flow', name: 'notify_dwh_flag' };
+    if (ownFunction) {
+      const { rows } = await client.query<{ schema: string | null }>(
+        'select n.nspname as schema from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = to_regclass($1)', [flagTable]);
+      const schema = rows[0]?.schema;
+      if (!schema) throw new Error(`flag table ${flagTable} does not exist in the warehouse`);
+      fn = { schema, name: 'l2flow_notify_dwh_flag' };
+      await client.query(`create or replace function ${quoteQualified(`${fn.schema}.${fn.name}`)}() returns trigger language plpgsql as $$
+        begin
+          perform pg_notify('${DWH_FLAG_CHANNEL}', json_build_object('flag_cd', new.flag_cd, 'business_date', new.bussines_date)::text);
+          return null;
+        end $$`);
+    }
+    // Already there with this function: left alone (dropping a trigger needs the table's owner; creating one, TRIGGER).
+    const { rowCount } = await client.query(
+      `select 1 from pg_trigger t join pg_proc p on p.oid = t.tgfoid join pg_namespace n on n.oid = p.pronamespace
+        where t.tgrelid = to_regclass($1) and t.tgname = 'l2flow_dwh_flag_notify' and n.nspname = $2 and p.proname = $3`,
+      [flagTable, fn.schema, fn.name]);
+    if (!rowCount) {
+      await client.query(`drop trigger if exists l2flow_dwh_flag_notify on ${table}`);
+      await client.query(`create trigger l2flow_dwh_flag_notify after insert or update on ${table}
+        for each row execute function ${quoteQualified(`${fn.schema}.${fn.name}`)}()`);
+    }
     await client.query('commit');
   } catch (err) {
     await client.query('rollback').catch(() => undefined);

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { addDays } from '../lib/dates.js';
-import { quoteQualified } from '../services/db/index.js';
+import { quoteQualified, separateState, type Databases } from '../services/db/index.js';
 import type { DateWindow } from './config.js';
 import { createRun, type TriggeredBy } from './run-store.js';
 
@@ -66,18 +66,27 @@ export async function createRuns(db: pg.Pool | pg.ClientBase, workflowId: string
  * from `since` on: the query that decides for onFlag, for one notified date or a scan after a gap.
  */
 export async function flaggedDatesWithoutRun(
-  db: pg.Pool, o: { flagTable: string; flagCode: string; workflowId: string; window: DateWindow; since: string; only?: string },
+  db: Databases, o: { flagTable: string; flagCode: string; workflowId: string; window: DateWindow; since: string; only?: string },
 ): Promise<string[]> {
+  const separate = separateState(db);
   // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024.
-  const { rows } = await db.query<{ d: string }>(
+  const { rows } = await db.dwh.query<{ d: string }>(
     `select distinct to_char(f.bussines_date + 1, 'YYYY-MM-DD') as d from ${quoteQualified(o.flagTable)} f
       where f.flag_cd = $1 and f.bussines_date >= greatest($2::date, $3::date - 1)
         and ($4::date is null or f.bussines_date <= $4::date - 1) and ($6::date is null or f.bussines_date = $6::date)
-        and not exists (select 1 from l2flow.run r where r.workflow_id = $5 and r.logical_date = f.bussines_date + 1)
+        ${separate ? 'and $5::text is not null' : 'and not exists (select 1 from l2flow.run r where r.workflow_id = $5 and r.logical_date = f.bussines_date + 1)'}
       order by 1`,
     [o.flagCode, o.since, o.window.startDate, o.window.endDate, o.workflowId, o.only ?? null],
   );
-  return rows.map((r) => r.d);
+  const flagged = rows.map((r) => r.d);
+  if (!separate || flagged.length === 0) return flagged;
+  // The runs are in l2flow's own database: the second half of the question is asked there.
+  const { rows: runs } = await db.state.query<{ d: string }>(
+    `select to_char(logical_date, 'YYYY-MM-DD') as d from l2flow.run where workflow_id = $1 and logical_date = any($2::date[])`,
+    [o.workflowId, flagged],
+  );
+  const have = new Set(runs.map((r) => r.d));
+  return flagged.filter((d) => !have.has(d));
 }
 
 /** Skipped dates that still have no run: how many, by reason, and the newest few (for `l2flow status`). */

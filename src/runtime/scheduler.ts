@@ -30,6 +30,8 @@ export interface Scheduler {
 /** Build the scheduler of one process from the configuration; nothing runs until start() and leadership. */
 export function createScheduler(o: {
   pool: pg.Pool;
+  /** The warehouse, where the flag table is; the same pool object when l2flow's tables live there. */
+  dwh: pg.Pool;
   config: Config;
   leadership$: Observable<boolean>;
   /** Business dates named by flag notifications for the sensor's flag code. */
@@ -47,6 +49,7 @@ export function createScheduler(o: {
     ? null
     : createFlagSchedule({
         ...common,
+        dwh: o.dwh,
         onFlag: config.schedule.onFlag,
         flagTable: config.flagSensor.flagTable,
         flagCode: config.flagSensor.flagCode,

@@ -1,11 +1,14 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted, toErrorInfo } from '../lib/errors.js';
 import { quoteQualified } from './db/index.js';
-import { memoized } from './db/index.js';
+import { memoized, separateState, type Databases } from './db/index.js';
 import type { Logger, RunFailure, StepContext, StepFn } from './types.js';
 
 export interface MetadataOptions {
+  /** l2flow's own tables (run, memos). */
   pool: pg.Pool;
+  /** The warehouse (md tables, the load-id sequence, the flag table); the same pool object when l2flow's tables live there. */
+  dwh: pg.Pool;
   /** layer_cd written to md.workflow and md.data_load_session. */
   layer?: string;
   /** Sequence that numbers load ids, schema-qualified. */
@@ -48,6 +51,10 @@ export interface Metadata {
 // instead of relying on a conflict target, and a bare `on conflict do nothing` for concurrent first registrations.
 const SQL = {
   assignLoadId: `update l2flow.run set load_id = coalesce(load_id, nextval($2::regclass)) where run_id = $1 returning load_id`,
+  // State ≠ warehouse: the sequence is the warehouse's, the run row l2flow's. A crash between the two wastes a number.
+  readLoadId: `select load_id from l2flow.run where run_id = $1`,
+  nextLoadId: `select nextval($1::regclass) as load_id`,
+  keepLoadId: `update l2flow.run set load_id = coalesce(load_id, $2::bigint) where run_id = $1 returning load_id`,
   registerWorkflow: `insert into md.workflow (workflow_cd, layer_cd) select $1, $2
     where not exists (select 1 from md.workflow where workflow_cd = $1) on conflict do nothing`,
   openSession: `with reopened as (
@@ -70,6 +77,7 @@ const TRANSIENT_SQLSTATE = /^(08|40|53|57P)/;
 /** Warehouse metadata steps: load id, workflow/session registration, and closing the session on success or failure. */
 export function createMetadata(opts: MetadataOptions): Metadata {
   const { pool, layer = 'l2', logger } = opts;
+  const db: Databases = { state: pool, dwh: opts.dwh };
   const sequence = quoteQualified(opts.loadIdSequence ?? 'md.load_id_seq');
   const logUrl = opts.logUrl ?? ((ctx: StepContext) => `l2flow://runs/${encodeURIComponent(ctx.runId)}`);
   const q = (name: keyof typeof SQL, values: unknown[]) => ({ name: `l2flow_md_${name}`, text: SQL[name], values });
@@ -104,10 +112,18 @@ export function createMetadata(opts: MetadataOptions): Metadata {
     return ctx.loadId;
   }
 
+  /** The run's load id, taken from the sequence the first time; undefined when the run has no row. */
+  async function assignLoadId(runId: string): Promise<{ load_id: string | null } | undefined> {
+    if (!separateState(db)) return (await pool.query<{ load_id: string }>(q('assignLoadId', [runId, sequence]))).rows[0];
+    const known = (await pool.query<{ load_id: string | null }>(q('readLoadId', [runId]))).rows[0];
+    if (!known || known.load_id !== null) return known;
+    const next = (await db.dwh.query<{ load_id: string }>(q('nextLoadId', [sequence]))).rows[0]!.load_id;
+    return (await pool.query<{ load_id: string }>(q('keepLoadId', [runId, next]))).rows[0];
+  }
+
   const getLoadId: Metadata['getLoadId'] = (ctx, signal) =>
     step('get_load_id', ctx, signal, async () => {
-      const { rows } = await pool.query<{ load_id: string }>(q('assignLoadId', [ctx.runId, sequence]));
-      const row = rows[0];
+      const row = await assignLoadId(ctx.runId);
       if (!row) {
         throw new StepError('INTERNAL', `get_load_id: run ${ctx.runId} (${ctx.logicalDate}) has no row in l2flow.run`);
       }
@@ -120,13 +136,13 @@ export function createMetadata(opts: MetadataOptions): Metadata {
     step('workflow_registration', ctx, signal, async () => {
       const loadId = requireLoadId('workflow_registration', ctx);
       const message = `start -> task_id=workflow_registration, dag_id=${ctx.workflowId}, log_url=${logUrl(ctx)}`;
-      const { output, resumed } = await memoized(pool, ctx, 'workflow_registration', async (client) => {
+      const { output, resumed } = await memoized(db, ctx, 'workflow_registration', async (client) => {
         const wf = await client.query(q('registerWorkflow', [ctx.workflowId, layer]));
         await client.query(q('openSession', [loadId, ctx.businessDate, layer]));
         await client.query(q('openJob', [loadId, ctx.runId, ctx.workflowId]));
         await client.query(q('log', [loadId, 'i', message]));
         return { loadId, workflowRegistered: wf.rowCount === 1 };
-      });
+      }, { signal });
       logger.info({ runId: ctx.runId, loadId, resumed }, 'workflow registered, load session opened');
       return { ...output, resumed };
     });
@@ -135,14 +151,14 @@ export function createMetadata(opts: MetadataOptions): Metadata {
     step('end', ctx, signal, async () => {
       const loadId = requireLoadId('end', ctx);
       const message = `successful -> task_id=end, dag_id=${ctx.workflowId}, log_url=${logUrl(ctx)}`;
-      const { output, resumed } = await memoized(pool, ctx, 'end', async (client) => {
+      const { output, resumed } = await memoized(db, ctx, 'end', async (client) => {
         // In the memo's transaction: the flag appears exactly when the run's success is recorded, never without it.
         const flagged = flagSql ? (await client.query(flagSql, [opts.completionFlag!.flagCode, ctx.businessDate])).rowCount === 1 : false;
         await client.query(q('closeSession', [loadId, 's']));
         await client.query(q('closeJob', [loadId, ctx.workflowId, 's']));
         await client.query(q('log', [loadId, 'i', message]));
         return { loadId, flagged };
-      });
+      }, { signal });
       logger.info({ runId: ctx.runId, loadId, resumed, flagged: output.flagged }, 'load session closed as successful');
       return { ...output, resumed };
     });
@@ -152,12 +168,12 @@ export function createMetadata(opts: MetadataOptions): Metadata {
       const { failure, loadId } = input;
       if (loadId === null) return { recorded: false, resumed: false };
       const message = `failed -> task_id=${failure.step}, dag_id=${input.workflowId}, error=${failure.code}: ${failure.message}`;
-      const { output, resumed } = await memoized(pool, input, 'record_failure', async (client) => {
+      const { output, resumed } = await memoized(db, input, 'record_failure', async (client) => {
         await client.query(q('closeSession', [loadId, 'f']));
         await client.query(q('closeJob', [loadId, input.workflowId, 'f']));
         await client.query(q('log', [loadId, 'e', message]));
         return { recorded: true };
-      });
+      }, { signal });
       logger.info({ runId: input.runId, loadId, failedStep: failure.step, resumed }, 'load session closed as failed');
       return { ...output, resumed };
     });

@@ -345,7 +345,7 @@ describe('connections break under a running l2flow', () => {
         const dataBefore = smtp.dataStarted;
         const dispatcher = createEmailDispatcher({ pool: appPool, mailer, logger });
         const delivering = dispatcher.drainOnce().then(() => 'delivered', (e: Error) => e.message);
-        const memo = memoized(appPool, ctx, 'svc_step', (c) => c.query('select pg_sleep(30)')).then(() => 'done', (e: Error) => e.message);
+        const memo = memoized({ state: appPool, dwh: appPool }, ctx, 'svc_step', (c) => c.query('select pg_sleep(30)')).then(() => 'done', (e: Error) => e.message);
         await until('the memo step to be running', async () =>
           (await pool.query(`select 1 from pg_stat_activity where query = 'select pg_sleep(30)'`)).rowCount);
         await until('the mail to be on its way', async () => smtp.dataStarted > dataBefore);

@@ -6,7 +6,7 @@ import pg from 'pg';
 import { expect, onTestFailed, onTestFinished } from 'vitest';
 import { createRun } from '../../src/runtime/run-store.js';
 import { addDays } from '../../src/lib/dates.js';
-import { createSegmentationView, createTestDb, type TestDb } from './db.js';
+import { createSegmentationView, createSplitTestDbs, createTestDb, type TestDb } from './db.js';
 import { ensureBuilt, startRuntime, until, type Runtime } from './process.js';
 import { startSapServer, type TestSapServer } from './sap-server.js';
 import { startSmtpServer, type TestSmtpServer } from './smtp.js';
@@ -28,6 +28,8 @@ export interface CrashOptions {
   flagTimeoutSeconds?: number;
   /** Configure the builtin session killer with this idleSeconds. */
   sysKillIdleSeconds?: number;
+  /** l2flow's tables in a database of their own (L2FLOW_CONN_STATE); `db` is then the warehouse only. */
+  separateState?: boolean;
 }
 
 export interface RunInfo {
@@ -50,7 +52,10 @@ export interface Hold {
 }
 
 export interface CrashHarness {
+  /** The warehouse (and l2flow's tables, unless separateState). */
   db: TestDb;
+  /** Where l2flow's tables are: `db` itself unless separateState. */
+  state: TestDb;
   sap: TestSapServer;
   smtp: TestSmtpServer;
   env: Record<string, string>;
@@ -76,9 +81,10 @@ export interface CrashHarness {
   activeQueries(like: string, exclude?: Backend[]): Promise<Backend[]>;
   /** Wait until these backends are gone (PostgreSQL ended them). */
   gone(what: string, backends: Backend[], timeoutMs?: number): Promise<void>;
-  /** Begin a transaction on a dedicated connection and run `sql` in it (e.g. a LOCK TABLE). */
+  /** Begin a transaction on a dedicated connection and run `sql` in it (e.g. a LOCK TABLE); on l2flow's database when it names l2flow.* */
   hold(sql: string, values?: unknown[]): Promise<Hold>;
   gate(name: 'reports' | 'segmentation', open: boolean): Promise<void>;
+  /** A query on the warehouse, or on l2flow's database when it names l2flow.* (the same database unless separateState). */
   query<R extends pg.QueryResultRow = Record<string, unknown>>(sql: string, values?: unknown[]): Promise<R[]>;
   /** Run `fn` after the database is dropped (e.g. drop a role created for the test); last registered runs first. */
   afterClose(fn: () => Promise<unknown>): void;
@@ -89,7 +95,9 @@ export interface CrashHarness {
 
 export async function createCrashHarness(opts: CrashOptions = {}): Promise<CrashHarness> {
   ensureBuilt();
-  const db = await createTestDb();
+  const split = opts.separateState ? await createSplitTestDbs() : undefined;
+  const db = split?.dwh ?? await createTestDb();
+  const state = split?.state ?? db;
   await createSegmentationView(db.pool, SAP_ROWS);
   // The children: each waits for its gate, then writes one row (transactional: the row and the step memo commit together).
   await db.pool.query(`create schema dwh;
@@ -123,6 +131,7 @@ export async function createCrashHarness(opts: CrashOptions = {}): Promise<Crash
   }));
   const env: Record<string, string> = {
     L2FLOW_CONN_DWH: db.uri,
+    ...(split ? { L2FLOW_CONN_STATE: state.uri } : {}),
     L2FLOW_CONN_SAP_CONN: `${sap.base}/sap/readiness`,
     L2FLOW_CONN_SMTP_DEFAULT: smtp.uri(),
     EMAIL_RECIPIENTS: 'dwh-team@bank.example',
@@ -133,20 +142,23 @@ export async function createCrashHarness(opts: CrashOptions = {}): Promise<Crash
   const holds = new Set<pg.Client>();
   const cleanups: Array<() => Promise<unknown>> = [];
 
-  const query = async <R extends pg.QueryResultRow>(sql: string, values?: unknown[]) => (await db.pool.query<R>(sql, values)).rows;
+  /** The database a statement is about: l2flow's when it names an l2flow table. */
+  const dbOf = (sql: string) => (/\bl2flow\./.test(sql) ? state : db);
+  const query = async <R extends pg.QueryResultRow>(sql: string, values?: unknown[]) => (await dbOf(sql).pool.query<R>(sql, values)).rows;
 
   async function backends(like: string, where: string, exclude: Backend[]): Promise<Backend[] | null> {
     const rows = await query<Backend>(
       `select pid, query from pg_stat_activity
-        where datname = current_database() and application_name in ('l2flow', 'l2flow-child') and ${where} and query like $1
+        where datname = any($3::text[]) and application_name in ('l2flow', 'l2flow-child') and ${where} and query like $1
           and not (pid = any($2::int[])) order by backend_start`,
-      [like, exclude.map((b) => b.pid)],
+      [like, exclude.map((b) => b.pid), [db.name, state.name]],
     );
     return rows.length > 0 ? rows : null;
   }
 
   const h: CrashHarness = {
     db,
+    state,
     sap,
     smtp,
     env,
@@ -171,10 +183,10 @@ export async function createCrashHarness(opts: CrashOptions = {}): Promise<Crash
       expect(child.signalCode).toBe('SIGKILL');
       // Its run and slot advisory locks live on this connection; an idle backend sees the closed socket at once.
       await until('the killed process\'s lock connection to go', async () =>
-        (await query(`select 1 from pg_stat_activity where datname = current_database() and application_name = 'l2flow-locks'`)).length === 0);
+        (await state.pool.query(`select 1 from pg_stat_activity where datname = current_database() and application_name = 'l2flow-locks'`)).rowCount === 0);
     },
     async trigger(date) {
-      await createRun(db.pool, { workflowId: WF, logicalDate: date, businessDate: addDays(date, -1), triggeredBy: 'manual' });
+      await createRun(state.pool, { workflowId: WF, logicalDate: date, businessDate: addDays(date, -1), triggeredBy: 'manual' });
     },
     async flag(logicalDate) {
       await db.pool.query(`insert into md.dwh_flag (flag_cd, bussines_date) values ('l1_to_l2_load_successfull', $1)`, [addDays(logicalDate, -1)]);
@@ -205,7 +217,7 @@ export async function createCrashHarness(opts: CrashOptions = {}): Promise<Crash
         (await query(`select 1 from pg_stat_activity where pid = any($1::int[])`, [list.map((b) => b.pid)])).length === 0, timeoutMs);
     },
     async hold(sql, values) {
-      const client = new pg.Client({ connectionString: db.uri, application_name: 'l2flow-test-hold' });
+      const client = new pg.Client({ connectionString: dbOf(sql).uri, application_name: 'l2flow-test-hold' });
       client.on('error', () => undefined);
       await client.connect();
       holds.add(client);
@@ -236,7 +248,7 @@ export async function createCrashHarness(opts: CrashOptions = {}): Promise<Crash
       for (const c of holds) await c.end().catch(() => undefined);
       await sap.close();
       await smtp.close();
-      await db.drop();
+      await (split ? split.drop() : db.drop());
       rmSync(dir, { recursive: true, force: true });
       for (const fn of cleanups.reverse()) await fn();
     },

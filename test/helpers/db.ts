@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { randomBytes } from 'node:crypto';
 import { migrate } from '../../src/runtime/migrate.js';
+import type { Databases } from '../../src/services/db/index.js';
 
 const ADMIN_URI = process.env.L2FLOW_TEST_ADMIN_URI ?? 'postgres://root@127.0.0.1:5432/postgres';
 
@@ -41,6 +42,29 @@ export async function createTestDb(opts: { migrate?: boolean; flagTable?: string
       }
     },
   };
+}
+
+/** A warehouse and a separate state database (connection id `state`) for l2flow's own tables. */
+export interface SplitDbs {
+  dwh: TestDb;
+  state: TestDb;
+  /** Both pools, as the services take them. */
+  db: Databases;
+  drop(): Promise<void>;
+}
+
+/** Two fresh databases, migrated as `l2flow migrate` does with L2FLOW_CONN_STATE set (unless `migrate: false`). */
+export async function createSplitTestDbs(opts: { migrate?: boolean; flagTable?: string } = {}): Promise<SplitDbs> {
+  const [dwh, state] = await Promise.all([createTestDb({ migrate: false }), createTestDb({ migrate: false })]);
+  const db = { state: state.pool, dwh: dwh.pool };
+  if (opts.migrate !== false) await migrate(db, { flagTable: opts.flagTable ?? 'md.dwh_flag' });
+  return { dwh, state, db, drop: async () => void (await Promise.all([dwh.drop(), state.drop()])) };
+}
+
+/** The schemas of a database among `names` (what `\dn` would list of them). */
+export async function schemasOf(pool: pg.Pool, names: string[]): Promise<string[]> {
+  const { rows } = await pool.query<{ n: string }>('select nspname as n from pg_namespace where nspname = any($1) order by 1', [names]);
+  return rows.map((r) => r.n);
 }
 
 /** Create the warehouse view the SAP step counts, with `rows` rows. */

@@ -41,6 +41,7 @@ describe('airflow child workflows against a real HTTP server', () => {
     const logger = pino({ level: 'debug' }, { write: (s: string) => void lines.push(s) });
     runner = createChildRunner({
       pool: db.pool,
+      dwh: db.pool,
       connections,
       logger,
       airflowConnections: {

@@ -34,7 +34,7 @@ describe('child workflows', () => {
   beforeAll(async () => {
     db = await createTestDb();
     connections = createDedicatedConnections({ connectionString: db.uri, max: 4, applicationName: 'l2flow-child' });
-    runner = createChildRunner({ pool: db.pool, connections, children, logger });
+    runner = createChildRunner({ pool: db.pool, dwh: db.pool, connections, children, logger });
     await db.pool.query(`create table t (ld date, lid bigint);
       create procedure p(d date, l bigint) language plpgsql as $$ begin insert into t values (d, l); end $$;
       create procedure p_commit(d date) language plpgsql as $$ begin insert into t (ld) values (d); commit; end $$;`);

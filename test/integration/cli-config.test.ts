@@ -57,6 +57,21 @@ describe('l2flow config check', () => {
     expect(r.out).not.toContain(TOKEN_SECRET);
   });
 
+  it("shows where l2flow's tables live: the warehouse, or the state connection (masked)", async () => {
+    const one = await runMain(['config', 'check'], ENV);
+    expect(one.out).toContain("l2flow's tables: in the warehouse (connection state is not set)");
+    expect(one.out).toMatch(/^connections\.state +the warehouse \(dwh\)$/m);
+    const env = { ...ENV, L2FLOW_CONN_STATE: `postgres://l2flow:${SECRET}@127.0.0.1:9/l2flow_state` };
+    const two = await runMain(['config', 'check'], env);
+    expect(two.code).toBe(0);
+    expect(two.out).toContain("l2flow's tables: a database of their own, connection state (not the warehouse)");
+    expect(two.out).toMatch(/^connections\.state +postgres:\/\/l2flow:\*\*\*@127\.0\.0\.1:9\/l2flow_state$/m);
+    expect(two.out).not.toContain(SECRET);
+    const json = JSON.parse((await runMain(['config', 'check', '--json'], env)).out) as { stateDatabase: string; config: { connections: { state: string } } };
+    expect(json.stateDatabase).toBe('separate');
+    expect(json.config.connections.state).toBe('postgres://l2flow:***@127.0.0.1:9/l2flow_state');
+  });
+
   it('a bad value exits 2 naming the variable and what to write', async () => {
     const r = await runMain(['config', 'check'], { ...ENV, L2FLOW_HTTP_PORT: 'eighty' });
     expect(r.code).toBe(2);

@@ -12,7 +12,7 @@ describe('warehouse metadata steps', () => {
   let md: Metadata;
   beforeAll(async () => {
     db = await createTestDb();
-    md = createMetadata({ pool: db.pool, logger: pino({ level: 'silent' }), logUrl: (c) => `http://l2flow/runs/${c.runId}` });
+    md = createMetadata({ pool: db.pool, dwh: db.pool, logger: pino({ level: 'silent' }), logUrl: (c) => `http://l2flow/runs/${c.runId}` });
   });
   afterAll(async () => { await db.drop(); });
 

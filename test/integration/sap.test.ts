@@ -93,7 +93,7 @@ describe('SAP sender', () => {
 
   function sender(endpoint: SapEndpoint, over: Partial<SapSenderDeps> = {}) {
     return createSapSender({
-      pool: db.pool, endpoint, viewName: DEFAULTS.sap.viewName, timezone: 'Asia/Tashkent', connectTimeoutMs: 1000, timeoutMs: 2000,
+      pool: db.pool, dwh: db.pool, endpoint, viewName: DEFAULTS.sap.viewName, timezone: 'Asia/Tashkent', connectTimeoutMs: 1000, timeoutMs: 2000,
       retry: { maxTries: 4, baseDelayMs: 10, maxDelayMs: 50 }, logger: memoryLogger().logger, now: () => NOW, ...over,
     });
   }

@@ -54,7 +54,7 @@ describe('sensors', () => {
   const signal = new AbortController().signal;
   const flagSensor = (o: Partial<Parameters<typeof createFlagSensor>[0]> = {}) =>
     createFlagSensor({
-      pool: db.pool, notifications$: hub.notifications$, reconnects$: hub.connected$, logger,
+      pool: db.pool, dwh: db.pool, notifications$: hub.notifications$, reconnects$: hub.connected$, logger,
       flagTable: DEFAULTS.flagSensor.flagTable, flagCode: DEFAULTS.flagSensor.flagCode, pokeIntervalMs: DEFAULTS.flagSensor.pokeIntervalMs, ...o,
     });
   const insertFlag = (date: string, code = FLAG, table = 'md.dwh_flag') =>
@@ -224,7 +224,7 @@ describe('sensors', () => {
 
   it('200 waiters on different dates cost ONE query per poll interval, and one burst of NOTIFYs a few', async () => {
     const calls: number[] = [];
-    const sensor = flagSensor({ pool: countingPool(db.pool, calls), pokeIntervalMs: 100 });
+    const sensor = flagSensor({ dwh: countingPool(db.pool, calls), pokeIntervalMs: 100 });
     const dates = Array.from({ length: 200 }, nextDate);
     const all = Promise.all(dates.map((d) => sensor(input(d), signal)));
     await sleep(1_050);
@@ -240,7 +240,7 @@ describe('sensors', () => {
   it('ignores malformed NOTIFY payloads, with a bounded number of warnings', async () => {
     const calls: number[] = [];
     const d = nextDate();
-    const p = flagSensor({ pool: countingPool(db.pool, calls) })(input(d), signal);
+    const p = flagSensor({ dwh: countingPool(db.pool, calls) })(input(d), signal);
     await sleep(30);
     const bad = [
       'not json',

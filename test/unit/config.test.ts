@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError, connectionUris, describeConfig, loadConfig, redactUri, STEP_CHILDREN } from '../../src/runtime/config.js';
+import { ConfigError, connectionUris, describeConfig, loadConfig, redactUri, stateIsWarehouse, STEP_CHILDREN } from '../../src/runtime/config.js';
 
 const SECRET = 'S3cr3t-Pa55';
 const DWH = `postgres://dwh_user:${SECRET}@db.example:5432/dwh`;
@@ -95,8 +95,9 @@ describe('loadConfig: defaults and sources', () => {
     expect(c.children.sys_kill_all_session_pg).toEqual({ kind: 'builtin', name: 'sys_kill_all_session_pg', idleSeconds: 600 });
     expect(c.children[STEP_CHILDREN.run_wf_data_preparation_for_reports]).toEqual({ kind: 'sql', statement: 'call l2.prep($1::date, $2::bigint)', transactional: true });
     expect(c.children[STEP_CHILDREN.load_ds_client_segmentation]).toEqual({ kind: 'sql', statement: 'call l2.seg($1::date)', timeoutMs: 3_600_000, transactional: true });
-    expect(c.connectionIds).toEqual({ dwh: 'dwh', sap: 'sap_conn', smtp: 'smtp_default' });
-    expect(c.connections).toEqual({ dwh: DWH, sap: SAP, smtp: SMTP });
+    expect(c.connectionIds).toEqual({ dwh: 'dwh', state: 'state', sap: 'sap_conn', smtp: 'smtp_default' });
+    // No state connection: l2flow's tables live in the warehouse.
+    expect(c.connections).toEqual({ dwh: DWH, state: DWH, sap: SAP, smtp: SMTP });
     expect(c.email.recipients).toEqual(['dwh-team@bank.example', 'oncall@bank.example']);
     expect(c.logLevel).toBe('info');
   });
@@ -125,8 +126,8 @@ describe('loadConfig: defaults and sources', () => {
         L2FLOW_CONN_MAIL_RELAY: SMTP,
       }),
     );
-    expect(c.connectionIds).toEqual({ dwh: 'warehouse_prod', sap: 'sap_http', smtp: 'mail_relay' });
-    expect(c.connections).toEqual({ dwh: DWH, sap: SAP, smtp: SMTP });
+    expect(c.connectionIds).toEqual({ dwh: 'warehouse_prod', state: 'state', sap: 'sap_http', smtp: 'mail_relay' });
+    expect(c.connections).toEqual({ dwh: DWH, state: DWH, sap: SAP, smtp: SMTP });
   });
 
   it('lets the environment win over the file (timezone, recipients) and reads the rest from the file', () => {
@@ -174,7 +175,7 @@ logLevel: debug
     );
     const env = { L2FLOW_CONFIG: f, EMAIL_RECIPIENTS: 'a@bank.example' };
     const c = loadConfig(env);
-    expect(c.connections).toEqual({ dwh: fileDwh, sap: 'https://sap.example/flag?token=abc123', smtp: 'smtps://mail.example:465' });
+    expect(c.connections).toEqual({ dwh: fileDwh, state: fileDwh, sap: 'https://sap.example/flag?token=abc123', smtp: 'smtps://mail.example:465' });
     expect(loadConfig({ ...env, AIRFLOW_CONN_DWH: DWH }).connections.dwh).toBe(DWH);
   });
 
@@ -185,7 +186,7 @@ logLevel: debug
 
   it("scope 'dwh' needs only the warehouse connection", () => {
     const c = loadConfig({ L2FLOW_CONN_DWH: DWH }, { scope: 'dwh' });
-    expect(c.connections).toEqual({ dwh: DWH, sap: '', smtp: '' });
+    expect(c.connections).toEqual({ dwh: DWH, state: DWH, sap: '', smtp: '' });
     expect(c.email.recipients).toEqual([]);
     const e = configError(() => loadConfig({}, { scope: 'dwh' }));
     expect(e.key).toBe('L2FLOW_CONN_DWH');
@@ -437,6 +438,37 @@ describe('loadConfig: invalid values', () => {
   });
 });
 
+describe('the state database (connection id state)', () => {
+  const STATE = `postgres://l2flow_state:${SECRET}@state-db.example:5432/l2flow`;
+
+  it('is the warehouse unless L2FLOW_CONN_STATE (or AIRFLOW_CONN_STATE, or connections.state) is set', () => {
+    expect(stateIsWarehouse(loadConfig(fullEnv()))).toBe(true);
+    for (const variable of ['L2FLOW_CONN_STATE', 'AIRFLOW_CONN_STATE']) {
+      const c = loadConfig(fullEnv({ [variable]: STATE }));
+      expect(c.connections.state).toBe(STATE);
+      expect(stateIsWarehouse(c)).toBe(false);
+    }
+    const fromFile = loadConfig({ L2FLOW_CONN_DWH: DWH }, { scope: 'dwh', file: { connections: { state: STATE } } });
+    expect(fromFile.connections.state).toBe(STATE);
+    // STATE_CONN_ID names another id, looked up the same way.
+    const renamed = loadConfig(fullEnv({ STATE_CONN_ID: 'l2flow_meta', L2FLOW_CONN_L2FLOW_META: STATE }));
+    expect(renamed.connections.state).toBe(STATE);
+  });
+
+  it('a bad state URI names its variable and never quotes the password', () => {
+    const e = configError(() => loadConfig(fullEnv({ L2FLOW_CONN_STATE: `mysql://u:${SECRET}@h/db` })));
+    expect(e.key).toBe('L2FLOW_CONN_STATE');
+    expect(e.message).toContain('connection "state"');
+    expect(e.message).not.toContain(SECRET);
+  });
+
+  it('describeConfig masks it, or says it is the warehouse', () => {
+    expect(describeConfig(loadConfig(fullEnv({ L2FLOW_CONN_STATE: STATE }))).connections)
+      .toMatchObject({ state: 'postgres://l2flow_state:***@state-db.example:5432/l2flow' });
+    expect(describeConfig(loadConfig(fullEnv())).connections).toMatchObject({ state: 'the warehouse (dwh)' });
+  });
+});
+
 describe('redaction', () => {
   it('redactUri masks passwords and token-like parameters, keeps the rest', () => {
     expect(redactUri(DWH)).toBe('postgres://dwh_user:***@db.example:5432/dwh');
@@ -453,6 +485,7 @@ describe('redaction', () => {
     expect(JSON.stringify(d)).not.toContain(SECRET);
     expect(d.connections).toEqual({
       dwh: 'postgres://dwh_user:***@db.example:5432/dwh',
+      state: 'the warehouse (dwh)',
       sap: 'https://sap.example/flag?token=***',
       smtp: 'smtp://mail_user:***@mail.example:587',
     });

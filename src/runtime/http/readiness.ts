@@ -32,12 +32,22 @@ const failed = (err: unknown): Check => ({ ok: false, error: (err as Error).mess
 
 /** The readiness probe of one process; each call asks the database afresh (a probe is a few seconds apart). */
 export function createReadiness(d: {
-  pool: pg.Pool; listenerConnected: () => boolean; listenerDelivery?: () => NotifyDelivery; timeoutMs?: number;
+  pool: pg.Pool;
+  /** The warehouse, when l2flow's tables live in a database of their own: it must answer too. */
+  dwh?: pg.Pool;
+  listenerConnected: () => boolean;
+  listenerDelivery?: () => NotifyDelivery;
+  timeoutMs?: number;
 }): () => Promise<Readiness> {
   const timeoutMs = d.timeoutMs ?? 2000;
+  const separate = d.dwh !== undefined && d.dwh !== d.pool;
+  // With two databases, a failure says which one.
+  const ping = (pool: pg.Pool, what: string) => within(timeoutMs, what, pool.query('select 1')
+    .catch((err: unknown) => { throw separate ? new Error(`${what}: ${(err as Error).message}`, { cause: err }) : err; }));
   return async () => {
     const [database, migrations] = await Promise.all([
-      within(timeoutMs, 'the database', d.pool.query('select 1')).then((): Check => ({ ok: true }), failed),
+      Promise.all([ping(d.pool, separate ? 'the state database' : 'the database'), ...(separate ? [ping(d.dwh!, 'the warehouse')] : [])])
+        .then((): Check => ({ ok: true }), failed),
       within(timeoutMs, 'the database', pendingMigrations(d.pool)).then(
         (pending): Check => (pending.length ? { ok: false, error: `not applied: ${pending.join(', ')}: run \`l2flow migrate\`` } : { ok: true }),
         failed,

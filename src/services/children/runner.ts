@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { abortableSleep } from '../../lib/time.js';
-import { inTransaction, placeholdersIn, readMemo, writeMemo, type DedicatedConnections } from '../db/index.js';
+import { commitWithMemo, placeholdersIn, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
 import { createAirflowChild, type AirflowChildConfig, type AirflowOutcome } from './airflow/child.js';
 import { parseAirflowConnection } from './airflow/connection.js';
@@ -65,8 +65,10 @@ const SESSION_SETUP = `select pg_backend_pid() as pid,
 
 /** Runs child workflows from configuration, once per run attempt, cancelling their queries on the server on abort/timeout. */
 export function createChildRunner(opts: {
-  /** Short queries: memos, and cancelling a child's statement from outside its session. */
+  /** l2flow's own tables: memos, airflow claims. */
   pool: pg.Pool;
+  /** The warehouse, where children run: cancelling a child's statement from outside its session. The same pool object when l2flow's tables live there. */
+  dwh: pg.Pool;
   /** Where each child statement gets a connection of its own. */
   connections: DedicatedConnections;
   children: Record<string, ChildConfig>;
@@ -75,6 +77,8 @@ export function createChildRunner(opts: {
   logger: Logger;
 }): ChildRunner {
   const { pool, connections, children, logger } = opts;
+  const db = { state: pool, dwh: opts.dwh };
+  const separate = separateState(db);
   const airflow = new Map<string, (ctx: StepContext, signal: AbortSignal) => Promise<AirflowOutcome>>();
   for (const [child, cfg] of Object.entries(children)) {
     if (cfg.kind !== 'airflow') continue;
@@ -119,14 +123,14 @@ export function createChildRunner(opts: {
     await stop;
     clearTimeout(timer);
     if (reason) {
-      await pool.query('select pg_cancel_backend($1)', [pid]).catch((err: unknown) => {
+      await db.dwh.query('select pg_cancel_backend($1)', [pid]).catch((err: unknown) => {
         logger.error({ err, child, pid }, 'could not cancel the child query');
       });
       const gone = await Promise.race([settled.then(() => true), abortableSleep(CANCEL_GRACE_MS).then(() => false)]);
       if (!gone) {
         // A cancel can miss (e.g. arrive between statements); do not leave the work running behind our back.
         logger.warn({ child, pid }, 'child query ignored the cancel; terminating its backend');
-        await pool.query('select pg_terminate_backend($1)', [pid]).catch(() => undefined);
+        await db.dwh.query('select pg_terminate_backend($1)', [pid]).catch(() => undefined);
         await settled;
       }
       const what = reason === 'timeout' ? 'timed out' : 'was cancelled';
@@ -168,11 +172,20 @@ export function createChildRunner(opts: {
             ({ pid: r.pid, user: r.usename, application: r.application_name }));
           logger.info({ child, runId: ctx.runId, sessions }, `terminated ${result.terminated} idle session(s)`);
         }
-        return { result, fresh: await writeMemo(client, ctx, memoStep(child), result) };
+        return result;
       };
+      const step = memoStep(child);
       // Another invocation recorded the child first: ours is rolled back and theirs is the result.
-      const { result, fresh } = transactional ? await inTransaction(client, work, (r) => r.fresh) : await work();
-      const output = fresh ? result : { ...((await readMemo<ChildResult>(client, ctx, memoStep(child))) ?? result), resumed: true };
+      const { output: result, fresh } = transactional
+        ? await commitWithMemo(db, client, ctx, step, work)
+        : await work().then(async (r) => ({ output: r, fresh: await writeMemo(separate ? pool : client, ctx, step, r) }));
+      const winner = fresh ? undefined : separate ? await recordedOutput<ChildResult>(db, ctx, step, { signal }) : await readMemo<ChildResult>(client, ctx, step);
+      if (!fresh && winner === undefined && transactional && separate) {
+        // Ours was rolled back for another invocation's intent, whose transaction then aborted too: nothing committed.
+        throw new StepError('CHILD_FAILED', `child workflow ${child} of run ${ctx.runId} (${ctx.logicalDate}) was run at the same time ` +
+          'by another l2flow process whose warehouse transaction aborted; neither committed: clear the step to run it again', { retryable: true });
+      }
+      const output = fresh ? result : { ...(winner ?? result), resumed: true };
       conn.release();
       return output;
     } catch (err) {
@@ -192,7 +205,7 @@ export function createChildRunner(opts: {
             `({ kind: 'sql', statement: 'CALL …' }, { kind: 'airflow', dagId, connection } or a builtin) to the l2flow config`);
         }
         throwIfAborted(signal, `child workflow ${childName}`);
-        const recorded = await readMemo<ChildResult>(pool, ctx, memoStep(childName));
+        const recorded = await recordedOutput<ChildResult>(db, ctx, memoStep(childName), { signal });
         if (recorded) {
           logger.info({ child: childName, runId: ctx.runId }, 'child already completed in this attempt; not run again');
           return { ...recorded, resumed: true };

@@ -1,11 +1,35 @@
 import type pg from 'pg';
-import { withTransaction } from './sql.js';
+import { StepError } from '../../lib/errors.js';
+import { retry, type RetryPolicy } from '../../lib/retry.js';
+import { checkout, inTransaction } from './sql.js';
 import type { StepContext } from '../types.js';
 
 /** Anything that can run a query: a pool or a client. */
 export type Queryable = Pick<pg.Pool, 'query'> | Pick<pg.PoolClient, 'query'>;
 
+/**
+ * The two databases l2flow talks to: the warehouse (md tables, the flag table, the SAP view, children's SQL) and
+ * its own state (schema l2flow, advisory locks). When l2flow's tables live in the warehouse both are ONE pool object.
+ */
+export interface Databases {
+  state: pg.Pool;
+  dwh: pg.Pool;
+}
+
+/** True when l2flow's tables live in a database of their own: a warehouse write and its memo cannot share a transaction. */
+export function separateState(db: Databases): boolean {
+  return db.state !== db.dwh;
+}
+
 type MemoKey = Pick<StepContext, 'runId' | 'attempt'>;
+
+/** How an intent whose warehouse transaction is still in progress is waited for. */
+export interface IntentWait {
+  /** Default INTENT_WAIT (up to 60 s). */
+  wait?: RetryPolicy;
+  /** Ends the wait with ABORTED (the step was left). */
+  signal?: AbortSignal;
+}
 
 /** The recorded output of `step` for this run attempt, or undefined when the step has not completed. */
 export async function readMemo<O>(db: Queryable, ctx: MemoKey, step: string): Promise<O | undefined> {
@@ -28,24 +52,130 @@ export async function writeMemo(client: Queryable, ctx: MemoKey, step: string, o
   return rowCount === 1;
 }
 
+/*
+ * Exactly once across two databases (state ≠ warehouse). The warehouse transaction cannot also commit the memo, so:
+ *   1. inside the warehouse transaction, after the work: txid_current();
+ *   2. an INTENT row (run, step, attempt, that xid, the output) is committed in the state database;
+ *   3. the warehouse transaction commits;
+ *   4. the intent becomes the memo (one statement: insert the memo, delete the intent).
+ * Whoever finds an intent without a memo asks the warehouse txid_status(xid): committed → the work is done, the
+ * intent's output becomes the memo; aborted (or unknown: older than the warehouse's commit-log horizon) → the intent
+ * is deleted and the work runs again; in progress → its session is still alive: wait, bounded.
+ */
+
+/** How long an intent whose warehouse transaction is still in progress is waited for, and how often it is asked. */
+export const INTENT_WAIT: RetryPolicy = { maxTries: Infinity, baseDelayMs: 100, maxDelayMs: 2_000, jitter: 'none', maxElapsedMs: 60_000 };
+
+const INTENT_SQL = {
+  write: `insert into l2flow.step_intent (run_id, step, attempt, dwh_xid, output) values ($1, $2, $3, $4, $5::jsonb)
+          on conflict (run_id, step, attempt) do nothing returning 1`,
+  read: 'select dwh_xid::text as xid, output from l2flow.step_intent where run_id = $1 and step = $2 and attempt = $3',
+  // One statement: the memo appears exactly when the intent goes.
+  settle: `with gone as (delete from l2flow.step_intent where run_id = $1 and step = $2 and attempt = $3)
+           insert into l2flow.step_memo (run_id, step, attempt, output) values ($1, $2, $3, $4::jsonb)
+           on conflict (run_id, step, attempt) do nothing returning 1`,
+  drop: 'delete from l2flow.step_intent where run_id = $1 and step = $2 and attempt = $3 and dwh_xid = $4',
+};
+
+/** Turn a committed intent into the memo. */
+async function settleIntent(state: Queryable, ctx: MemoKey, step: string, output: unknown): Promise<void> {
+  await state.query({ name: 'l2flow_intent_settle', text: INTENT_SQL.settle, values: [ctx.runId, step, ctx.attempt, JSON.stringify(output ?? {})] });
+}
+
 /**
- * Run `work` once per (run, step, attempt): its writes and the memo commit together, and a re-invocation
- * returns the recorded output. If a concurrent invocation committed first, ours is rolled back and theirs wins.
+ * The recorded output of `step`: its memo, or (state ≠ warehouse) the output of an intent whose warehouse transaction
+ * committed, made the memo now. An intent whose transaction aborted is deleted (undefined: run the step). One
+ * still in progress is waited for up to `wait.maxElapsedMs`, then a retryable DB_ERROR names the transaction.
+ */
+export async function recordedOutput<O>(db: Databases, ctx: MemoKey, step: string, opts: IntentWait = {}): Promise<O | undefined> {
+  const memo = await readMemo<O>(db.state, ctx, step);
+  if (memo !== undefined || !separateState(db)) return memo;
+  const { rows } = await db.state.query<{ xid: string; output: O }>({ name: 'l2flow_intent_read', text: INTENT_SQL.read, values: [ctx.runId, step, ctx.attempt] });
+  const intent = rows[0];
+  if (!intent) return undefined;
+  const status = await retry(async () => {
+    const { rows: s } = await db.dwh.query<{ status: string | null }>('select txid_status($1::bigint) as status', [intent.xid]);
+    const answer = s[0]?.status ?? null;
+    if (answer === 'in progress') {
+      throw new StepError('DB_ERROR',
+        `${step} of run ${ctx.runId}: its warehouse transaction (xid ${intent.xid}) is still in progress, so whether its ` +
+        `writes committed is not known yet; find its session (select pid from pg_stat_activity where backend_xid::text::bigint = ${intent.xid} % 4294967296) ` +
+        'and let it finish or terminate it, then clear the step', { retryable: true, details: { xid: intent.xid } });
+    }
+    return answer;
+  }, opts.wait ?? INTENT_WAIT, { what: `${step} of run ${ctx.runId}`, ...(opts.signal ? { signal: opts.signal } : {}) });
+  if (status === 'committed') {
+    await settleIntent(db.state, ctx, step, intent.output);
+    return (await readMemo<O>(db.state, ctx, step)) ?? intent.output;
+  }
+  // Aborted, or too old for the warehouse's commit log to say: the work is done again.
+  await db.state.query({ name: 'l2flow_intent_drop', text: INTENT_SQL.drop, values: [ctx.runId, step, ctx.attempt, intent.xid] });
+  return undefined;
+}
+
+/**
+ * Run `work` in a transaction on `client` (a warehouse connection) and record its output as the memo of `step`:
+ * in the same transaction when state and warehouse are one database, else through an intent (see above).
+ * `fresh: false` when another invocation recorded the step first (ours was rolled back): read the winner with
+ * recordedOutput. Throws (after rolling back) what `work` throws.
+ */
+export async function commitWithMemo<O>(
+  db: Databases,
+  client: pg.ClientBase,
+  ctx: MemoKey,
+  step: string,
+  work: () => Promise<O>,
+): Promise<{ output: O; fresh: boolean }> {
+  if (!separateState(db)) {
+    const r = await inTransaction(client, async () => {
+      const output = await work();
+      return { output, fresh: await writeMemo(client, ctx, step, output) };
+    }, (x) => x.fresh);
+    return r;
+  }
+  const r = await inTransaction(client, async () => {
+    const output = await work();
+    const { rows } = await client.query<{ xid: string }>('select txid_current()::text as xid');
+    // Committed in the state database BEFORE the warehouse commits: a crash after the warehouse commit leaves it behind.
+    const { rowCount } = await db.state.query({
+      name: 'l2flow_intent_write',
+      text: INTENT_SQL.write,
+      values: [ctx.runId, step, ctx.attempt, rows[0]!.xid, JSON.stringify(output ?? {})],
+    });
+    return { output, fresh: rowCount === 1 };
+  }, (x) => x.fresh);
+  if (r.fresh) await settleIntent(db.state, ctx, step, r.output);
+  return r;
+}
+
+/**
+ * Run `work` once per (run, step, attempt): its warehouse writes and the memo commit together (or, with a separate
+ * state database, through an intent checked against the warehouse's transaction status), and a re-invocation returns
+ * the recorded output. If a concurrent invocation committed first, ours is rolled back and theirs wins.
  */
 export async function memoized<O>(
-  pool: pg.Pool,
+  db: Databases,
   ctx: MemoKey,
   step: string,
   work: (client: pg.PoolClient) => Promise<O>,
+  opts: IntentWait = {},
 ): Promise<{ output: O; resumed: boolean }> {
-  const recorded = await readMemo<O>(pool, ctx, step);
-  if (recorded !== undefined) return { output: recorded, resumed: true };
-  const attempt = await withTransaction(pool, async (client) => {
-    const output = await work(client);
-    return { output, recorded: await writeMemo(client, ctx, step, output) };
-  }, (r) => r.recorded);
-  if (attempt.recorded) return { output: attempt.output, resumed: false };
-  const winner = await readMemo<O>(pool, ctx, step);
+  // Twice at most: a concurrent invocation's intent whose transaction then aborted leaves the step to us.
+  for (let round = 0; round < 2; round++) {
+    const recorded = await recordedOutput<O>(db, ctx, step, opts);
+    if (recorded !== undefined) return { output: recorded, resumed: true };
+    const c = await checkout(db.dwh);
+    let attempt: { output: O; fresh: boolean };
+    try {
+      attempt = await commitWithMemo(db, c.client, ctx, step, () => work(c.client));
+      c.release();
+    } catch (err) {
+      c.release(err);
+      throw err;
+    }
+    if (attempt.fresh) return { output: attempt.output, resumed: false };
+  }
+  const winner = await recordedOutput<O>(db, ctx, step, opts);
   if (winner === undefined) throw new Error(`step memo ${step} of run ${ctx.runId} vanished after a conflict`);
   return { output: winner, resumed: true };
 }

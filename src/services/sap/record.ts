@@ -71,9 +71,10 @@ function legacyOutcome(row: SendRow): TryOutcome {
  * `where` names the endpoint in rebuilt errors and `scrub` removes credentials from replayed messages.
  */
 export function createSendRecord(deps: {
-  pool: pg.Pool; view: string; timezone: string; now: () => Date; where: string; scrub: (text: string) => string;
+  /** `pool`: l2flow.sap_send; `dwh`: the warehouse holding the view (the same pool object when l2flow's tables live there). */
+  pool: pg.Pool; dwh: pg.Pool; view: string; timezone: string; now: () => Date; where: string; scrub: (text: string) => string;
 }): SendRecord {
-  const { pool, view, where, scrub } = deps;
+  const { pool, dwh, view, where, scrub } = deps;
 
   return {
     async read(key) {
@@ -85,7 +86,7 @@ export function createSendRecord(deps: {
     },
 
     async create(ctx, key) {
-      const { rows } = await pool.query<{ n: string }>(`select count(*) as n from ${view}`);
+      const { rows } = await dwh.query<{ n: string }>(`select count(*) as n from ${view}`);
       const payload = sapPayload({ calcDate: dateInZone(deps.timezone, deps.now()), calcRows: String(rows[0]?.n ?? '0'), logicalDate: ctx.logicalDate });
       await pool.query(
         `insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status)

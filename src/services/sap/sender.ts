@@ -16,7 +16,10 @@ const STEP = 'send_flg_to_sap';
 const READ_CAP_BYTES = 4096;
 
 export interface SapSenderDeps {
+  /** l2flow.sap_send. */
   pool: pg.Pool;
+  /** The warehouse, where the view is counted; the same pool object when l2flow's tables live there. */
+  dwh: pg.Pool;
   endpoint: SapEndpoint;
   /** The view whose rows are counted (config `sap.viewName`). */
   viewName: string;
@@ -74,7 +77,7 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
   const authorization = authorizationHeader(endpoint.auth);
   // SAP's answer ends up in the run error, the failure mail and l2flow.sap_send: never with our credentials in it.
   const scrub = credentialScrubber(endpoint.auth);
-  const sends = createSendRecord({ pool, view, timezone: deps.timezone, now, where, scrub });
+  const sends = createSendRecord({ pool, dwh: deps.dwh, view, timezone: deps.timezone, now, where, scrub });
   const agent = new Agent({ connect: { timeout: deps.connectTimeoutMs }, headersTimeout: deps.timeoutMs, bodyTimeout: deps.timeoutMs });
 
   async function sendOnce(body: string, key: string, signal: AbortSignal): Promise<TryOutcome> {

@@ -48,7 +48,10 @@ interface SensorDeps {
 
 /** wait_for_l2_full_load: waits until the flag table holds `flagCode` for the run's business date. */
 export function createFlagSensor(
-  opts: SensorDeps & { flagTable: string; flagCode: string; pokeIntervalMs: number },
+  opts: SensorDeps & { flagTable: string; flagCode: string; pokeIntervalMs: number } & {
+    /** The warehouse, where the flag table is; `pool` (l2flow's tables) is not used by this sensor. */
+    dwh: pg.Pool;
+  },
 ): StepFn<SensorInput, SensorOutput> {
   const { flagTable, flagCode } = opts;
   // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024.
@@ -57,7 +60,7 @@ export function createFlagSensor(
   const waiter = createConditionWaiter<string>({
     name: 'wait_for_l2_full_load',
     describeKey: (date) => `flag '${flagCode}' in ${flagTable} for business date ${date}`,
-    check: async (dates) => new Set((await opts.pool.query<{ d: string }>(sql, [flagCode, dates])).rows.map((r) => r.d)),
+    check: async (dates) => new Set((await opts.dwh.query<{ d: string }>(sql, [flagCode, dates])).rows.map((r) => r.d)),
     hints$: flagDates(opts.notifications$, flagCode).pipe(map((date) => [date])),
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs,
