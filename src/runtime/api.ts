@@ -8,7 +8,7 @@ import { emailOutboxStatus } from '../services/mail/index.js';
 import { listAudit, writeAudit } from './audit.js';
 import { createApp, createPool, type App } from './app.js';
 import { ConfigError, connectionUris, loadConfig, redactUri } from './config.js';
-import { createLogger, secretsOf, type Logger } from './logger.js';
+import { createLogger, logFormatFor, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate } from './migrate.js';
 import { checkRange, datesBetween, judgeDates } from './backfill.js';
 import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, runsBetween, stepsOfRuns, type RunRow } from './run-store.js';
@@ -58,6 +58,8 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     logger ??= createLogger({
       level: own?.level ?? config.logLevel,
       secrets,
+      // A destination of the caller's gets JSON unless L2FLOW_LOG_FORMAT asks otherwise; stdout follows the terminal.
+      format: own?.destination ? (config.logFormat ?? 'json') : logFormatFor(config.logFormat),
       ...(own?.destination ? { destination: own.destination } : {}),
     });
     return logger;
