@@ -1,5 +1,6 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
 import { build as prettyStream } from 'pino-pretty';
+import { Writable } from 'node:stream';
 import { redactor, secretsOfUri } from '../lib/connection.js';
 
 /** Keys whose values never reach a log line, wherever they appear. */
@@ -52,7 +53,7 @@ export function createLogger(opts: { level?: string; secrets?: string[]; destina
     },
     opts.format === 'pretty'
       ? prettyStream({
-          destination: opts.destination ?? 1,
+          destination: opts.destination ? asStream(opts.destination) : 1,
           sync: true,
           translateTime: 'SYS:HH:MM:ss.l',
           ignore: 'pid,hostname,service',
@@ -61,6 +62,17 @@ export function createLogger(opts: { level?: string; secrets?: string[]; destina
         })
       : opts.destination ?? pino.destination({ dest: 1, sync: false }),
   );
+}
+
+/** pino-pretty pipes into its destination: a bare `{ write }` (allowed by pino and our API) becomes a stream. */
+function asStream(d: DestinationStream): NodeJS.WritableStream {
+  if (typeof (d as Partial<NodeJS.WritableStream>).on === 'function') return d as unknown as NodeJS.WritableStream;
+  return new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      d.write(chunk.toString());
+      done();
+    },
+  });
 }
 
 /** Password and token values found in connection URIs (Airflow's `__extra__` token too), for the logger's value scrubbing. */
