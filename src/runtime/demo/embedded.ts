@@ -117,17 +117,28 @@ function tail(file: string, lines = 6): string {
   }
 }
 
+/** Whether process `pid` runs (a zombie, killed but not yet reaped, does not). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    // /proc/<pid>/stat: "pid (comm) S …"; comm may hold spaces or parentheses, the state follows the last ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true; // no /proc (macOS): kill(0) is all we have
+  }
+}
+
 /** A server left running by a demo that was killed (kill -9): its pid, if it serves `dataDir` and is alive. */
 function orphanOf(dataDir: string): number | null {
   const pidFile = path.join(dataDir, 'postmaster.pid');
   if (!existsSync(pidFile)) return null;
   const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
-  if (!Number.isInteger(pid) || pid <= 0) return null;
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return null;
-  }
+  if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return null;
   try {
     const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
     return cmd.includes(dataDir) ? pid : null;
@@ -139,14 +150,22 @@ function orphanOf(dataDir: string): number | null {
 async function waitGone(pid: number, ms: number): Promise<boolean> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return true;
-    }
+    if (!isAlive(pid)) return true;
     await sleep(100);
   }
   return false;
+}
+
+/**
+ * Stop a server a killed demo (kill -9) left running on `dataDir`. Call it holding the demo lock: then no live demo
+ * uses this data directory. Resolves true when there was one.
+ */
+export async function stopOrphan(dataDir: string): Promise<boolean> {
+  const orphan = orphanOf(dataDir);
+  if (!orphan) return false;
+  process.kill(orphan, 'SIGINT');
+  if (!(await waitGone(orphan, 15_000))) throw new EmbeddedStartError(`a PostgreSQL left over by an earlier demo (pid ${orphan}) does not stop: kill ${orphan}, then start again`);
+  return true;
 }
 
 /** initdb (first time only) and start the server on 127.0.0.1:`port` in a session of its own; resolves once it accepts connections. */
@@ -179,12 +198,7 @@ export async function startEmbeddedPg(bins: Binaries, o: EmbeddedOptions): Promi
     }
     initialised = true;
   }
-  const orphan = orphanOf(o.dataDir);
-  if (orphan) {
-    // Its demo process died without stopping it (kill -9): nothing else uses this data directory (the demo lock says so).
-    process.kill(orphan, 'SIGINT');
-    if (!(await waitGone(orphan, 15_000))) throw new EmbeddedStartError(`a PostgreSQL left over by an earlier demo (pid ${orphan}) does not stop: kill ${orphan}, then start again`);
-  }
+  await stopOrphan(o.dataDir);
   const logFd = openSync(o.logFile, 'a');
   let child: ChildProcess;
   try {

@@ -7,7 +7,7 @@ import { parseDate, type Out } from '../cli-io.js';
 import { configuredBy } from '../config.js';
 import { envValue } from '../config-env.js';
 import { demoBanner } from './banner.js';
-import { EmbeddedUnavailable, findBinaries, firstFreePort, portFree, startEmbeddedPg, type EmbeddedPg } from './embedded.js';
+import { EmbeddedUnavailable, findBinaries, firstFreePort, portFree, startEmbeddedPg, stopOrphan, type EmbeddedPg } from './embedded.js';
 import { DEMO_CONFIG_FILE, demoPaths, demoPortStart, lockHolder, newPassword, readState, takeLock, writeState } from './paths.js';
 import { startMailReceiver, startSapReceiver, type Receiver } from './receivers.js';
 import { insertFlag, installDemoWarehouse } from './warehouse.js';
@@ -115,6 +115,8 @@ async function runDemo(io: Out, env: NodeJS.ProcessEnv, host: DemoHost): Promise
   };
   undo.push(async () => lock.release());
   try {
+    // Before choosing the port: a server left by a killed demo still holds the one it had.
+    await stopOrphan(paths.pgData);
     const previous = readState(paths);
     const port = previous && (await portFree(previous.port)) ? previous.port : await firstFreePort(portStart);
     const state = { port, password: previous?.password ?? newPassword(), httpUrl: null as string | null };

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../config.js';
 import { envValue } from '../config-env.js';
-import { postgresUser, traversable } from './embedded.js';
+import { isAlive, postgresUser, traversable } from './embedded.js';
 
 /** Where the demo keeps its data, and its small state file (port, password) and lock. */
 
@@ -90,13 +90,9 @@ export function lockHolder(p: DemoPaths): number | null {
     return null;
   }
   if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return null;
-  try {
-    process.kill(pid, 0);
-    return pid;
-  } catch {
-    return null;
-  }
+  return isAlive(pid) ? pid : null;
 }
+
 
 /** Take the demo lock (one demo per directory); returns the pid of a live holder instead when there is one. */
 export function takeLock(p: DemoPaths): { release(): void } | { heldBy: number } {
