@@ -118,6 +118,45 @@ describe('npm start with nothing configured: the demo', () => {
     expect(await demo.stop('SIGINT')).toBe(0);
     demo = null;
   }, 120_000);
+
+  it('after kill -9 the next start stops the PostgreSQL the killed demo left and takes its port again', async () => {
+    demo = startRuntime(env, [], 'start');
+    await until('the banner', async () => demo!.logs.some((l) => l.includes("Today's run")), 60_000, 200);
+    const dataDir = bannerValue(demo.logs, 'Data:')!;
+    const { port } = JSON.parse(readFileSync(path.join(dataDir, 'demo.json'), 'utf8')) as { port: number };
+    await demo.stop('SIGKILL');
+    // The server has a session of its own: it outlives a killed demo.
+    expect(await listening(port)).toBe(true);
+    demo = startRuntime(env, [], 'start');
+    await until('the banner', async () => demo!.logs.some((l) => l.includes("Today's run")), 60_000, 200)
+      .catch((err: Error) => { throw new Error(`${err.message}\n${demo!.logs.join('\n')}\n${demo!.stderr.join('')}`); });
+    expect(bannerValue(demo.logs, 'Embedded:')).toBe('PostgreSQL');
+    expect(demo.logs.find((l) => l.includes('│ Embedded:'))).toContain(`127.0.0.1:${port},`);
+    expect(await demo.stop('SIGINT')).toBe(0);
+    demo = null;
+    expect(await listening(port)).toBe(false);
+  }, 120_000);
+
+  it.runIf(process.getuid?.() === 0)('as root, a data directory the postgres user cannot reach falls back to one it can, and says where', async () => {
+    const privateParent = tempDir('demo-private-');
+    chmodSync(privateParent, 0o700);
+    const wanted = path.join(privateParent, 'demo');
+    const own = { ...env, L2FLOW_DEMO_DIR: wanted, L2FLOW_DEMO_PORT: String(Number(env.L2FLOW_DEMO_PORT) + 20) };
+    demo = startRuntime(own, [], 'start');
+    try {
+      await until('the banner', async () => demo!.logs.some((l) => l.includes("Today's run")), 60_000, 200)
+        .catch((err: Error) => { throw new Error(`${err.message}\n${demo!.logs.join('\n')}\n${demo!.stderr.join('')}`); });
+      const used = bannerValue(demo.logs, 'Data:')!;
+      dataDirs.add(used);
+      expect(used).not.toBe(wanted);
+      expect(demo.logs.some((l) => l.includes(`(not ${wanted}: the postgres OS user cannot reach it)`))).toBe(true);
+      const code = await demo.stop('SIGINT');
+      expect(code, `${demo.logs.slice(-5).join('\n')}\n${demo.stderr.join('')}`).toBe(0);
+      demo = null;
+    } finally {
+      rmSync(privateParent, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
 
 describe('npm start with a configuration: never the demo', () => {
