@@ -69,6 +69,7 @@ async function demoCommand(args: string[], io: Out, env: NodeJS.ProcessEnv, host
     const date = parseDate('date', args[1]!);
     const { flagTable, flagCode } = createL2flow({ env: denv, scope: 'dwh' }).config.flagSensor;
     const pool = new pg.Pool({ connectionString: uri, max: 1, application_name: 'l2flow-demo' });
+    pool.on('error', () => undefined);
     try {
       const inserted = await insertFlag(pool, { table: flagTable, code: flagCode }, date);
       io.out(
@@ -145,6 +146,8 @@ async function runDemo(io: Out, env: NodeJS.ProcessEnv, host: DemoHost): Promise
     if (envValue(env, 'L2FLOW_HTTP_PORT') === undefined && !(await portFree(8780))) lenv.L2FLOW_HTTP_PORT = '0';
     const l2 = createL2flow({ env: lenv, applicationName: 'l2flow-demo', logger });
     const pool = new pg.Pool({ connectionString: pgServer.uri, max: 1, application_name: 'l2flow-demo' });
+    // An idle connection ended by the server's shutdown must not crash the process (an unhandled 'error' would).
+    pool.on('error', () => undefined);
     undo.push(() => pool.end());
     const { applied } = await l2.migrate();
     await installDemoWarehouse(pool);
