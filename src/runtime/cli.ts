@@ -97,6 +97,10 @@ export async function main(argv: string[], io: Out = processIo(process.env)): Pr
   } catch (err) {
     if (err instanceof UsageError || err instanceof ConfigError || (err instanceof L2flowError && err.code === 'NOT_MIGRATED')) {
       io.err(`l2flow: ${err.message}`);
+      // Someone who started with the demo and types a command from the README without `demo`.
+      if (err instanceof ConfigError && err.key.startsWith('L2FLOW_CONN_') && !configuredBy(process.env) && command !== 'demo') {
+        io.err(`  (nothing is configured: to run it against the demo that npm start runs, write npx l2flow demo ${argv.join(' ')})`);
+      }
       return 2;
     }
     io.err(`l2flow ${command}: ${toErrorInfo(err).message}`);

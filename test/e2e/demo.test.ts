@@ -235,6 +235,13 @@ describe('npm start with a configuration: never the demo', () => {
     }
   });
 
+  it('a README command typed with nothing configured says how to run it against the demo', async () => {
+    const r = await runCli(['status', '--limit', '5'], {});
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('L2FLOW_CONN_DWH');
+    expect(r.stderr).toContain('npx l2flow demo status --limit 5');
+  });
+
   it('l2flow demo refuses to run over a configuration (AIRFLOW_CONN_DWH), naming the variable', async () => {
     const r = await runCli(['demo'], { AIRFLOW_CONN_DWH: 'postgres://etl@127.0.0.1:1/dwh', L2FLOW_DEMO_DIR: dir });
     expect(r.code).toBe(2);
