@@ -74,7 +74,7 @@ async function demoCommand(args: string[], io: Out, env: NodeJS.ProcessEnv, host
       const inserted = await insertFlag(pool, { table: flagTable, code: flagCode }, date);
       io.out(
         inserted
-          ? `flag ${flagCode} for business date ${date} inserted into ${flagTable}: the run of ${addDays(date, 1)} is created (schedule.onFlag) and goes past wait_for_l2_full_load`
+          ? `flag ${flagCode} for business date ${date} inserted into ${flagTable}: the run of ${addDays(date, 1)} (created now by schedule.onFlag if it had none) goes past wait_for_l2_full_load`
           : `the flag ${flagCode} for business date ${date} is already in ${flagTable}: nothing to do`,
       );
       return 0;
