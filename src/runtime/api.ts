@@ -9,7 +9,7 @@ import { listAudit, writeAudit } from './audit.js';
 import { createApp, type App } from './app.js';
 import { createPool, createWarehousePool } from './databases.js';
 import { ConfigError, connectionUris, loadConfig, redactUri, stateIsWarehouse } from './config.js';
-import { createLogger, secretsOf, type Logger } from './logger.js';
+import { createLogger, logFormatFor, secretsOf, type Logger } from './logger.js';
 import { checkFlagTrigger, migrate } from './migrate.js';
 import { checkRange, datesBetween, judgeDates } from './backfill.js';
 import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, runsBetween, stepsOfRuns, type RunRow } from './run-store.js';
@@ -62,6 +62,8 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     logger ??= createLogger({
       level: own?.level ?? config.logLevel,
       secrets,
+      // A destination of the caller's gets JSON unless L2FLOW_LOG_FORMAT asks otherwise; stdout follows the terminal.
+      format: own?.destination ? (config.logFormat ?? 'json') : logFormatFor(config.logFormat),
       ...(own?.destination ? { destination: own.destination } : {}),
     });
     return logger;

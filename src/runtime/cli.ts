@@ -7,7 +7,8 @@ import { cmdStatus, parseStatusFlags } from './cli-status.js';
 import { cmdClear, cmdMark, CLEAR_USAGE } from './cli-clear.js';
 import { cmdDiagram, DIAGRAM_USAGE } from './cli-diagram.js';
 import { cmdConfig, CONFIG_USAGE } from './cli-config.js';
-import { ConfigError } from './config.js';
+import { ConfigError, configuredBy } from './config.js';
+import { cmdDemo, DEMO_USAGE } from './demo/index.js';
 import { RUN_FLAGS, runInspect } from './inspect-flags.js';
 
 /** `l2flow <command>`: exit 0 ok, 1 failure, 2 bad usage or configuration. */
@@ -15,6 +16,7 @@ import { RUN_FLAGS, runInspect } from './inspect-flags.js';
 const USAGE = `usage: l2flow <command> [flags]
 
 commands:
+  start                        migrate, then run; with nothing configured (no L2FLOW_CONFIG, no L2FLOW_CONN_DWH), the demo
   migrate                      create or upgrade l2flow's tables and the md schema, install the flag trigger
   run [--inspect] [--inspect-port N]
                                run the workflow runtime (long-running; SIGTERM/SIGINT stop it gracefully);
@@ -28,6 +30,7 @@ commands:
 ${CLEAR_USAGE}
 ${DIAGRAM_USAGE}
 ${CONFIG_USAGE}
+${DEMO_USAGE}
 
 configuration: environment variables (see README), optionally L2FLOW_CONFIG=<file.yaml|json>`;
 
@@ -36,6 +39,14 @@ export async function main(argv: string[], io: Out = processIo(process.env)): Pr
   const [command, ...rest] = argv;
   try {
     switch (command) {
+      case 'start': {
+        parseFlags('start', rest, []);
+        if (!configuredBy(process.env)) return await cmdDemo([], io, process.env, { runUntilStopped, main });
+        const migrated = await withApi((l2) => cmdMigrate(l2, io));
+        return migrated === 0 ? await cmdRun(io, undefined) : migrated;
+      }
+      case 'demo':
+        return await cmdDemo(rest, io, process.env, { runUntilStopped, main });
       case 'migrate':
         parseFlags('migrate', rest, []);
         return await withApi((l2) => cmdMigrate(l2, io));
@@ -86,6 +97,10 @@ export async function main(argv: string[], io: Out = processIo(process.env)): Pr
   } catch (err) {
     if (err instanceof UsageError || err instanceof ConfigError || (err instanceof L2flowError && err.code === 'NOT_MIGRATED')) {
       io.err(`l2flow: ${err.message}`);
+      // Someone who started with the demo and types a command from the README without `demo`.
+      if (err instanceof ConfigError && err.key.startsWith('L2FLOW_CONN_') && !configuredBy(process.env) && command !== 'demo') {
+        io.err(`  (nothing is configured: to run it against the demo that npm start runs, write npx l2flow demo ${argv.join(' ')})`);
+      }
       return 2;
     }
     io.err(`l2flow ${command}: ${toErrorInfo(err).message}`);
@@ -142,7 +157,11 @@ async function cmdCancel(l2: L2flow, dateFlag: string, io: Out): Promise<number>
 }
 
 async function cmdRun(io: Out, inspect: L2flowOptions['inspect']): Promise<number> {
-  const l2 = createL2flow({ env: process.env, inspect });
+  return runUntilStopped(createL2flow({ env: process.env, inspect }), io);
+}
+
+/** Start `l2`, call `onStarted`, and run until SIGTERM/SIGINT, then stop gracefully: `l2flow run`, and the demo's runtime. */
+async function runUntilStopped(l2: L2flow, io: Out, onStarted?: () => Promise<void>): Promise<number> {
   const { logger } = l2;
   let stopping: Promise<void> | null = null;
   let firstSignalAt = 0;
@@ -176,6 +195,10 @@ async function cmdRun(io: Out, inspect: L2flowOptions['inspect']): Promise<numbe
     }
     logger.info({ workflowId: l2.config.workflowId, timezone: l2.config.timezone }, 'l2flow running; waiting for runs');
     if (l2.httpUrl) io.out(`l2flow: HTTP API on ${l2.httpUrl}`);
+    await onStarted?.().catch(async (err: unknown) => {
+      await l2.stop().catch(() => undefined);
+      throw err;
+    });
     // The interval also keeps the process alive while every connection is down and reconnecting on unref'd timers.
     await new Promise<void>((resolve, reject) => {
       const check = setInterval(() => {

@@ -36,6 +36,7 @@ export const ENV_KEYS: Readonly<Record<string, EnvSetting>> = {
   EMAIL_RECIPIENTS: { key: 'email.recipients', type: 'list', example: 'dwh-team@bank.example,oncall@bank.example' },
   EMAIL_FROM: { key: 'email.from', type: 'text' },
   L2FLOW_LOG_LEVEL: { key: 'logLevel', type: 'text' },
+  L2FLOW_LOG_FORMAT: { key: 'logFormat', type: 'text', example: 'json' },
   // Schedules: an operator pauses or moves them without editing the file.
   L2FLOW_END_DATE: { key: 'workflow.endDate', type: 'text', example: '2025-12-31' },
   L2FLOW_CRON: { key: 'schedule.cron.expression', type: 'text', example: "'0 3 * * *'" },

@@ -246,6 +246,8 @@ export const settingsSchema = z.strictObject({
   /** Per-step settings, by the original task id. */
   steps: section(stepsShape),
   logLevel: z.enum(LOG_LEVELS).default('info'),
+  /** pretty (human-readable) or json; unset: pretty when stdout is a terminal, else json. */
+  logFormat: z.enum(['pretty', 'json'], { error: 'must be pretty or json' }).optional(),
   schedule: scheduleSchema,
   /** On success, a row in the flag table for the business date, committed with the `end` step. Opt-in. */
   completionFlag: section({

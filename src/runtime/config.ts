@@ -63,6 +63,8 @@ export interface Config {
   pools: Record<string, { slots: number }>;
   sap: { viewName: string; connectTimeoutMs: number; timeoutMs: number; maxTries: number; retryBaseDelayMs: number; retryMaxDelayMs: number };
   logLevel: string;
+  /** pretty or json; null: pretty when stdout is a terminal, else json (logFormatFor). */
+  logFormat: 'pretty' | 'json' | null;
   /** Last logical date (workflow.endDate), or null. */
   endDate: string | null;
   /** How runs are created besides `trigger` (cron, onFlag), each with its date window resolved. */
@@ -132,6 +134,7 @@ function fromSettings(s: Settings, source?: string): Omit<Config, 'connections' 
       retryMaxDelayMs: s.sap.retryMaxDelayMs,
     },
     logLevel: s.logLevel,
+    logFormat: s.logFormat ?? null,
     endDate: s.workflow.endDate ?? null,
     schedule: scheduleFromSettings(s, source),
     http: { ...s.http, token: null },
@@ -284,6 +287,17 @@ function resolveConnection(
 /** True when l2flow's own tables live in the warehouse (no separate state database): one pool, one transaction per memo. */
 export function stateIsWarehouse(cfg: Pick<Config, 'connections'>): boolean {
   return cfg.connections.state === cfg.connections.dwh;
+}
+
+/**
+ * What configures l2flow in this environment: the L2FLOW_CONFIG file, or the variable holding the warehouse
+ * connection's URI (L2FLOW_CONN_<ID> / AIRFLOW_CONN_<ID> of connectionIds.dwh); null when nothing does, and
+ * `l2flow start` then runs the demo.
+ */
+export function configuredBy(env: NodeJS.ProcessEnv): string | null {
+  if (envValue(env, 'L2FLOW_CONFIG')) return 'L2FLOW_CONFIG';
+  const id = (envValue(env, 'DWH_CONN_ID') ?? DEFAULT_SETTINGS.connectionIds.dwh).toUpperCase();
+  return [`L2FLOW_CONN_${id}`, `AIRFLOW_CONN_${id}`].find((v) => envValue(env, v) !== undefined) ?? null;
 }
 
 /** Replace the password (and every token-like parameter) of a URI with ***, for logs and status output. */

@@ -1,4 +1,6 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
+import { build as prettyStream } from 'pino-pretty';
+import { Writable } from 'node:stream';
 import { redactor, secretsOfUri } from '../lib/connection.js';
 
 /** Keys whose values never reach a log line, wherever they appear. */
@@ -8,11 +10,21 @@ const REDACT_PATHS = [
   'auth', '*.auth',
 ];
 
+/** How log lines are written: `pretty` (human-readable, for a terminal) or `json` (one object a line). */
+export type LogFormat = 'pretty' | 'json';
+
+/** The format of the process's logs: the configured one (L2FLOW_LOG_FORMAT), else pretty on a terminal and JSON otherwise. */
+export function logFormatFor(configured: LogFormat | null, stdoutIsTty = Boolean(process.stdout.isTTY)): LogFormat {
+  return configured ?? (stdoutIsTty ? 'pretty' : 'json');
+}
+
 /**
- * The process logger: pino JSON, secrets removed twice over — by key (`redact`) and by value: every string
+ * The process logger: pino, secrets removed twice over — by key (`redact`) and by value: every string
  * of a log call is scrubbed of the configured secret values (passwords, tokens), whatever key carried them.
+ * Both happen before a line is formatted, so `format: 'pretty'` (pino-pretty, written synchronously so it keeps
+ * its order with the CLI's own output) shows only what JSON would. JSON goes to an asynchronous stdout stream.
  */
-export function createLogger(opts: { level?: string; secrets?: string[]; destination?: DestinationStream } = {}): Logger {
+export function createLogger(opts: { level?: string; secrets?: string[]; destination?: DestinationStream; format?: LogFormat } = {}): Logger {
   const secrets = opts.secrets ?? [];
   const scrub = redactor(secrets);
   const scrubDeep = (v: unknown, depth = 0): unknown => {
@@ -39,8 +51,28 @@ export function createLogger(opts: { level?: string; secrets?: string[]; destina
           }
         : {},
     },
-    opts.destination ?? pino.destination({ dest: 1, sync: false }),
+    opts.format === 'pretty'
+      ? prettyStream({
+          destination: opts.destination ? asStream(opts.destination) : 1,
+          sync: true,
+          translateTime: 'SYS:HH:MM:ss.l',
+          ignore: 'pid,hostname,service',
+          singleLine: true,
+          ...(opts.destination ? { colorize: false } : {}),
+        })
+      : opts.destination ?? pino.destination({ dest: 1, sync: false }),
   );
+}
+
+/** pino-pretty pipes into its destination: a bare `{ write }` (allowed by pino and our API) becomes a stream. */
+function asStream(d: DestinationStream): NodeJS.WritableStream {
+  if (typeof (d as Partial<NodeJS.WritableStream>).on === 'function') return d as unknown as NodeJS.WritableStream;
+  return new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      d.write(chunk.toString());
+      done();
+    },
+  });
 }
 
 /** Password and token values found in connection URIs (Airflow's `__extra__` token too), for the logger's value scrubbing. */

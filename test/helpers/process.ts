@@ -64,9 +64,9 @@ export interface Runtime {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** Spawn the long-running `l2flow run [args]` with exactly `env` (plus PATH). */
-export function startRuntime(env: Record<string, string>, args: string[] = []): Runtime {
-  const child = spawn(process.execPath, [BIN, 'run', ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...TEST_HTTP_ENV, ...env } });
+/** Spawn the long-running `l2flow run [args]` (or another long-running command: start, demo) with exactly `env` (plus PATH). */
+export function startRuntime(env: Record<string, string>, args: string[] = [], command = 'run'): Runtime {
+  const child = spawn(process.execPath, [BIN, command, ...args], { cwd: ROOT, env: { PATH: process.env.PATH ?? '', ...TEST_HTTP_ENV, ...env } });
   const logs: string[] = [];
   const stderr: string[] = [];
   let buf = '';

@@ -131,11 +131,11 @@ describe('Dockerfile', () => {
     for (const s of stages) expect(s[0]).toMatch(/^FROM node:20-bookworm-slim( AS \w+)?$/);
   });
 
-  it('builds with npm ci, then prunes the dev dependencies without running prepare', () => {
+  it('builds with npm ci, then prunes the dev and optional dependencies (the demo\'s embedded PostgreSQL) without running prepare', () => {
     const build = stages[0]!.join('\n');
     expect(build).toMatch(/RUN npm ci/);
     expect(build).toMatch(/RUN npm run build/);
-    expect(build).toMatch(/RUN npm prune --omit=dev --ignore-scripts/);
+    expect(build).toMatch(/RUN npm prune --omit=dev --omit=optional --ignore-scripts/);
   });
 
   it('runs as a user that is not root, exposes 8780 and checks /healthz', () => {
@@ -168,6 +168,6 @@ describe('Dockerfile', () => {
     expect(text).toMatch(/node bin\/l2flow\.js migrate/);
     expect(text).toMatch(/exec node bin\/l2flow\.js "\$@"/);
     expect(runtime).toContain('CMD ["run"]');
-    expect(read('.dockerignore').split('\n')).toEqual(expect.arrayContaining(['node_modules', 'dist', 'test-artifacts', '.git']));
+    expect(read('.dockerignore').split('\n')).toEqual(expect.arrayContaining(['node_modules', 'dist', 'test-artifacts', '.git', '.l2flow-demo']));
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { createLogger, secretsOf } from '../../src/runtime/logger.js';
+import { createLogger, logFormatFor, secretsOf } from '../../src/runtime/logger.js';
 
 function capture(secrets: string[]) {
   const lines: string[] = [];
@@ -30,5 +30,35 @@ describe('logger', () => {
     for (const secret of ['Db!Pass-77', 'Sap-T0ken-9', 'Bearer whatever', 'plain', 'u:p@h']) expect(out).not.toContain(secret);
     expect(out).toContain('connecting with ***');
     expect(out).toContain('auth failed for token ***');
+  });
+});
+
+describe('logger formats', () => {
+  it('pretty: human-readable lines (not JSON) with secrets removed by value and by key', () => {
+    const lines: string[] = [];
+    const logger = createLogger({ format: 'pretty', secrets: ['Db!Pass-77'], destination: { write: (s: string) => void lines.push(s) } });
+    logger.info({ detail: 'login with Db!Pass-77 failed', password: 'plain-Secret-1' }, 'connecting with %s', 'Db!Pass-77');
+    logger.error({ err: new Error('auth failed for Db!Pass-77') }, 'request failed');
+    logger.flush();
+    const out = lines.join('');
+    expect(out).toMatch(/INFO: connecting with \*\*\*/);
+    expect(out).toMatch(/ERROR: request failed/);
+    for (const line of out.trim().split('\n')) expect(() => JSON.parse(line)).toThrow();
+    for (const secret of ['Db!Pass-77', 'plain-Secret-1']) expect(out).not.toContain(secret);
+  });
+
+  it('json: one JSON object a line', () => {
+    const lines: string[] = [];
+    const logger = createLogger({ format: 'json', destination: { write: (s: string) => void lines.push(s) } });
+    logger.info({ n: 1 }, 'one');
+    logger.flush();
+    expect(JSON.parse(lines.join('').trim())).toMatchObject({ msg: 'one', n: 1 });
+  });
+
+  it('unset: pretty on a terminal, JSON otherwise; a configured format wins', () => {
+    expect(logFormatFor(null, true)).toBe('pretty');
+    expect(logFormatFor(null, false)).toBe('json');
+    expect(logFormatFor('json', true)).toBe('json');
+    expect(logFormatFor('pretty', false)).toBe('pretty');
   });
 });
