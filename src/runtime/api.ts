@@ -15,10 +15,10 @@ import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, ru
 import { skippedSummary } from './schedule-store.js';
 import { clearRuns, markRun, RunActionError } from './run-actions.js';
 import { describeWait } from './waits.js';
-import { startInspector, type RunInspector } from './inspect.js';
+import type { RunInspector } from './inspect.js';
 import type { RunEvent } from './supervisor.js';
 import { processMetricsProvider } from './metrics.js';
-import { createReadiness, startHttpServer, type HttpServer } from './http/index.js';
+import type { HttpServer } from './http/index.js';
 
 import { L2flowError, type ActionOptions, type L2flow, type L2flowOptions } from './api-types.js';
 
@@ -90,13 +90,16 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     const problem = await query((p) => checkFlagTrigger(p, config.flagSensor.flagTable));
     if (problem) throw new L2flowError('FLAG_TRIGGER_MISSING', problem);
     const port = typeof options.inspect === 'object' ? options.inspect.port : undefined;
-    inspector ??= options.inspect ? await startInspector({ logger: getLogger(), ...(port === undefined ? {} : { port }) }) : undefined;
+    // The inspector and the HTTP server (hono, the dashboard) are loaded only when asked for, after the runtime's
+    // own modules: start-up does not pay for them otherwise.
+    inspector ??= options.inspect ? await (await import('./inspect.js')).startInspector({ logger: getLogger(), ...(port === undefined ? {} : { port }) }) : undefined;
     const built = createApp(config, getLogger(), { pool: await query(async (p) => p), ...(inspector ? { inspect: inspector.inspect } : {}) });
     built.supervisor.events$.subscribe({ next: (e) => events.next(e) });
     app = built;
     try {
       await built.start();
       if (config.http.enabled) {
+        const { createReadiness, startHttpServer } = await import('./http/index.js');
         const readiness = createReadiness({ pool: built.pool, listenerConnected: () => built.hub.isConnected() });
         http = await startHttpServer({ ...config.http, api: l2flow, readiness, metrics: l2flow.metrics, secrets, logger: getLogger() });
       }

@@ -1,6 +1,6 @@
 import { STATUS_CODES } from 'node:http';
 import type pg from 'pg';
-import { Agent, request } from 'undici';
+import type { Agent } from 'undici';
 import { isTimeZone } from '../../lib/dates.js';
 import { codeInCauses, StepError, throwIfAborted } from '../../lib/errors.js';
 import { retry, type RetryPolicy } from '../../lib/retry.js';
@@ -75,7 +75,13 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
   // SAP's answer ends up in the run error, the failure mail and l2flow.sap_send: never with our credentials in it.
   const scrub = credentialScrubber(endpoint.auth);
   const sends = createSendRecord({ pool, view, timezone: deps.timezone, now, where, scrub });
-  const agent = new Agent({ connect: { timeout: deps.connectTimeoutMs }, headersTimeout: deps.timeoutMs, bodyTimeout: deps.timeoutMs });
+  // undici is loaded at the first POST, not at start-up (about 0.15 s of the process's start).
+  let client: Promise<{ agent: Agent; request: typeof import('undici').request }> | null = null;
+  const http = () =>
+    (client ??= import('undici').then(({ Agent, request }) => ({
+      agent: new Agent({ connect: { timeout: deps.connectTimeoutMs }, headersTimeout: deps.timeoutMs, bodyTimeout: deps.timeoutMs }),
+      request,
+    })));
 
   async function sendOnce(body: string, key: string, signal: AbortSignal): Promise<TryOutcome> {
     const ctrl = new AbortController();
@@ -90,6 +96,7 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
       const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': key };
       if (authorization) headers.authorization = authorization;
       // reset: one POST a day gains nothing from keep-alive, and a stale pooled socket would cost a try.
+      const { agent, request } = await http();
       const res = await request(endpoint.url, { dispatcher: agent, method: 'POST', headers, body, signal: ctrl.signal, reset: true });
       const chunks: Buffer[] = [];
       let size = 0;
