@@ -62,22 +62,26 @@ export async function createRuns(db: pg.Pool | pg.ClientBase, workflowId: string
 }
 
 /**
- * Logical dates (business date + 1) inside `window` whose flag row exists and that have no run yet, business dates
- * from `since` on: the query that decides for onFlag, for one notified date or a scan after a gap.
+ * Queue a run (triggered by `flag`) for each logical date (business date + 1) inside `window` whose flag row exists
+ * and that has no run yet, business dates from `since` on (only `only`, when given): the look and the insert in one
+ * statement, for one notified date or a scan after a gap. Returns the logical dates whose run it created, oldest first.
  */
-export async function flaggedDatesWithoutRun(
+export async function createFlaggedRuns(
   db: pg.Pool, o: { flagTable: string; flagCode: string; workflowId: string; window: DateWindow; since: string; only?: string },
 ): Promise<string[]> {
-  // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024.
   const { rows } = await db.query<{ d: string }>(
-    `select distinct to_char(f.bussines_date + 1, 'YYYY-MM-DD') as d from ${quoteQualified(o.flagTable)} f
-      where f.flag_cd = $1 and f.bussines_date >= greatest($2::date, $3::date - 1)
-        and ($4::date is null or f.bussines_date <= $4::date - 1) and ($6::date is null or f.bussines_date = $6::date)
-        and not exists (select 1 from l2flow.run r where r.workflow_id = $5 and r.logical_date = f.bussines_date + 1)
-      order by 1`,
+    `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by)
+     select 'flag__' || to_char(x.d, 'YYYY-MM-DD'), $5, x.d, x.d - 1, 'flag'
+       from (select distinct f.bussines_date + 1 as d from ${quoteQualified(o.flagTable)} f
+              where f.flag_cd = $1 and f.bussines_date >= greatest($2::date, $3::date - 1)
+                and ($4::date is null or f.bussines_date <= $4::date - 1) and ($6::date is null or f.bussines_date = $6::date)
+                and not exists (select 1 from l2flow.run r where r.workflow_id = $5 and r.logical_date = f.bussines_date + 1)) x
+      order by x.d
+     on conflict (workflow_id, logical_date) do nothing
+     returning to_char(logical_date, 'YYYY-MM-DD') as d`,
     [o.flagCode, o.since, o.window.startDate, o.window.endDate, o.workflowId, o.only ?? null],
   );
-  return rows.map((r) => r.d);
+  return rows.map((r) => r.d).sort();
 }
 
 /** Skipped dates that still have no run: how many, by reason, and the newest few (for `l2flow status`). */
