@@ -18,6 +18,8 @@ const app = await startApp(benchConfig(db.uri, sap.url, benchSettings('2021-01-0
 const runs: QueryCounts[] = [];
 const fired: QueryCounts[] = [];
 const marks = new Map<string, number[]>();
+/** This process's CPU (user + system) from the flag INSERT to the run's end, per run. */
+const cpuMs: number[] = [];
 for (let i = 0; i < N; i++) {
   const businessDate = addDaysIso('2021-01-01', i);
   const logicalDate = addDaysIso(businessDate, 1);
@@ -38,10 +40,13 @@ for (let i = 0; i < N; i++) {
   await parkedP;
   await sleep(30);
   const atFire = snapshot();
+  const cpu0 = process.cpuUsage();
   t0 = performance.now();
   if (i === N - 1) { trace.on = true; trace.items = []; }
   await db.insertFlag(businessDate);
   const status = await within(doneP, 30_000, 'run');
+  const cpu = process.cpuUsage(cpu0);
+  if (i >= Math.min(5, Math.floor(N / 3))) cpuMs.push((cpu.user + cpu.system) / 1000);
   (marks.get('FINISHED') ?? marks.set('FINISHED', []).get('FINISHED')!).push(performance.now() - t0);
   sub.unsubscribe();
   if (trace.on) {
@@ -61,6 +66,7 @@ console.log('per run (create → success), excluding warm-up', JSON.stringify(pe
 console.log('per run (flag INSERT → success)', JSON.stringify(perRun(fired.slice(skip)), null, 1));
 const med = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return Math.round(s[Math.floor(s.length / 2)]! * 100) / 100; };
 for (const [k, v] of [...marks].sort((a, b) => med(a[1]) - med(b[1]))) console.log(k.padEnd(70), med(v.slice(skip)));
+console.log('node CPU per run (flag INSERT → finished), ms: median', med(cpuMs), 'mean', Math.round((cpuMs.reduce((a, b) => a + b, 0) / cpuMs.length) * 100) / 100);
 await app.stop();
 await sap.close();
 await db.drop();
