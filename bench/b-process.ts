@@ -15,6 +15,7 @@ import { createPool } from '../src/runtime/app.js';
 import { addDaysIso, atMost, benchConfig, benchEnv, benchSettings, FLAG, openDb, percentiles, report, sampleInterleaved, sleep, startApp, type Bench, type BenchDb } from './harness.js';
 import { startSap } from './run-observer.js';
 import { runProbe } from './run-probe.js';
+import { diff, installCounters, snapshot } from './counters.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** bin/l2flow.js of this checkout (bench/ in the sources, dist/bench/ once built). */
@@ -43,8 +44,10 @@ export const backfillBench: Bench = {
       await db.pool.query(`insert into md.dwh_flag (flag_cd, bussines_date) select $1, d::date from generate_series($2::date, $3::date, interval '1 day') d`, [
         FLAG, addDaysIso(first, -1), addDaysIso(last, -1),
       ]);
+      installCounters();
       const app = await startApp(benchConfig(db.uri, sap.url, settings));
       try {
+        const before = snapshot();
         const t0 = performance.now();
         const { code, out } = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
           const child = spawn(process.execPath, [BIN, 'backfill', '--from', first, '--to', last], { env: cli.env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -55,11 +58,15 @@ export const backfillBench: Bench = {
           child.on('exit', (c) => resolve({ code: c, out }));
         });
         const wallS = (performance.now() - t0) / 1000;
+        const c = diff(before, snapshot());
         const { rows } = await db.pool.query<{ n: number }>(`select count(*)::int as n from l2flow.run where status = 'success'`);
         if (code !== 0) throw new Error(`l2flow backfill exited ${code}: ${out.slice(-400)}`);
         return {
           samples: days,
-          figures: [atMost('wall time', wallS, 's', 6, '≤ 6 s'), report('runs per second', (rows[0]?.n ?? 0) / wallS, 'count')],
+          figures: [
+            atMost('wall time', wallS, 's', 6, '≤ 6 s'), report('runs per second', (rows[0]?.n ?? 0) / wallS, 'count'),
+            report('round trips per run', c.roundTrips / days, 'count'), report('lock connection statements per run', c.lockStatements / days, 'count'),
+          ],
           notes: [`${rows[0]?.n} runs success; wall time from spawning \`l2flow backfill\` to its exit (includes its ~0.3 s Node start); runtime log level warn`],
         };
       } finally {
