@@ -103,8 +103,12 @@ export function createPreviousRunSensor(
       for (const r of rows) released.set(r.k, { state: stateOfRow(r.w, r), at });
       return new Set(rows.map((r) => r.k));
     },
+    // Only a run that ended can release a wait (a NOTIFY never says a run is missing): the step changes of the run
+    // being waited for (about ten per run) cost no check query each.
     hints$: hintsFrom(opts.notifications$, RUN_CHANNEL, (p) =>
-      typeof p.workflow_id === 'string' && isDate(p.logical_date) ? runKey(p.workflow_id, p.logical_date) : null,
+      typeof p.workflow_id === 'string' && isDate(p.logical_date) && (p.status === undefined || ENDED.has(p.status))
+        ? runKey(p.workflow_id, p.logical_date)
+        : null,
     ).pipe(map((key) => [key])),
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs,
@@ -158,6 +162,9 @@ function isDate(value: unknown): value is string {
 function assertDate(value: string, what: string): void {
   if (!isDate(value)) throw new StepError('INTERNAL', `${what} "${value}" is not a calendar date written YYYY-MM-DD`);
 }
+
+/** The statuses of a run that ended: the only ones a wait_for_success_end check can be released by. */
+const ENDED = new Set<unknown>(['success', 'failed', 'cancelled']);
 
 // The date has a fixed width, so the workflow id after it may contain any character.
 export function runKey(workflowId: string, logicalDate: string): string {
