@@ -4,8 +4,7 @@
  *   task start) interleaved in the same rounds;
  * - full-run: flag INSERT → run `success` committed.
  */
-import { atMost, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, benchConfig, benchSettings, type Bench, type Probe } from './harness.js';
-import { startSap } from './run-observer.js';
+import { startSap, atMost, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, benchConfig, benchSettings, type Bench, type Probe } from './harness.js';
 import { runProbe } from './run-probe.js';
 import { graphileProbe } from './peer.js';
 import { countedProbe, installCounters, perRun, type QueryCounts } from './counters.js';

@@ -7,8 +7,7 @@ import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { filter } from 'rxjs';
 import { FLAG_SENSOR } from './observers.js';
-import { addDaysIso, atMost, benchConfig, benchSettings, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, until, within, type Bench, type Probe } from './harness.js';
-import { startSap } from './run-observer.js';
+import { startSap, addDaysIso, atMost, benchConfig, benchSettings, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, until, within, type Bench, type Probe } from './harness.js';
 import { diff, installCounters, perRun, snapshot, type QueryCounts } from './counters.js';
 
 const FIRST_BUSINESS = '2041-01-01';

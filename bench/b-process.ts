@@ -12,8 +12,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { createPool } from '../src/runtime/app.js';
-import { addDaysIso, atMost, benchConfig, benchEnv, benchSettings, FLAG, openDb, percentiles, report, sampleInterleaved, sleep, startApp, type Bench, type BenchDb } from './harness.js';
-import { startSap } from './run-observer.js';
+import { startSap, addDaysIso, atMost, benchConfig, benchEnv, benchSettings, FLAG, openDb, percentiles, report, sampleInterleaved, sleep, startApp, type Bench, type BenchDb } from './harness.js';
 import { runProbe } from './run-probe.js';
 import { diff, installCounters, snapshot } from './counters.js';
 

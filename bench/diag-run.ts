@@ -6,8 +6,7 @@
 import { performance } from 'node:perf_hooks';
 import { filter } from 'rxjs';
 import { trace, installCounters, snapshot, diff, perRun, type QueryCounts } from './counters.js';
-import { addDaysIso, benchConfig, benchSettings, openDb, startApp, sleep, within } from './harness.js';
-import { startSap } from './run-observer.js';
+import { startSap, addDaysIso, benchConfig, benchSettings, openDb, startApp, sleep, within } from './harness.js';
 import { createRun } from '../src/runtime/run-store.js';
 
 installCounters();
