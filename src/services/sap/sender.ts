@@ -137,9 +137,12 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
 
     let row = await sends.read(key);
     const resumed = row !== undefined;
+    /** The record was written just now with its first try counted: that try needs no update of its own. */
+    let firstTryCounted = false;
     if (!row) {
-      await sends.create(run, key);
-      row = await sends.read(key);
+      row = await sends.create(run, key);
+      firstTryCounted = row !== undefined;
+      row ??= await sends.read(key); // written by someone else meanwhile
       if (!row) throw new StepError('INTERNAL', `the l2flow.sap_send row for ${key} vanished right after it was written`);
     }
     if (row.status === 'failed') {
@@ -163,7 +166,8 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
     try {
       return await retry(async (n) => {
         throwIfAborted(signal, STEP);
-        const tries = (await sends.startTry(key)) ?? n;
+        const counted = firstTryCounted && n === 1;
+        const tries = counted ? 1 : ((await sends.startTry(key)) ?? n);
         throwIfAborted(signal, STEP);
         const started = performance.now();
         const outcome = await sendOnce(body, key, signal);
