@@ -84,6 +84,13 @@ export function installCounters(): void {
       if (trace.on) {
         const item = { kind, app, start: performance.now(), end: 0 };
         trace.items.push(item);
+        const cb = args[args.length - 1];
+        if (typeof cb === 'function') {
+          args[args.length - 1] = (...r: unknown[]) => {
+            item.end = performance.now();
+            return (cb as (...x: unknown[]) => unknown)(...r);
+          };
+        }
         const r = original.apply(this, args);
         if (r && typeof (r as Promise<unknown>).then === 'function') {
           (r as Promise<unknown>).then(() => (item.end = performance.now()), () => (item.end = performance.now()));
