@@ -4,27 +4,30 @@
  *   task start) interleaved in the same rounds;
  * - full-run: flag INSERT → run `success` committed.
  */
-import { atMost, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, benchConfig, benchSettings, type Bench, type Probe } from './harness.js';
-import { startSap } from './run-observer.js';
+import { startSap, atMost, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, benchConfig, benchSettings, type Bench, type Probe } from './harness.js';
 import { runProbe } from './run-probe.js';
 import { graphileProbe } from './peer.js';
+import { countedProbe, installCounters, perRun, type QueryCounts } from './counters.js';
 
 /** Floor, the run probe and optionally the peer, interleaved; returns every probe's samples. */
 async function interleaved(tag: string, until: 'sensor' | 'success', rounds: number, warmup: number, peer: boolean) {
   const db = await openDb(tag);
   const sap = await startSap();
   const probes: Probe[] = [];
+  const perRunCounts: QueryCounts[] = [];
+  installCounters();
   try {
     // Disjoint business dates: the floor's flags never satisfy a run's wait.
     probes.push(await floorProbe(db, '2001-01-01'));
     const firstBusinessDate = '2021-01-01';
     const app = await startApp(benchConfig(db.uri, sap.url, benchSettings('2021-01-02')));
     const run = await runProbe({ app, db, firstBusinessDate, until, name: until === 'sensor' ? 'l2flow run leaves the sensor' : 'l2flow run success committed' });
-    probes.push(run);
+    probes.push(countedProbe(run, (c) => perRunCounts.push(c)));
     if (peer) probes.push(await graphileProbe(db));
     try {
       const samples = await sampleInterleaved(probes, rounds, warmup);
-      return { samples, probes: probes.map((p) => p.name), succeeded: run.succeeded(), sapPosts: sap.requests() };
+      // The warm-up rounds' runs (first connections, first prepared statements) are left out of the counts.
+      return { samples, probes: probes.map((p) => p.name), succeeded: run.succeeded(), sapPosts: sap.requests(), counts: perRun(perRunCounts.slice(warmup)) };
     } finally {
       await app.stop();
     }
@@ -34,6 +37,8 @@ async function interleaved(tag: string, until: 'sensor' | 'success', rounds: num
     await db.drop();
   }
 }
+
+const fmt = (o: Record<string, number>) => Object.entries(o).map(([k, v]) => `${k} ${v}`).join(', ');
 
 export const sensorBench: Bench = {
   name: 'sensor',
@@ -74,14 +79,25 @@ export const fullRunBench: Bench = {
     const [floorName, runName] = r.probes as [string, string];
     const floor = percentiles(r.samples.get(floorName)!);
     const l2 = percentiles(r.samples.get(runName)!);
+    const c = r.counts;
     return {
       samples: rounds,
       figures: [
         report('floor p50', floor.p50, 'ms'),
         atMost('run p50', l2.p50, 'ms', 20, '≤ 20 ms', floor.p50),
         atMost('run p99', l2.p99, 'ms', 50, '≤ 50 ms', floor.p99),
+        report('round trips per run', c.roundTrips, 'count'),
+        report('transactions per run', c.transactions, 'count'),
+        report('pool checkouts per run', c.checkouts, 'count'),
+        report('snapshot writes per run', c.snapshotWrites, 'count'),
+        report('lock connection statements per run', c.lockStatements, 'count'),
+        report('NOTIFYs per run', c.notifies, 'count'),
       ],
-      notes: [`run p90 ${l2.p90}, max ${l2.max} ms; children select 1, SAP a local HTTP server; ${r.succeeded} runs success, ${r.sapPosts} SAP POSTs`],
+      notes: [
+        `run p90 ${l2.p90}, max ${l2.max} ms; children select 1, SAP a local HTTP server; ${r.succeeded} runs success, ${r.sapPosts} SAP POSTs`,
+        `counts per run (${c.runs} runs, from queueing the run to its success; every statement of the runtime's connections, counted in the bench process): ` +
+          `by connection ${fmt(c.byConnection)}; by statement ${fmt(c.byKind)}`,
+      ],
     };
   },
 };

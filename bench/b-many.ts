@@ -6,8 +6,7 @@
 import { performance } from 'node:perf_hooks';
 import { createRuns } from '../src/runtime/run-store.js';
 import { FLAG_SENSOR } from './observers.js';
-import { addDaysIso, atMost, benchConfig, benchSettings, FLAG, openDb, report, sleep, startApp, until, type Bench } from './harness.js';
-import { startSap } from './run-observer.js';
+import { startSap, addDaysIso, atMost, benchConfig, benchSettings, FLAG, openDb, report, sleep, startApp, until, type Bench } from './harness.js';
 
 const FIRST_BUSINESS = '2031-01-01';
 

@@ -7,8 +7,8 @@ import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { filter } from 'rxjs';
 import { FLAG_SENSOR } from './observers.js';
-import { addDaysIso, atMost, benchConfig, benchSettings, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, until, within, type Bench, type Probe } from './harness.js';
-import { startSap } from './run-observer.js';
+import { startSap, addDaysIso, atMost, benchConfig, benchSettings, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, until, within, type Bench, type Probe } from './harness.js';
+import { diff, installCounters, perRun, snapshot, type QueryCounts } from './counters.js';
 
 const FIRST_BUSINESS = '2041-01-01';
 
@@ -17,6 +17,9 @@ export const onFlagBench: Bench = {
   title: 'onFlag creation (flag INSERT → run created and past the sensor)',
   async run(ctx) {
     const rounds = ctx.n(200, 10);
+    installCounters();
+    /** Statements of the runtime from the flag INSERT to the run leaving the sensor, per sample. */
+    const paths: QueryCounts[] = [];
     const db = await openDb('onflag');
     const sap = await startSap();
     const probes: Probe[] = [];
@@ -46,9 +49,15 @@ export const onFlagBench: Bench = {
             const left = new Promise<number>((r) => (onLeft = r));
             const ended = new Promise<string>((r) => (onEnd = r));
             let entered = false;
+            let leftSeen = false;
+            let atFire = snapshot();
             const sub = app.supervisor.events$.pipe(filter((e) => e.logicalDate === logical)).subscribe((e) => {
               if (e.steps.includes(FLAG_SENSOR)) entered = true;
-              else if (entered) onLeft(performance.now());
+              else if (entered && !leftSeen) {
+                leftSeen = true;
+                onLeft(performance.now());
+                if (i >= ctx.n(10, 1)) paths.push(diff(atFire, snapshot()));
+              }
               if (e.type === 'finished' || e.type === 'released') {
                 sub.unsubscribe();
                 onEnd(e.status);
@@ -57,6 +66,7 @@ export const onFlagBench: Bench = {
             return {
               fire: async () => {
                 sentAt = performance.now();
+                atFire = snapshot();
                 await db.insertFlag(business);
               },
               seen: left,
@@ -76,6 +86,7 @@ export const onFlagBench: Bench = {
         const floor = percentiles(samples.get(probes[0]!.name)!);
         const past = percentiles(samples.get(probes[1]!.name)!);
         const row = percentiles(created);
+        const c = perRun(paths);
         return {
           samples: rounds,
           figures: [
@@ -83,8 +94,13 @@ export const onFlagBench: Bench = {
             atMost('run past the sensor p50', past.p50, 'ms', 5, '≤ 5 ms', floor.p50),
             report('run past the sensor p99', past.p99, 'ms', floor.p99),
             report('run row committed p50', row.p50, 'ms', floor.p50),
+            report('round trips, flag INSERT → past the sensor', c.roundTrips, 'count'),
           ],
-          notes: [`run past the sensor p90 ${past.p90}, max ${past.max} ms; run row committed (its l2flow_run NOTIFY) p90 ${row.p90} ms`],
+          notes: [
+            `run past the sensor p90 ${past.p90}, max ${past.max} ms; run row committed (its l2flow_run NOTIFY) p90 ${row.p90} ms`,
+            `statements from the INSERT to the run past the sensor (${c.runs} samples, all of the runtime's connections): ` +
+              Object.entries(c.byKind).map(([k, v]) => `${k} ${v}`).join(', '),
+          ],
         };
       } finally {
         await app.stop();

@@ -3,6 +3,9 @@
  * bench, the floor (raw trigger → NOTIFY to a bare LISTEN client), interleaved sampling, and result figures.
  */
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { createWriteStream } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
@@ -12,9 +15,8 @@ import { loadConfig, type Config } from '../src/runtime/config.js';
 import { createLogger } from '../src/runtime/logger.js';
 import { migrate } from '../src/runtime/migrate.js';
 import { FLAG, rawListener, sleep, type Observer } from './observers.js';
-import { percentiles, type Stats } from './report.js';
 
-export { FLAG, sleep, percentiles, type Stats };
+export { FLAG, sleep };
 export const ADMIN_URI = 'postgres://root@127.0.0.1:5432/postgres';
 export const VIEW = 'wk_export.ds_client_segmentation_last_v';
 
@@ -254,3 +256,41 @@ export async function until(cond: () => Promise<boolean> | boolean, ms: number, 
     await sleep(everyMs);
   }
 }
+
+export interface Stats {
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+}
+
+/** p50, p90, p99 and max of `values` (nearest rank), rounded to µs. */
+export function percentiles(values: number[]): Stats {
+  const s = [...values].sort((a, b) => a - b);
+  const at = (p: number) => s[Math.max(0, Math.ceil((p / 100) * s.length) - 1)] ?? Number.NaN;
+  return { p50: round3(at(50)), p90: round3(at(90)), p99: round3(at(99)), max: round3(s[s.length - 1] ?? Number.NaN) };
+}
+
+/** A stand-in SAP: answers every POST with 200. */
+export async function startSap(): Promise<{ url: string; requests: () => number; close(): Promise<void> }> {
+  let requests = 0;
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      requests += 1;
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/sap/readiness`,
+    requests: () => requests,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+

@@ -1,16 +1,11 @@
 /**
- * The observers the sensor benchmark compares, and the probes they share. An observer notices the flag row of
- * a business date; the benchmark times it from the INSERT.
+ * What the latency benchmarks share about the flag: the raw LISTEN observer (the floor), and the probe that tells
+ * when a run's first flag check was answered (a run is parked only then). An observer notices the flag row of a
+ * business date; the benchmark times it from the INSERT.
  */
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
-import { pino } from 'pino';
-import { filter, type Observable } from 'rxjs';
-import { DEFAULTS } from '../src/runtime/config.js';
-import { createNotificationHub } from '../src/runtime/notification-hub.js';
-import { addDays } from '../src/lib/dates.js';
-import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, type SensorCheck } from '../src/services/sensors/index.js';
-import type { SensorInput } from '../src/services/types.js';
+import { DWH_FLAG_CHANNEL, type SensorCheck } from '../src/services/sensors/index.js';
 
 export const FLAG = 'l1_to_l2_load_successfull';
 
@@ -101,17 +96,6 @@ export function noteFlagChecks(pool?: pg.Pool): FlagChecks {
   };
 }
 
-/** performance.now() of the first flag notification per business date seen on a hub's stream. */
-export function noteFlagNotifications(notifications$: Observable<{ channel: string; payload: unknown }>) {
-  const at = new Map<string, number>();
-  const sub = notifications$.pipe(filter((n) => n.channel === DWH_FLAG_CHANNEL)).subscribe((n) => {
-    const t = performance.now();
-    const date = (n.payload as { business_date?: unknown } | null)?.business_date;
-    if (typeof date === 'string' && !at.has(date)) at.set(date, t);
-  });
-  return { at, stop: () => sub.unsubscribe() };
-}
-
 /** A bare pg client LISTENing on the flag channel: the floor any event-driven sensor can reach. */
 export async function rawListener(uri: string, firstDate: string): Promise<Observer> {
   const client = new pg.Client({ connectionString: uri, application_name: 'l2flow-bench-raw' });
@@ -129,59 +113,5 @@ export async function rawListener(uri: string, firstDate: string): Promise<Obser
     firstDate,
     arm: async (date) => ({ seen: new Promise<number>((resolve) => expected.set(date, resolve)) }),
     close: () => client.end(),
-  };
-}
-
-/** The flag sensor alone: notification hub → condition waiter → check query (60 s poll, so only NOTIFY is fast). */
-export async function bareSensor(uri: string, firstDate: string): Promise<Observer> {
-  const pool = new pg.Pool({ connectionString: uri, max: 4, application_name: 'l2flow-bench-sensor' });
-  pool.on('error', () => undefined); // see the bench pool in sensor-latency.ts
-  const checks = noteFlagChecks(pool);
-  const logger = pino({ level: 'warn' }, pino.destination(2));
-  const hub = createNotificationHub({ connectionString: uri, channels: [DWH_FLAG_CHANNEL, RUN_CHANNEL], logger });
-  await hub.start();
-  const notified = noteFlagNotifications(hub.notifications$);
-  const sensor = createFlagSensor({
-    pool,
-    dwh: pool,
-    notifications$: hub.notifications$,
-    reconnects$: hub.connected$,
-    logger,
-    flagTable: DEFAULTS.flagSensor.flagTable,
-    flagCode: DEFAULTS.flagSensor.flagCode,
-    pokeIntervalMs: DEFAULTS.flagSensor.pokeIntervalMs,
-    onCheck: checks.onCheck,
-  });
-  const signal = new AbortController().signal;
-  return {
-    name: 'l2flow sensor alone',
-    firstDate,
-    async arm(date) {
-      const input: SensorInput = {
-        runId: `bench-${date}`,
-        workflowId: 'WF_MAIN_DATASETS_LOAD_L2_TO_L2',
-        logicalDate: addDays(date, 1),
-        businessDate: date,
-        attempt: 1,
-        loadId: null,
-        deadline: Date.now() + 60_000,
-      };
-      const seen = sensor(input, signal).then(() => performance.now());
-      await checks.quiet(date, 10_000);
-      return {
-        seen,
-        marks: () => ({ notified: notified.at.get(date), checkSent: checks.lastCheck(date)?.sent, checked: checks.lastCheck(date)?.done }),
-        done: async () => {
-          notified.at.delete(date);
-          checks.forget(date);
-        },
-      };
-    },
-    async close() {
-      notified.stop();
-      checks.stop();
-      await hub.stop();
-      await pool.end();
-    },
   };
 }

@@ -16,10 +16,10 @@ import { cancelRun, createRun, createRuns, getRunByDate, listRuns, listSteps, ru
 import { skippedSummary } from './schedule-store.js';
 import { clearRuns, markRun, RunActionError } from './run-actions.js';
 import { describeWait } from './waits.js';
-import { startInspector, type RunInspector } from './inspect.js';
+import type { RunInspector } from './inspect.js';
 import type { RunEvent } from './supervisor.js';
 import { processMetricsProvider } from './metrics.js';
-import { createReadiness, startHttpServer, type HttpServer } from './http/index.js';
+import type { HttpServer } from './http/index.js';
 
 import { L2flowError, type ActionOptions, type L2flow, type L2flowOptions } from './api-types.js';
 
@@ -107,7 +107,9 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     const problem = await withDatabases((db) => checkFlagTrigger(db.dwh, config.flagSensor.flagTable, { trigger: config.flagSensor.notify }));
     if (problem) throw new L2flowError('FLAG_TRIGGER_MISSING', problem);
     const port = typeof options.inspect === 'object' ? options.inspect.port : undefined;
-    inspector ??= options.inspect ? await startInspector({ logger: getLogger(), ...(port === undefined ? {} : { port }) }) : undefined;
+    // The inspector and the HTTP server (hono, the dashboard) are loaded only when asked for, after the runtime's
+    // own modules: start-up does not pay for them otherwise.
+    inspector ??= options.inspect ? await (await import('./inspect.js')).startInspector({ logger: getLogger(), ...(port === undefined ? {} : { port }) }) : undefined;
     const db = await withDatabases(async (d) => d);
     const built = createApp(config, getLogger(), { pool: db.state, dwhPool: db.dwh, ...(inspector ? { inspect: inspector.inspect } : {}) });
     built.supervisor.events$.subscribe({ next: (e) => events.next(e) });
@@ -115,6 +117,7 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     try {
       await built.start();
       if (config.http.enabled) {
+        const { createReadiness, startHttpServer } = await import('./http/index.js');
         const readiness = createReadiness({
           pool: built.pool, dwh: built.dwh, listenerConnected: () => built.hub.isConnected(), listenerDelivery: () => built.notifyDelivery(),
         });

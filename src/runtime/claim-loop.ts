@@ -4,10 +4,12 @@ import type { Logger } from './logger.js';
 /**
  * The claim loop: one round at a time, asked for by NOTIFY, listener reconnects, finished runs and a fallback
  * interval. Requests during a round coalesce into one more round; a failing round warns once per outage.
+ * A round is a sweep (`sweep: true`: the safety nets for missed notifications run too) when the fallback interval
+ * or a listener reconnect asked for it; rounds woken by a NOTIFY or a finished run only claim.
  */
 export interface ClaimLoop {
   /** Run a round now (or once more after the current one); resolves when no round is asked for. */
-  claim(): Promise<void>;
+  claim(o?: { sweep?: boolean }): Promise<void>;
   /** Ask for a round in `ms`. */
   later(ms: number): void;
   start(intervalMs: number): void;
@@ -16,17 +18,21 @@ export interface ClaimLoop {
 }
 
 /** Build the loop around one claim round. */
-export function createClaimLoop(o: { round: () => Promise<void>; logger: Logger }): ClaimLoop {
+export function createClaimLoop(o: { round: (r: { sweep: boolean }) => Promise<void>; logger: Logger }): ClaimLoop {
   let stopping = false;
   let claiming: Promise<void> | null = null;
   let again = false;
+  /** A sweep was asked for and has not started yet. */
+  let sweep = true;
   let failing = false;
   let timer: NodeJS.Timeout | null = null;
 
   async function rounds(): Promise<void> {
     do {
       again = false;
-      await o.round().then(
+      const r = { sweep };
+      sweep = false;
+      await o.round(r).then(
         () => {
           if (failing) o.logger.info('claiming runs works again');
           failing = false;
@@ -42,7 +48,8 @@ export function createClaimLoop(o: { round: () => Promise<void>; logger: Logger 
   }
 
   const loop: ClaimLoop = {
-    claim() {
+    claim(c) {
+      if (c?.sweep) sweep = true;
       if (stopping) return Promise.resolve();
       if (claiming) {
         again = true;
@@ -57,7 +64,7 @@ export function createClaimLoop(o: { round: () => Promise<void>; logger: Logger 
       if (!stopping) setTimeout(() => void loop.claim(), ms).unref();
     },
     start(intervalMs) {
-      timer = setInterval(() => void loop.claim(), intervalMs);
+      timer = setInterval(() => void loop.claim({ sweep: true }), intervalMs);
       timer.unref();
     },
     async stop() {

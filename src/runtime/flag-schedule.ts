@@ -4,7 +4,7 @@ import { addDays, dateInZone } from '../lib/dates.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { ScheduleConfig } from './config.js';
 import type { Logger } from './logger.js';
-import { createRuns, flaggedDatesWithoutRun, latestRunDate } from './schedule-store.js';
+import { createFlaggedRuns, latestRunDate } from './schedule-store.js';
 
 /**
  * schedule.onFlag on the leader: the flag for business date B creates the run of logical date B + 1. A notification
@@ -55,8 +55,9 @@ export function createFlagSchedule(o: {
     return p;
   }
 
-  async function create(dates: string[], why: string, t0: number): Promise<string[]> {
-    const created = await createRuns(o.pool, workflowId, dates, 'flag');
+  /** Create the runs of the flagged dates without one (the look and the insert in one statement when both are in one database). */
+  async function create(since: string, only: string | undefined, why: string, t0: number): Promise<string[]> {
+    const created = await createFlaggedRuns({ state: o.pool, dwh: o.dwh }, { ...query, since, ...(only ? { only } : {}) });
     for (const d of created) log.info({ logicalDate: d, businessDate: addDays(d, -1), why, ms: Date.now() - t0 }, 'run created by the flag for %s', addDays(d, -1));
     return created;
   }
@@ -68,7 +69,7 @@ export function createFlagSchedule(o: {
       log.info({ businessDate, startDate: onFlag.startDate, endDate: onFlag.endDate }, 'flag outside the onFlag dates: no run');
       return;
     }
-    void queue('run creation', async () => create(await flaggedDatesWithoutRun({ state: o.pool, dwh: o.dwh }, { ...query, since: businessDate, only: businessDate }), 'notification', t0), []);
+    void queue('run creation', async () => create(businessDate, businessDate, 'notification', t0), []);
   }
 
   const schedule: FlagSchedule = {
@@ -93,7 +94,7 @@ export function createFlagSchedule(o: {
         // Bounded: from lookbackDays before the newest run (a flag for today makes tomorrow's run), or the start date.
         const newest = await latestRunDate(o.pool, workflowId, addDays(dateInZone(o.timezone, o.now()), 1));
         const since = newest === null ? addDays(onFlag.startDate, -1) : addDays(newest, -1 - onFlag.lookbackDays);
-        return create(await flaggedDatesWithoutRun({ state: o.pool, dwh: o.dwh }, { ...query, since }), 'scan', t0);
+        return create(since, undefined, 'scan', t0);
       }, []);
     },
   };

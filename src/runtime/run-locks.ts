@@ -42,6 +42,11 @@ export interface RunLocks extends SessionLocks {
   tryLockRun(runId: string): Promise<boolean>;
   /** Take a free one of the max_active_runs slots shared by every process, or null when all are held. */
   trySlot(): Promise<number | null>;
+  /**
+   * Lock a run and take a slot for it, in one round trip: `locked` false when another session holds the run;
+   * `slot` null when every slot is held (the run's lock is then released again in the same statement).
+   */
+  tryLockRunWithSlot(runId: string): Promise<{ locked: boolean; slot: number | null }>;
   tryLead(): Promise<boolean>;
   /** Release a run's lock (and its slot) if they were taken in the current session. */
   unlock(runId: string, slot: number | null, takenOn?: LockEpoch | null): Promise<void>;
@@ -167,6 +172,32 @@ export function createRunLocks(o: {
     return rows?.[0]?.ok === true;
   }
 
+  /**
+   * The first slot no session holds (the look before taking it), with the placeholders of the slot space and N.
+   * Advisory locks belong to one database: slots held by runtimes of other databases on the server do not count.
+   */
+  const freeSlot = (space: string, n: string) => `select i from generate_series(0, ${n}::int - 1) i
+      where not exists (select 1 from pg_locks l where l.locktype = 'advisory' and l.classid = ${space}::int::oid
+                          and l.database = (select oid from pg_database where datname = current_database())
+                          and l.objid = i::oid and l.objsubid = 2 and l.granted)
+      order by i limit 1`;
+
+  async function trySlot(): Promise<number | null> {
+    for (let tries = 0; tries < 3; tries++) {
+      const [row] = await query<{ slot: number | null; ok: boolean | null }>({
+        text: `select s.i as slot, pg_try_advisory_lock($1::int, s.i) as ok from (${freeSlot('$1', '$2')}) s`,
+        values: [RUN_SLOT_SPACE, o.maxActiveRuns],
+      });
+      if (!row || row.slot === null) return null;
+      if (row.ok) {
+        held.set(keyOf({ kind: 'slot', slot: row.slot }), { kind: 'slot', slot: row.slot });
+        return row.slot;
+      }
+      // Another process took that slot between the look and the lock: look again.
+    }
+    return null;
+  }
+
   return {
     lost$: lost.asObservable(),
     relocked$: relocked.asObservable(),
@@ -175,24 +206,33 @@ export function createRunLocks(o: {
     },
     epoch: () => session,
     tryLockRun: (runId) => take({ kind: 'run', id: runId }),
-    async trySlot() {
-      for (let tries = 0; tries < 3; tries++) {
-        const [row] = await query<{ slot: number | null; ok: boolean | null }>({
-          text: `select s.i as slot, pg_try_advisory_lock($1::int, s.i) as ok
-             from (select i from generate_series(0, $2::int - 1) i
-                    where not exists (select 1 from pg_locks l where l.locktype = 'advisory' and l.classid = $1::int::oid
-                                        and l.objid = i::oid and l.objsubid = 2 and l.granted)
-                    order by i limit 1) s`,
-          values: [RUN_SLOT_SPACE, o.maxActiveRuns],
-        });
-        if (!row || row.slot === null) return null;
-        if (row.ok) {
-          held.set(keyOf({ kind: 'slot', slot: row.slot }), { kind: 'slot', slot: row.slot });
-          return row.slot;
-        }
-        // Another process took that slot between the look and the lock: look again.
+    trySlot,
+    async tryLockRunWithSlot(runId) {
+      const run: Key = { kind: 'run', id: runId };
+      // Materialized CTEs run in order: the run's lock, then (only when it was taken) the look for a free slot,
+      // then the slot's lock; when no slot was taken the run's lock is given back before the statement ends.
+      const [row] = await query<{ run_ok: boolean; slot: number | null; slot_ok: boolean | null; released: boolean | null }>({
+        text: `with r as materialized (select pg_try_advisory_lock($1, hashtext($2)) as ok),
+             s as materialized (select f.i from r, lateral (${freeSlot('$3', '$4')}) f where r.ok),
+             t as materialized (select s.i as slot, pg_try_advisory_lock($3::int, s.i) as ok from s)
+           select r.ok as run_ok, t.slot, t.ok as slot_ok,
+                  case when r.ok and t.ok is not true then pg_advisory_unlock($1, hashtext($2)) end as released
+             from r left join t on true`,
+        values: [RUN_LOCK_SPACE, runId, RUN_SLOT_SPACE, o.maxActiveRuns],
+      });
+      if (!row?.run_ok) return { locked: false, slot: null };
+      if (row.slot !== null && row.slot_ok) {
+        held.set(keyOf(run), run);
+        held.set(keyOf({ kind: 'slot', slot: row.slot }), { kind: 'slot', slot: row.slot });
+        return { locked: true, slot: row.slot };
       }
-      return null;
+      if (row.slot === null) return { locked: true, slot: null };
+      // Another process took the free slot between the look and the lock (the run's lock was given back): the
+      // step by step way, which looks again.
+      if (!(await take(run))) return { locked: false, slot: null };
+      const slot = await trySlot();
+      if (slot === null) await release(run);
+      return { locked: true, slot };
     },
     async tryLead() {
       if (!client || held.has(keyOf({ kind: 'leader', id: o.workflowId }))) return false;
@@ -206,8 +246,20 @@ export function createRunLocks(o: {
     },
     async unlock(runId, slot, takenOn = session) {
       if (!session || takenOn !== session) return; // the locks died with their session
-      await release({ kind: 'run', id: runId });
-      if (slot !== null) await release({ kind: 'slot', slot });
+      const run: Key = { kind: 'run', id: runId };
+      const slotKey: Key | null = slot === null ? null : { kind: 'slot', slot };
+      if (slotKey && held.has(keyOf(run)) && held.has(keyOf(slotKey))) {
+        // Both in one round trip.
+        held.delete(keyOf(run));
+        held.delete(keyOf(slotKey));
+        await query({
+          text: 'select pg_advisory_unlock($1, hashtext($2)) as ok, pg_advisory_unlock($3::int, $4::int) as slot_ok',
+          values: [RUN_LOCK_SPACE, runId, RUN_SLOT_SPACE, slot],
+        }).catch(() => null);
+        return;
+      }
+      await release(run);
+      if (slotKey) await release(slotKey);
     },
     async end() {
       ended = true;

@@ -120,9 +120,10 @@ export interface RunProgress {
 
 /**
  * Write a run's snapshot, status and step history in one statement, only while `owner` still owns the run.
+ * `written` (kept by one run's writer across its writes) makes it send only the step rows that changed.
  * Returns false when the run is no longer ours (another process took it over, or an operator cancelled it).
  */
-export async function saveProgress(db: pg.Pool, runId: string, owner: string, p: RunProgress): Promise<boolean> {
+export async function saveProgress(db: pg.Pool, runId: string, owner: string, p: RunProgress, written?: Map<string, string>): Promise<boolean> {
   const row = (step: string, rec: StepRecord) => ({
     step,
     try_number: rec.try ?? 1,
@@ -133,7 +134,11 @@ export async function saveProgress(db: pg.Pool, runId: string, owner: string, p:
     retry_at: rec.retryAt ? new Date(rec.retryAt).toISOString() : null,
   });
   // One row per try: the earlier failed tries, then each step's current one (never the same try twice).
-  const steps = [...(p.tries ?? []).map((t) => row(t.step, t)), ...Object.entries(p.steps).map(([step, rec]) => row(step, rec))];
+  const all = [...(p.tries ?? []).map((t) => row(t.step, t)), ...Object.entries(p.steps).map(([step, rec]) => row(step, rec))];
+  // With `written` (the rows this writer stored before, by key): only the rows that changed since are sent, so a
+  // transition upserts the one or two step rows it touched instead of every step of the run.
+  const keyed = all.map((r) => ({ r, key: `${p.attempt}:${r.step}:${r.try_number}`, json: JSON.stringify(r) }));
+  const steps = written ? keyed.filter((k) => written.get(k.key) !== k.json).map((k) => k.r) : all;
   const final = FINAL_STATUSES.includes(p.status);
   const { rows } = await db.query<{ saved: boolean }>(
     `with run as (
@@ -156,7 +161,9 @@ export async function saveProgress(db: pg.Pool, runId: string, owner: string, p:
      select exists (select 1 from run) as saved`,
     [runId, owner, p.status, p.currentStep, p.loadId, p.error, JSON.stringify(p.snapshot), final, p.attempt, JSON.stringify(steps)],
   );
-  return rows[0]?.saved ?? false;
+  const saved = rows[0]?.saved ?? false;
+  if (saved && written) for (const k of keyed) written.set(k.key, k.json);
+  return saved;
 }
 
 /** True when the run is still owned by `owner` but an operator cancelled it. */

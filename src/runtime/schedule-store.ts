@@ -62,31 +62,37 @@ export async function createRuns(db: pg.Pool | pg.ClientBase, workflowId: string
 }
 
 /**
- * Logical dates (business date + 1) inside `window` whose flag row exists and that have no run yet, business dates
- * from `since` on: the query that decides for onFlag, for one notified date or a scan after a gap.
+ * Queue a run (triggered by `flag`) for each logical date (business date + 1) inside `window` whose flag row exists
+ * and that has no run yet, business dates from `since` on (only `only`, when given): the look and the insert in one
+ * statement, for one notified date or a scan after a gap. Returns the logical dates whose run it created, oldest first.
  */
-export async function flaggedDatesWithoutRun(
+export async function createFlaggedRuns(
   db: Databases, o: { flagTable: string; flagCode: string; workflowId: string; window: DateWindow; since: string; only?: string },
 ): Promise<string[]> {
-  const separate = separateState(db);
   // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024.
+  const flagged = `select distinct f.bussines_date + 1 as d from ${quoteQualified(o.flagTable)} f
+     where f.flag_cd = $1 and f.bussines_date >= greatest($2::date, $3::date - 1)
+       and ($4::date is null or f.bussines_date <= $4::date - 1) and ($6::date is null or f.bussines_date = $6::date)`;
+  const values = [o.flagCode, o.since, o.window.startDate, o.window.endDate, o.workflowId, o.only ?? null];
+  if (!separateState(db)) {
+    const { rows } = await db.state.query<{ d: string }>(
+      `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by)
+       select 'flag__' || to_char(x.d, 'YYYY-MM-DD'), $5, x.d, x.d - 1, 'flag'
+         from (${flagged}
+                 and not exists (select 1 from l2flow.run r where r.workflow_id = $5 and r.logical_date = f.bussines_date + 1)) x
+        order by x.d
+       on conflict (workflow_id, logical_date) do nothing
+       returning to_char(logical_date, 'YYYY-MM-DD') as d`,
+      values,
+    );
+    return rows.map((r) => r.d).sort();
+  }
+  // The flags are in the warehouse, the runs in l2flow's own database: look there, create here.
   const { rows } = await db.dwh.query<{ d: string }>(
-    `select distinct to_char(f.bussines_date + 1, 'YYYY-MM-DD') as d from ${quoteQualified(o.flagTable)} f
-      where f.flag_cd = $1 and f.bussines_date >= greatest($2::date, $3::date - 1)
-        and ($4::date is null or f.bussines_date <= $4::date - 1) and ($6::date is null or f.bussines_date = $6::date)
-        ${separate ? 'and $5::text is not null' : 'and not exists (select 1 from l2flow.run r where r.workflow_id = $5 and r.logical_date = f.bussines_date + 1)'}
-      order by 1`,
-    [o.flagCode, o.since, o.window.startDate, o.window.endDate, o.workflowId, o.only ?? null],
+    `select to_char(x.d, 'YYYY-MM-DD') as d from (${flagged} and $5::text is not null) x order by 1`,
+    values,
   );
-  const flagged = rows.map((r) => r.d);
-  if (!separate || flagged.length === 0) return flagged;
-  // The runs are in l2flow's own database: the second half of the question is asked there.
-  const { rows: runs } = await db.state.query<{ d: string }>(
-    `select to_char(logical_date, 'YYYY-MM-DD') as d from l2flow.run where workflow_id = $1 and logical_date = any($2::date[])`,
-    [o.workflowId, flagged],
-  );
-  const have = new Set(runs.map((r) => r.d));
-  return flagged.filter((d) => !have.has(d));
+  return createRuns(db.state, o.workflowId, rows.map((r) => r.d), 'flag');
 }
 
 /** Skipped dates that still have no run: how many, by reason, and the newest few (for `l2flow status`). */

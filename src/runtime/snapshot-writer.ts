@@ -39,6 +39,8 @@ export function createSnapshotWriter(o: {
 }): SnapshotWriter {
   let pending: { snap: WorkflowSnapshot; persisted: unknown } | null = null;
   let writing: Promise<void> | null = null;
+  /** The step rows this writer stored, by key: a write sends only those that changed since. */
+  const written = new Map<string, string>();
 
   async function drain(): Promise<void> {
     let failures = 0; // consecutive failed writes
@@ -57,7 +59,7 @@ export function createSnapshotWriter(o: {
         attempt: s.context.attempt,
         steps: s.context.steps,
         tries: s.context.tries,
-      }).catch((err: unknown) => {
+      }, written).catch((err: unknown) => {
         // Once per outage, not once per retry.
         if (failures === 0) o.log.error({ err: toErrorInfo(err) }, 'could not persist the run snapshot; retrying with backoff');
         pending ??= next;

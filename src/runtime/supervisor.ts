@@ -130,20 +130,20 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     }),
   );
 
-  async function claimOnce(): Promise<void> {
+  async function claimOnce({ sweep }: { sweep: boolean }): Promise<void> {
     await leadership.tryLead();
-    await cancelStale();
+    // The safety net for a missed cancel NOTIFY runs on the fallback interval and after a listener reconnect, not
+    // on the rounds a queued run's NOTIFY or a finished run asked for (one round trip less before a claim).
+    if (sweep) await cancelStale();
     for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
       if (stopping) return;
       if (live.has(runId) || releasing.has(runId)) continue;
-      if (!(await locks.tryLockRun(runId))) continue;
+      const { locked, slot } = await locks.tryLockRunWithSlot(runId);
+      if (!locked) continue;
       const lockedOn = locks.epoch();
-      const slot = await locks.trySlot();
-      if (slot === null) {
-        // Every max_active_runs slot is taken, here or in another process; a finishing run wakes the claim loop.
-        await locks.unlock(runId, null);
-        return;
-      }
+      // Every max_active_runs slot is taken, here or in another process (the run's lock was given back with the
+      // look); a finishing run wakes the claim loop.
+      if (slot === null) return;
       const row = await takeRun(o.pool, runId, o.owner).catch(async (err: unknown) => {
         await locks.unlock(runId, slot);
         throw err;
@@ -176,7 +176,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     leadership$: leadership.leadership$,
     isLeader: leadership.isLeader,
     activeRunIds: () => [...live.keys()],
-    claim: () => loop.claim(),
+    claim: () => loop.claim({ sweep: true }),
     async start() {
       await locks.connect();
       subs.push(
@@ -188,7 +188,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
           // cancelled state is refused, so the operator's status stays).
           .pipe(filter((n) => ['cancelled', 'success', 'failed'].includes(n.status as string) && typeof n.run_id === 'string'))
           .subscribe((n) => live.get(n.run_id as string)?.cancel()),
-        o.reconnects$.subscribe(() => void loop.claim()),
+        o.reconnects$.subscribe(() => void loop.claim({ sweep: true })),
       );
       loop.start(o.claimIntervalMs ?? 5000);
       await loop.claim();

@@ -56,8 +56,9 @@ describe('l2flow backfill', () => {
   const cliEnv = () => ({ L2FLOW_CONN_DWH: db.uri, L2FLOW_START_DATE: START });
   const backfill = (...args: string[]) => runMain(['backfill', ...args], cliEnv());
 
-  async function startApp(): Promise<App> {
+  async function startApp(o: { env?: Record<string, string>; claimIntervalMs?: number } = {}): Promise<App> {
     const config = loadConfig({
+      ...o.env,
       L2FLOW_CONN_DWH: db.uri,
       L2FLOW_CONN_SAP_CONN: `${sap.base}/readiness`,
       L2FLOW_CONN_SMTP_DEFAULT: smtp.uri(),
@@ -65,7 +66,7 @@ describe('l2flow backfill', () => {
       L2FLOW_START_DATE: START,
       L2FLOW_CONFIG: configFile,
     });
-    const app = createApp(config, pino({ level: 'silent' }), { claimIntervalMs: 200 });
+    const app = createApp(config, pino({ level: 'silent' }), { claimIntervalMs: o.claimIntervalMs ?? 200 });
     apps.push(app);
     await app.start();
     return app;
@@ -129,6 +130,25 @@ describe('l2flow backfill', () => {
     const again = await backfill('--from', '2024-07-01', '--to', '2024-07-10');
     expect(again.code).toBe(0);
     expect(again.out).toMatch(/10 dates: 10 already successful/);
+  }, 120_000);
+
+  it('with max_active_runs 1 and a claim interval of an hour the chain still moves: each next run is claimed as its predecessor ends', async () => {
+    await flags('2024-07-21', '2024-07-24');
+    // The chain's predecessor already succeeded.
+    await createRun(db.pool, { workflowId: WF, logicalDate: '2024-07-20', businessDate: '2024-07-19', triggeredBy: 'manual' });
+    await db.pool.query(`update l2flow.run set status = 'success' where logical_date = '2024-07-20'`);
+    // Only events can move this chain: the fallback claim round and wait_for_success_end's poll are far away.
+    await startApp({ env: { L2FLOW_MAX_ACTIVE_RUNS: '1' }, claimIntervalMs: 3_600_000 });
+    const r = await backfill('--from', '2024-07-21', '--to', '2024-07-24');
+    expect(r.code, `${r.out}\n${r.err}`).toBe(0);
+    const rows = await db.pool.query<{ logical_date: string; status: string; started_at: Date; finished_at: Date }>(
+      `select logical_date::text, status, started_at, finished_at from l2flow.run where logical_date between '2024-07-21' and '2024-07-24' order by 1`,
+    );
+    expect(rows.rows.map((x) => x.status)).toEqual(['success', 'success', 'success', 'success']);
+    // One at a time, in date order: each run started only after the one before it finished.
+    for (let i = 1; i < rows.rows.length; i++) {
+      expect(rows.rows[i]!.started_at.getTime()).toBeGreaterThanOrEqual(rows.rows[i - 1]!.finished_at.getTime());
+    }
   }, 120_000);
 
   it('a failing date: its failure is listed, the dates after it are blocked, exit 1', async () => {

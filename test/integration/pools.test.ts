@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import pino from 'pino';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { createPools, type Pools } from '../../src/services/db/index.js';
@@ -57,7 +57,8 @@ describe('cross-process pool slots', () => {
     holdA.open();
     expect(await Promise.all([first, second])).toEqual(['a', 'b']);
     expect(events).toEqual(['a start', 'a end', 'b start']);
-    expect(await advisoryLocks()).toEqual([]);
+    // The slot is given back right after the step, without the step waiting for the unlock.
+    await vi.waitFor(async () => expect(await advisoryLocks()).toEqual([]), { timeout: 5_000 });
   });
 
   it('with two slots, both processes run at once', async () => {
@@ -68,7 +69,8 @@ describe('cross-process pool slots', () => {
       await Promise.race([both.promise, sleep(2_000).then(() => { throw new Error('the other holder never started'); })]);
     };
     await Promise.all([a.withSlot('wide', never, body), b.withSlot('wide', never, body)]);
-    expect(await advisoryLocks()).toEqual([]);
+    // The slot is given back right after the step, without the step waiting for the unlock.
+    await vi.waitFor(async () => expect(await advisoryLocks()).toEqual([]), { timeout: 5_000 });
   });
 
   it('frees the slot when the holder\'s lock session dies and does not come back', async () => {
@@ -88,7 +90,8 @@ describe('cross-process pool slots', () => {
     expect(await second).toBe('b');
     holdA.open();
     expect(await first).toBe('a done');
-    expect(await advisoryLocks()).toEqual([]);
+    // The slot is given back right after the step, without the step waiting for the unlock.
+    await vi.waitFor(async () => expect(await advisoryLocks()).toEqual([]), { timeout: 5_000 });
     await dying.end();
   });
 
@@ -111,7 +114,8 @@ describe('cross-process pool slots', () => {
     holdA.open();
     expect(await first).toBe('a done');
     expect(await second).toBe('b');
-    expect(await advisoryLocks()).toEqual([]);
+    // The slot is given back right after the step, without the step waiting for the unlock.
+    await vi.waitFor(async () => expect(await advisoryLocks()).toEqual([]), { timeout: 5_000 });
   });
 
   it('stops waiting with ABORTED when aborted, leaking no lock', async () => {
@@ -129,7 +133,8 @@ describe('cross-process pool slots', () => {
     expect(await advisoryLocks()).toHaveLength(1);
     holdA.open();
     await first;
-    expect(await advisoryLocks()).toEqual([]);
+    // The slot is given back right after the step, without the step waiting for the unlock.
+    await vi.waitFor(async () => expect(await advisoryLocks()).toEqual([]), { timeout: 5_000 });
   });
 
   it('a slot freed in this process wakes its waiter at once, not at its next poll', async () => {

@@ -308,6 +308,32 @@ describe('sensors', () => {
       expect(out).toMatchObject({ skipped: false, checks: 2, previousLogicalDate: run.businessDate });
     });
 
+    it("the waited-for run's step changes cost no check: only its end wakes the sensor", async () => {
+      const run = input(nextDate());
+      await insertRun(WF, run.businessDate, 'running');
+      const p = runSensor()(run, signal);
+      expect(await stateAfter(p, 200)).toBe('pending'); // the first check found it running
+      // Five step changes of D-1, each committed alone (a NOTIFY each), all delivered before it ends.
+      const steps = ['get_load_id', 'workflow_registration', 'wait_for_success_end', 'run_sys_kill_all_session_pg', 'end'];
+      const delivered = new Promise<void>((resolve) => {
+        let n = 0;
+        const sub = hub.notifications$.subscribe((x) => {
+          const pl = x.payload as { logical_date?: string; current_step?: string };
+          if (x.channel === RUN_CHANNEL && pl.logical_date === run.businessDate && steps.includes(pl.current_step ?? '') && ++n === steps.length) {
+            sub.unsubscribe();
+            resolve();
+          }
+        });
+      });
+      for (const step of steps) {
+        await db.pool.query(`update l2flow.run set current_step = $3 where workflow_id = $1 and logical_date = $2`, [WF, run.businessDate, step]);
+      }
+      await delivered;
+      await db.pool.query(`update l2flow.run set status = 'success' where workflow_id = $1 and logical_date = $2`, [WF, run.businessDate]);
+      // The first check and the one its success woke: none for the five step changes.
+      expect(await p).toMatchObject({ skipped: false, checks: 2 });
+    });
+
     it('steps back over month ends and leap days in calendar terms, and refuses a date that is none', async () => {
       await insertRun(WF, '2024-02-29', 'success');
       const out = await runSensor()({ ...input('2024-02-29'), logicalDate: '2024-03-01' }, signal);

@@ -120,10 +120,13 @@ export function createPools(opts: PoolsOptions): Pools {
     const waitedMs = Date.now() - waitStart;
     logger.debug({ ...ctx, slot: held.slot, waitedMs }, 'pool slot acquired');
     opts.onAcquired?.(poolName, waitedMs);
+    // The slot is given back after fn settles without the step waiting for it: the unlock is queued on the lock
+    // connection (behind nothing of this step), so the step's result reaches the run one round trip sooner. Any
+    // later lock statement of this process runs after it; waiters here are woken once it is done.
     try {
       return await fn();
     } finally {
-      await release();
+      void release().catch((err: unknown) => logger.error({ ...ctx, err }, 'could not give back the pool slot'));
     }
   }
 

@@ -1,5 +1,4 @@
-import nodemailer from 'nodemailer';
-import type { SMTPTransportOptions } from 'nodemailer';
+import type { SMTPTransportOptions, Transporter } from 'nodemailer';
 import { CONNECTION_KINDS, parseConnection, redactor } from '../../lib/connection.js';
 import type { Logger } from '../types.js';
 
@@ -142,13 +141,18 @@ export function createMailer(opts: {
   const from = opts.from ?? conn.from;
   if (!from) throw new Error('No sender address for failure mail: pass `from` or add ?from=address to the SMTP connection URI');
   const connectionTimeout = opts.connectionTimeoutMs ?? conn.transport.connectionTimeout ?? 10_000;
-  const transport = nodemailer.createTransport({
-    ...conn.transport,
-    connectionTimeout,
-    greetingTimeout: connectionTimeout,
-    socketTimeout: opts.socketTimeoutMs ?? 60_000,
-    logger: false,
-  });
+  // nodemailer is loaded at the first send, not at start-up: most days no mail is sent.
+  let transport: Promise<Transporter> | null = null;
+  const transporter = () =>
+    (transport ??= import('nodemailer').then((m) =>
+      m.default.createTransport({
+        ...conn.transport,
+        connectionTimeout,
+        greetingTimeout: connectionTimeout,
+        socketTimeout: opts.socketTimeoutMs ?? 60_000,
+        logger: false,
+      }),
+    ));
   const where = describeTransport(conn.transport);
   const scrub = redactor(secrets);
   const log = opts.logger.child({ module: 'mailer' });
@@ -158,7 +162,7 @@ export function createMailer(opts: {
     async send(msg, signal) {
       if (msg.to.length === 0) throw new MailError('EENVELOPE', 'mail has no recipients');
       try {
-        const info = await transport.sendMail({ from, to: msg.to, subject: msg.subject, text: msg.text, html: msg.html, signal });
+        const info = await (await transporter()).sendMail({ from, to: msg.to, subject: msg.subject, text: msg.text, html: msg.html, signal });
         const addrs = (xs: unknown[] | undefined) => (xs ?? []).map((x) => (typeof x === 'string' ? x : (x as { address: string }).address));
         return { messageId: info.messageId, accepted: addrs(info.accepted), rejected: addrs(info.rejected) };
       } catch (err) {
@@ -166,6 +170,6 @@ export function createMailer(opts: {
       }
     },
     describe: () => `${where}, from ${from}`,
-    close: () => transport.close(),
+    close: () => void transport?.then((t) => t.close(), () => undefined),
   };
 }

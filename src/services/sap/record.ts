@@ -34,7 +34,11 @@ interface RecordedError {
 export interface SendRecord {
   read(key: string): Promise<SendRow | undefined>;
   /** Count the view and store the payload for `key`, unless a row for it exists already. */
-  create(ctx: StepContext & { loadId: number }, key: string): Promise<void>;
+  /**
+   * Write the send record with its payload, its first try already counted (tries 1, status sending): the row as
+   * written, or undefined when a record with this key already existed (then read it).
+   */
+  create(ctx: StepContext & { loadId: number }, key: string): Promise<SendRow | undefined>;
   /** Count a new try and mark the row 'sending'; resolves to the tries recorded, undefined when the row is gone. */
   startTry(key: string): Promise<number | undefined>;
   /** Record a try's outcome; a 'failed' row keeps the error thrown, so a resumed step can throw it again. */
@@ -88,11 +92,13 @@ export function createSendRecord(deps: {
     async create(ctx, key) {
       const { rows } = await dwh.query<{ n: string }>(`select count(*) as n from ${view}`);
       const payload = sapPayload({ calcDate: dateInZone(deps.timezone, deps.now()), calcRows: String(rows[0]?.n ?? '0'), logicalDate: ctx.logicalDate });
-      await pool.query(
-        `insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status)
-         values ($1, $2, $3, $4, $5::jsonb, 'sending') on conflict do nothing`,
+      const { rows: created } = await pool.query<SendRow>(
+        `insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status, tries)
+         values ($1, $2, $3, $4, $5::jsonb, 'sending', 1) on conflict do nothing
+         returning payload, status, tries, http_status, response_excerpt, error`,
         [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payload)],
       );
+      return created[0];
     },
 
     async startTry(key) {

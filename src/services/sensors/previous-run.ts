@@ -18,22 +18,36 @@ export type PreviousRunVerdict = 'done' | 'pass' | 'fail' | 'wait';
 
 /** One query: the state of the runs of `workflowId` for each of `logicalDates` (missing ones with status null). */
 export async function previousRunStates(db: pg.Pool | pg.ClientBase, workflowId: string, logicalDates: string[]): Promise<PreviousRunState[]> {
-  const { rows } = await db.query<{ d: string; status: PreviousRunState['status']; current_step: string | null; error: PreviousRunState['error'] & { details?: { step?: unknown } } | null; finished_at: Date | null }>(
-    `select to_char(k.d, 'YYYY-MM-DD') as d, r.status, r.current_step, r.error, r.finished_at
+  const { rows } = await db.query<StateRow>(
+    `select to_char(k.d, 'YYYY-MM-DD') as d, ${STATE_COLUMNS}
        from unnest($2::date[]) as k(d) left join l2flow.run r on r.workflow_id = $1 and r.logical_date = k.d`,
     [workflowId, logicalDates],
   );
-  return rows.map((r) => {
-    const step = r.error?.details?.step;
-    const failedStep = typeof step === 'string' ? step : null;
-    // The run's error reads "<step>: <message>"; the step is shown apart, so it is not repeated.
-    const message = r.error && failedStep && r.error.message.startsWith(`${failedStep}: `) ? r.error.message.slice(failedStep.length + 2) : r.error?.message;
-    return {
-      workflowId, logicalDate: r.d, status: r.status, currentStep: r.current_step, finishedAt: r.finished_at,
-      failedStep: r.status === 'failed' || r.status === 'cancelled' ? failedStep : null,
-      error: r.error && (r.status === 'failed' || r.status === 'cancelled') ? { code: r.error.code, message: message ?? '' } : null,
-    };
-  });
+  return rows.map((r) => stateOfRow(workflowId, r));
+}
+
+/** The columns a run's state is read from (previousRunStates, and the sensor's check that releases a wait). */
+export const STATE_COLUMNS = 'r.status, r.current_step, r.error, r.finished_at';
+
+export interface StateRow {
+  d: string;
+  status: PreviousRunState['status'];
+  current_step: string | null;
+  error: (PreviousRunState['error'] & { details?: { step?: unknown } }) | null;
+  finished_at: Date | null;
+}
+
+/** A row of STATE_COLUMNS (and the date `d`) as the state of the run of `workflowId` on that date. */
+export function stateOfRow(workflowId: string, r: StateRow): PreviousRunState {
+  const step = r.error?.details?.step;
+  const failedStep = typeof step === 'string' ? step : null;
+  // The run's error reads "<step>: <message>"; the step is shown apart, so it is not repeated.
+  const message = r.error && failedStep && r.error.message.startsWith(`${failedStep}: `) ? r.error.message.slice(failedStep.length + 2) : r.error?.message;
+  return {
+    workflowId, logicalDate: r.d, status: r.status, currentStep: r.current_step, finishedAt: r.finished_at,
+    failedStep: r.status === 'failed' || r.status === 'cancelled' ? failedStep : null,
+    error: r.error && (r.status === 'failed' || r.status === 'cancelled') ? { code: r.error.code, message: message ?? '' } : null,
+  };
 }
 
 /** The policy's verdict on a predecessor's state. */

@@ -5,7 +5,7 @@ import { addDays, isIsoDate } from '../../lib/dates.js';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { quoteQualified } from '../db/index.js';
 import type { Logger, SensorInput, StepFn } from '../types.js';
-import { describePreviousRun, previousRunStates, verdictOn } from './previous-run.js';
+import { describePreviousRun, previousRunStates, STATE_COLUMNS, stateOfRow, verdictOn, type PreviousRunState, type StateRow } from './previous-run.js';
 
 /** Channel of l2flow.notify_dwh_flag(): `{ flag_cd, business_date }` for every insert/update of the flag table. */
 export const DWH_FLAG_CHANNEL = 'l2flow_dwh_flag';
@@ -90,19 +90,28 @@ export function createPreviousRunSensor(
   assertDate(opts.startDate, 'startDate');
   const delta = opts.executionDeltaDays;
   // A key is released once the policy has a verdict other than "wait"; the step then reads the row and acts on it.
-  const sql = `select to_char(k.d, 'YYYY-MM-DD') || ':' || k.w as k
+  // The released keys come with the run's state, so the step acts on it without reading the row again.
+  const sql = `select to_char(k.d, 'YYYY-MM-DD') || ':' || k.w as k, k.w, to_char(k.d, 'YYYY-MM-DD') as d, ${STATE_COLUMNS}
       from unnest($1::text[], $2::date[]) as k(w, d) left join l2flow.run r on r.workflow_id = k.w and r.logical_date = k.d
      where r.status = 'success' or (r.run_id is null and $3) or (r.status in ('failed', 'cancelled') and $4)`;
   const policy = [opts.whenMissing === 'pass', opts.whenFailed === 'fail'];
+  /** The state each key was released with, and when: read by the step whose wait that check ended. */
+  const released = new Map<string, { state: PreviousRunState; at: number }>();
   const waiter = createConditionWaiter<string>({
     name: 'wait_for_success_end',
     describeKey: (key) => `a successful run of ${key.slice(11)} for logical date ${key.slice(0, 10)}`,
     check: async (keys) => {
-      const { rows } = await opts.pool.query<{ k: string }>(sql, [keys.map((k) => k.slice(11)), keys.map((k) => k.slice(0, 10)), ...policy]);
+      const { rows } = await opts.pool.query<StateRow & { k: string; w: string }>(sql, [keys.map((k) => k.slice(11)), keys.map((k) => k.slice(0, 10)), ...policy]);
+      const at = Date.now();
+      for (const r of rows) released.set(r.k, { state: stateOfRow(r.w, r), at });
       return new Set(rows.map((r) => r.k));
     },
+    // Only a run that ended can release a wait (a NOTIFY never says a run is missing): the step changes of the run
+    // being waited for (about ten per run) cost no check query each.
     hints$: hintsFrom(opts.notifications$, RUN_CHANNEL, (p) =>
-      typeof p.workflow_id === 'string' && isDate(p.logical_date) ? runKey(p.workflow_id, p.logical_date) : null,
+      typeof p.workflow_id === 'string' && isDate(p.logical_date) && (p.status === undefined || ENDED.has(p.status))
+        ? runKey(p.workflow_id, p.logical_date)
+        : null,
     ).pipe(map((key) => [key])),
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs,
@@ -117,12 +126,17 @@ export function createPreviousRunSensor(
       return { satisfiedAt: new Date().toISOString(), checks: 0, previousLogicalDate, skipped: true };
     }
     let checks = 0;
+    const key = runKey(input.workflowId, previousLogicalDate);
     for (;;) {
+      const waitedFrom = Date.now();
       const waited = await waiter
-        .wait(runKey(input.workflowId, previousLogicalDate), { deadline: input.deadline, signal, since: input.startedAt })
+        .wait(key, { deadline: input.deadline, signal, since: input.startedAt })
         .catch(inRun(input, `finish (or mark successful) the run of ${previousLogicalDate}, then re-run the step`));
       checks += waited.checks;
-      const [state] = await previousRunStates(opts.pool, input.workflowId, [previousLogicalDate]);
+      // The state the releasing check read, when that check ran during this wait; else read it now.
+      const fresh = released.get(key);
+      released.delete(key);
+      const [state] = fresh && fresh.at >= waitedFrom ? [fresh.state] : await previousRunStates(opts.pool, input.workflowId, [previousLogicalDate]);
       const verdict = state ? verdictOn(state, opts) : 'wait';
       if (verdict === 'done' || verdict === 'pass') {
         return { satisfiedAt: new Date().toISOString(), checks, previousLogicalDate, skipped: verdict === 'pass', ...(verdict === 'pass' ? { missing: true } : {}) };
@@ -151,6 +165,9 @@ function isDate(value: unknown): value is string {
 function assertDate(value: string, what: string): void {
   if (!isDate(value)) throw new StepError('INTERNAL', `${what} "${value}" is not a calendar date written YYYY-MM-DD`);
 }
+
+/** The statuses of a run that ended: the only ones a wait_for_success_end check can be released by. */
+const ENDED = new Set<unknown>(['success', 'failed', 'cancelled']);
 
 // The date has a fixed width, so the workflow id after it may contain any character.
 export function runKey(workflowId: string, logicalDate: string): string {

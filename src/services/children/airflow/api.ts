@@ -1,5 +1,5 @@
 import { STATUS_CODES } from 'node:http';
-import { Agent, request } from 'undici';
+import type { Agent } from 'undici';
 import { authorizationValue } from '../../../lib/connection.js';
 import { codeInCauses, StepError, throwIfAborted } from '../../../lib/errors.js';
 import { retry, type RetryPolicy } from '../../../lib/retry.js';
@@ -40,7 +40,13 @@ function excerpt(text: string): string {
 export function createAirflowApi(deps: { endpoint: AirflowEndpoint; child: string; requestTimeoutMs: number; retry: RetryPolicy }): AirflowApi {
   const { endpoint: ep, child } = deps;
   const api = `${ep.root}/api/v${ep.apiVersion}`;
-  const agent = new Agent({ connect: { timeout: deps.requestTimeoutMs }, headersTimeout: deps.requestTimeoutMs, bodyTimeout: deps.requestTimeoutMs });
+  // undici is loaded at the first request, not at start-up.
+  let client: Promise<{ agent: Agent; request: typeof import('undici').request }> | null = null;
+  const http = () =>
+    (client ??= import('undici').then(({ Agent, request }) => ({
+      agent: new Agent({ connect: { timeout: deps.requestTimeoutMs }, headersTimeout: deps.requestTimeoutMs, bodyTimeout: deps.requestTimeoutMs }),
+      request,
+    })));
   // Airflow 3 takes no basic auth: the user and password are exchanged for a token, renewed when it expires (401).
   const exchanges = ep.apiVersion === 2 && ep.auth.type === 'basic';
   let token: string | undefined;
@@ -55,6 +61,7 @@ export function createAirflowApi(deps: { endpoint: AirflowEndpoint; child: strin
     if (authorization) headers.authorization = authorization;
     const what = `${method} ${url.slice(ep.root.length)}`;
     try {
+      const { agent, request } = await http();
       const res = await request(url, { dispatcher: agent, method: method as 'GET', headers, signal, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
       const chunks: Buffer[] = [];
       let size = 0;

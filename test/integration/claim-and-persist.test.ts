@@ -1,0 +1,104 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDb, type TestDb } from '../helpers/db.js';
+import { createRunLocks } from '../../src/runtime/run-locks.js';
+import { createRun, listSteps, saveProgress, takeRun, type RunProgress } from '../../src/runtime/run-store.js';
+import type { StepRecord } from '../../src/machines/workflow.js';
+
+// The fewer-round-trips paths of a run: the claim's lock + slot in one statement, and snapshot writes that send only
+// the step rows that changed. Both must keep what the slower paths guaranteed.
+
+const WF = 'WF_MAIN_DATASETS_LOAD_L2_TO_L2';
+
+describe('claiming a run: its lock and a max_active_runs slot in one statement', () => {
+  let db: TestDb;
+  let other: TestDb;
+  beforeAll(async () => {
+    db = await createTestDb({ migrate: false });
+    other = await createTestDb({ migrate: false });
+  });
+  afterAll(async () => {
+    await db?.drop();
+    await other?.drop();
+  });
+
+  /** Advisory locks held in `d`'s database, as (classid, objid) pairs. */
+  const held = async (d: TestDb) =>
+    (await d.pool.query<{ k: string }>(`select classid::int || ':' || objid::int as k from pg_locks where locktype = 'advisory' and granted
+       and database = (select oid from pg_database where datname = current_database()) order by 1`)).rows.map((r) => r.k);
+
+  it('takes the run and a slot; with every slot held it gives the run back, and another process cannot take a held run', async () => {
+    const a = createRunLocks({ connectionString: db.uri, maxActiveRuns: 1, workflowId: WF });
+    const b = createRunLocks({ connectionString: db.uri, maxActiveRuns: 1, workflowId: WF });
+    try {
+      expect(await a.tryLockRunWithSlot('run-1')).toEqual({ locked: true, slot: 0 });
+      expect(await held(db)).toHaveLength(2); // the run's lock and slot 0
+      // B: run-1 is A's; run-2 is free but the one slot is taken, so B must not keep run-2's lock.
+      expect(await b.tryLockRunWithSlot('run-1')).toEqual({ locked: false, slot: null });
+      expect(await b.tryLockRunWithSlot('run-2')).toEqual({ locked: true, slot: null });
+      expect(await held(db)).toHaveLength(2);
+      // A finishes run-1 (lock and slot released together): B gets run-2 with the freed slot.
+      await a.unlock('run-1', 0);
+      expect(await held(db)).toEqual([]);
+      expect(await b.tryLockRunWithSlot('run-2')).toEqual({ locked: true, slot: 0 });
+    } finally {
+      await a.end();
+      await b.end();
+    }
+  });
+
+  it('slots held by a runtime of another database on the same server do not count', async () => {
+    const elsewhere = createRunLocks({ connectionString: other.uri, maxActiveRuns: 1, workflowId: WF });
+    const here = createRunLocks({ connectionString: db.uri, maxActiveRuns: 1, workflowId: WF });
+    try {
+      expect(await elsewhere.tryLockRunWithSlot('run-x')).toEqual({ locked: true, slot: 0 });
+      expect(await here.tryLockRunWithSlot('run-y')).toEqual({ locked: true, slot: 0 });
+      expect(await here.trySlot()).toBeNull(); // this database's only slot is now taken, by `here` itself
+    } finally {
+      await elsewhere.end();
+      await here.end();
+    }
+  });
+});
+
+describe('snapshot writes send only the step rows that changed', () => {
+  let db: TestDb;
+  beforeAll(async () => {
+    db = await createTestDb();
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  const rec = (startedAt: number, status: StepRecord['status'], endedAt?: number): StepRecord =>
+    ({ status, startedAt, try: 1, ...(endedAt ? { endedAt } : {}) }) as StepRecord;
+  const progress = (steps: RunProgress['steps'], status: RunProgress['status'] = 'running'): RunProgress => ({
+    status, currentStep: null, loadId: null, error: null, snapshot: { steps }, attempt: 1, steps, tries: [],
+  });
+  /** Each step row's xmin: unchanged when the row was not written again. */
+  const versions = async (runId: string) =>
+    Object.fromEntries((await db.pool.query<{ step: string; x: string }>(`select step, xmin::text as x from l2flow.step where run_id = $1`, [runId])).rows.map((r) => [r.step, r.x]));
+
+  it('a transition rewrites the rows it touched, the others keep their version, and the history is complete', async () => {
+    const { run } = await createRun(db.pool, { workflowId: WF, logicalDate: '2030-01-02', businessDate: '2030-01-01', triggeredBy: 'manual' });
+    await takeRun(db.pool, run.run_id, 'me');
+    const written = new Map<string, string>();
+    const t = Date.UTC(2030, 0, 2);
+    const s1 = { wait_for_l2_full_load: rec(t, 'success', t + 5), get_load_id: rec(t + 5, 'running') };
+    expect(await saveProgress(db.pool, run.run_id, 'me', progress(s1), written)).toBe(true);
+    const v1 = await versions(run.run_id);
+    const s2 = { ...s1, get_load_id: rec(t + 5, 'success', t + 9), workflow_registration: rec(t + 9, 'running') };
+    expect(await saveProgress(db.pool, run.run_id, 'me', progress(s2), written)).toBe(true);
+    const v2 = await versions(run.run_id);
+    expect(v2.wait_for_l2_full_load).toBe(v1.wait_for_l2_full_load); // not written again
+    expect(v2.get_load_id).not.toBe(v1.get_load_id);
+    const rows = await listSteps(db.pool, run.run_id);
+    expect(rows.map((r) => [r.step, r.status])).toEqual([
+      ['wait_for_l2_full_load', 'success'], ['get_load_id', 'success'], ['workflow_registration', 'running'],
+    ]);
+    // A write refused (the run is not ours) is not remembered: the next owner's first write sends every row.
+    expect(await saveProgress(db.pool, run.run_id, 'someone-else', progress({ ...s2, workflow_registration: rec(t + 9, 'success', t + 12) }), written)).toBe(false);
+    expect((await listSteps(db.pool, run.run_id)).at(-1)?.status).toBe('running');
+    expect(await saveProgress(db.pool, run.run_id, 'me', progress({ ...s2, workflow_registration: rec(t + 9, 'success', t + 12) }), written)).toBe(true);
+    expect((await listSteps(db.pool, run.run_id)).at(-1)?.status).toBe('success');
+  });
+});
