@@ -11,7 +11,7 @@ import { createMailer } from '../services/mail/index.js';
 import { createMetadata } from '../services/metadata.js';
 import { createDedicatedConnections, createPools, type DedicatedConnections, type Pools } from '../services/db/index.js';
 import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap/index.js';
-import { createCheckRecorder, createFlagSensor, createPreviousRunSensor, flagDates, RUN_CHANNEL, type SensorCheck } from '../services/sensors/index.js';
+import { createCheckRecorder, createFlagSeeds, createFlagSensor, createPreviousRunSensor, flagDates, RUN_CHANNEL, type FlagSeeds, type SensorCheck } from '../services/sensors/index.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { poolOf, STEP_CHILDREN, type ChildStep } from '../machines/steps.js';
@@ -105,6 +105,8 @@ export function buildActors(d: {
   onSensorCheck?: (e: SensorCheck) => void;
   /** Every POST to SAP, once answered or not (metrics). */
   onSapTry?: (t: SapTry) => void;
+  /** Runs created by the statement that read their flag (schedule.onFlag): the flag sensor does not look again. */
+  flagSeeds?: FlagSeeds;
 }) {
   const { config, pool, dwh, logger } = d;
   const sensorDeps = {
@@ -151,7 +153,7 @@ export function buildActors(d: {
   };
 
   return {
-    waitForL2FullLoad: actor(createFlagSensor({ ...sensorDeps, dwh, ...config.flagSensor })),
+    waitForL2FullLoad: actor(createFlagSensor({ ...sensorDeps, dwh, ...config.flagSensor, ...(d.flagSeeds ? { seeds: d.flagSeeds } : {}) })),
     getLoadId: fromPromise<{ loadId: number }, StepContext>(({ input, signal }) => metadata.getLoadId(input, signal)),
     workflowRegistration: actor(metadata.workflowRegistration),
     waitForSuccessEnd: actor(
@@ -231,6 +233,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
   const pools = createPools({ locks, pools: config.pools, logger, onAcquired: metrics.slotAcquired });
   const sensorChecks = new Subject<SensorCheck>();
   const recordCheck = createCheckRecorder({ pool, logger });
+  const flagSeeds = createFlagSeeds();
   const machine = workflowMachine.provide({
     actors: buildActors({
       config,
@@ -243,6 +246,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       logger,
       onMailQueued: () => dispatcher.kick(),
       onSapTry: metrics.sapTry,
+      flagSeeds,
       onSensorCheck: (e) => {
         recordCheck(e);
         sensorChecks.next(e);
@@ -276,6 +280,8 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     flagHints$: flagDates(hub.notifications$, config.flagSensor.flagCode),
     reconnects$: hub.connected$,
     logger,
+    adopt: supervisor.adopt,
+    seeds: flagSeeds,
     ...(opts.now ? { now: opts.now } : {}),
   });
   const deadlines = createDeadlineWatch({

@@ -4,13 +4,19 @@ import { addDays, dateInZone } from '../lib/dates.js';
 import { toErrorInfo } from '../lib/errors.js';
 import type { ScheduleConfig } from './config.js';
 import type { Logger } from './logger.js';
-import { createFlaggedRuns, latestRunDate } from './schedule-store.js';
+import type { FlagSeeds } from '../services/sensors/index.js';
+import type { RunRow } from './run-store.js';
+import { createFlaggedRunTaken, createFlaggedRuns, latestRunDate } from './schedule-store.js';
 
 /**
  * schedule.onFlag on the leader: the flag for business date B creates the run of logical date B + 1. A notification
  * (the flag sensor's channel) names B, and the flag table decides; a scan finds flags that have no run yet when
  * this process becomes the leader, after every reconnect of the listener (notifications in the gap are lost) and on
  * the flag sensor's fallback poll. Runs are keyed by date, so a hint and a scan meeting on one date are harmless.
+ *
+ * A notified date's run is handed to this process's supervisor when it has a free max_active_runs slot: created
+ * already taken and started here (no NOTIFY hop, no claim look), its sensor passing on the creating statement's look
+ * at the flag row. Other processes still get the run's NOTIFY. Without a free slot the run is created queued.
  */
 
 export interface FlagSchedule {
@@ -37,6 +43,10 @@ export function createFlagSchedule(o: {
   pollIntervalMs: number;
   logger: Logger;
   now: () => Date;
+  /** The supervisor's handoff (see Supervisor.adopt); without it every run is created queued. */
+  adopt?: (runId: string, create: (owner: string) => Promise<RunRow | null>) => Promise<'started' | 'declined' | 'none'>;
+  /** Where a run created by the statement that read its flag is marked for the flag sensor. */
+  seeds?: FlagSeeds;
 }): FlagSchedule {
   const { onFlag, workflowId } = o;
   const log = o.logger.child({ module: 'scheduler', schedule: 'onFlag' });
@@ -62,6 +72,26 @@ export function createFlagSchedule(o: {
     return created;
   }
 
+  /** Create the notified date's run taken and start it here; null when the supervisor declined (create it queued). */
+  async function handOver(businessDate: string, logicalDate: string, t0: number): Promise<string[] | null> {
+    if (!o.adopt) return null;
+    const runId = `flag__${logicalDate}`;
+    try {
+      const outcome = await o.adopt(runId, async (owner) => {
+        const row = await createFlaggedRunTaken({ state: o.pool, dwh: o.dwh }, { ...query, businessDate, owner });
+        // Read by the sensor when the actor starts, right after this returns; removed below if it was not.
+        if (row) o.seeds?.add(row.run_id);
+        return row;
+      });
+      if (outcome === 'declined') return null;
+      if (outcome === 'none') return [];
+      log.info({ logicalDate, businessDate, why: 'notification', ms: Date.now() - t0, startedHere: true }, 'run created by the flag for %s', businessDate);
+      return [logicalDate];
+    } finally {
+      o.seeds?.delete(runId);
+    }
+  }
+
   function onHint(businessDate: string): void {
     const t0 = Date.now();
     const logicalDate = addDays(businessDate, 1);
@@ -69,7 +99,7 @@ export function createFlagSchedule(o: {
       log.info({ businessDate, startDate: onFlag.startDate, endDate: onFlag.endDate }, 'flag outside the onFlag dates: no run');
       return;
     }
-    void queue('run creation', async () => create(businessDate, businessDate, 'notification', t0), []);
+    void queue('run creation', async () => (await handOver(businessDate, logicalDate, t0)) ?? create(businessDate, businessDate, 'notification', t0), []);
   }
 
   const schedule: FlagSchedule = {

@@ -42,7 +42,8 @@ export interface StepRow {
   error: ErrorInfo | null;
 }
 
-const RUN_COLUMNS = `run_id, workflow_id, logical_date::text, business_date::text, status, attempt, load_id::text,
+/** Every column of a run as RunRow reads it (dates as text). */
+export const RUN_COLUMNS = `run_id, workflow_id, logical_date::text, business_date::text, status, attempt, load_id::text,
   current_step, error, snapshot, start_at, owner, triggered_by, created_at, started_at, finished_at`;
 
 /** Queue a run for a logical date; an existing run for that date is returned unchanged (`created: false`). */

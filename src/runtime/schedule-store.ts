@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { addDays } from '../lib/dates.js';
 import { quoteQualified, separateState, type Databases } from '../services/db/index.js';
 import type { DateWindow } from './config.js';
-import { createRun, type TriggeredBy } from './run-store.js';
+import { createRun, RUN_COLUMNS, type RunRow, type TriggeredBy } from './run-store.js';
 
 /** l2flow.schedule_state and l2flow.skipped_date: where the cron schedule got to and what it passed over. All SQL of schedules lives here. */
 
@@ -69,10 +69,7 @@ export async function createRuns(db: pg.Pool | pg.ClientBase, workflowId: string
 export async function createFlaggedRuns(
   db: Databases, o: { flagTable: string; flagCode: string; workflowId: string; window: DateWindow; since: string; only?: string },
 ): Promise<string[]> {
-  // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024.
-  const flagged = `select distinct f.bussines_date + 1 as d from ${quoteQualified(o.flagTable)} f
-     where f.flag_cd = $1 and f.bussines_date >= greatest($2::date, $3::date - 1)
-       and ($4::date is null or f.bussines_date <= $4::date - 1) and ($6::date is null or f.bussines_date = $6::date)`;
+  const flagged = flaggedDates(o.flagTable);
   const values = [o.flagCode, o.since, o.window.startDate, o.window.endDate, o.workflowId, o.only ?? null];
   if (!separateState(db)) {
     const { rows } = await db.state.query<{ d: string }>(
@@ -93,6 +90,48 @@ export async function createFlaggedRuns(
     values,
   );
   return createRuns(db.state, o.workflowId, rows.map((r) => r.d), 'flag');
+}
+
+/** The flagged business dates + 1 (placeholders: $1 code, $2 since, $3 start, $4 end date, $6 only that date). */
+const flaggedDates = (flagTable: string) => `select distinct f.bussines_date + 1 as d from ${quoteQualified(flagTable)} f
+     where f.flag_cd = $1 and f.bussines_date >= greatest($2::date, $3::date - 1)
+       and ($4::date is null or f.bussines_date <= $4::date - 1) and ($6::date is null or f.bussines_date = $6::date)`;
+
+/**
+ * The run of the flag for business date `businessDate`, created already taken by `owner` (status running): the
+ * caller holds the run's lock and a max_active_runs slot, so nobody claims it in between. One statement when the
+ * flag table and the runs share a database (the flag look and the insert), else a look in the warehouse first.
+ * Null when the flag row is not there (or is outside the window) or the date has a run already: then nothing
+ * was created. A returned row proves that the flag row was committed when the run was created.
+ */
+export async function createFlaggedRunTaken(
+  db: Databases,
+  o: { flagTable: string; flagCode: string; workflowId: string; window: DateWindow; businessDate: string; owner: string },
+): Promise<RunRow | null> {
+  const logicalDate = addDays(o.businessDate, 1);
+  const values = [o.flagCode, o.businessDate, o.window.startDate, o.window.endDate, o.workflowId, o.businessDate, o.owner];
+  if (!separateState(db)) {
+    const { rows } = await db.state.query<RunRow>(
+      `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by, status, owner, started_at)
+       select 'flag__' || to_char(x.d, 'YYYY-MM-DD'), $5, x.d, x.d - 1, 'flag', 'running', $7, now()
+         from (${flaggedDates(o.flagTable)}
+                 and not exists (select 1 from l2flow.run r where r.workflow_id = $5 and r.logical_date = f.bussines_date + 1)) x
+       on conflict (workflow_id, logical_date) do nothing returning ${RUN_COLUMNS}`,
+      values,
+    );
+    return rows[0] ?? null;
+  }
+  // The flags are in the warehouse, the runs in l2flow's own database: look there, create here.
+  const { rows: found } = await db.dwh.query<{ d: string }>(
+    `select to_char(x.d, 'YYYY-MM-DD') as d from (${flaggedDates(o.flagTable)} and $5::text is not null) x`, values.slice(0, 6));
+  if (found[0]?.d !== logicalDate) return null;
+  const { rows } = await db.state.query<RunRow>(
+    `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by, status, owner, started_at)
+     values ('flag__' || $3, $1, $3::date, $2::date, 'flag', 'running', $4, now())
+     on conflict (workflow_id, logical_date) do nothing returning ${RUN_COLUMNS}`,
+    [o.workflowId, o.businessDate, logicalDate, o.owner],
+  );
+  return rows[0] ?? null;
 }
 
 /** Skipped dates that still have no run: how many, by reason, and the newest few (for `l2flow status`). */

@@ -40,6 +40,9 @@ export function createScheduler(o: {
   logger: Logger;
   /** The wall clock; tests move it. */
   now?: () => Date;
+  /** onFlag hands a notified date's run to the supervisor (see Supervisor.adopt), marking it for the flag sensor. */
+  adopt?: Parameters<typeof createFlagSchedule>[0]['adopt'];
+  seeds?: Parameters<typeof createFlagSchedule>[0]['seeds'];
 }): Scheduler {
   const { config } = o;
   const now = o.now ?? (() => new Date());
@@ -57,6 +60,8 @@ export function createScheduler(o: {
         reconnects$: o.reconnects$,
         // The flag sensor's fallback poll: the same table, the same cadence.
         pollIntervalMs: config.flagSensor.pokeIntervalMs,
+        ...(o.adopt ? { adopt: o.adopt } : {}),
+        ...(o.seeds ? { seeds: o.seeds } : {}),
       });
   let sub: Subscription | null = null;
   /** Leadership changes apply in order: a begin never overtakes the end before it. */

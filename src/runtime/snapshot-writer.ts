@@ -8,8 +8,15 @@ import { cancelledHere, saveProgress, type RunStatus } from './run-store.js';
 
 /**
  * Writes one run's snapshots to l2flow.run, newest wins: at most one write in flight, and a snapshot queued behind
- * it is replaced by a newer one, so the stored state never goes back in time. A failed write is retried with
- * backoff (logged once per outage). A write refused because the run is no longer ours ends the writer.
+ * it is replaced by a newer one, so the stored state never goes back in time. A write starts on the next turn of
+ * the event loop, not inside the transition: transitions of the same tick (a run's start and a step that settles at
+ * once, a step's end and the next one's start) cost one write. A failed write is retried with backoff (logged once
+ * per outage). A write refused because the run is no longer ours ends the writer.
+ *
+ * What a write must precede is the host's business (live-run.ts): a run's final status is written before the run
+ * counts as finished (its lock and slot are given back, waiters are told through the status's NOTIFY). A step's
+ * side effect never waits for a write: its memo (or the send record) is what keeps it from running twice after a
+ * crash, whatever older snapshot the run is restored from.
  */
 export interface SnapshotWriter {
   /** Queue the snapshot of a transition with its persisted form, taken at that transition. */
@@ -91,9 +98,11 @@ export function createSnapshotWriter(o: {
   return {
     write(snap, persisted) {
       pending = { snap, persisted };
-      writing ??= drain().finally(() => {
-        writing = null;
-      });
+      writing ??= new Promise<void>((resolve) => setImmediate(resolve))
+        .then(drain)
+        .finally(() => {
+          writing = null;
+        });
       return writing;
     },
     flushed: () => writing?.catch(() => undefined) ?? Promise.resolve(),

@@ -7,8 +7,8 @@ import { createClaimLoop } from './claim-loop.js';
 import { createLeadership } from './leadership.js';
 import { startLiveRun, type LiveRun, type LiveRunHost, type RunEvent } from './live-run.js';
 import type { Logger } from './logger.js';
-import type { RunLocks } from './run-locks.js';
-import { failRun, runsNoLongerActive, takeRun, unfinishedRunIds } from './run-store.js';
+import type { LockEpoch, RunLocks } from './run-locks.js';
+import { failRun, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow } from './run-store.js';
 
 export type { RunEvent } from './live-run.js';
 
@@ -48,6 +48,14 @@ export interface Supervisor {
   stop(): Promise<void>;
   /** Look for claimable runs now. */
   claim(): Promise<void>;
+  /**
+   * Create a run already taken by this process and start it, with no NOTIFY hop and no claim look: the run's lock
+   * and a max_active_runs slot are taken first (the run id is known before the row exists), then `create(owner)`
+   * inserts the row as running and owned by `owner`, and the run starts here. `declined`: no slot free (or the
+   * process is stopping, or the run is being claimed here): nothing was created, the caller creates it queued.
+   * `none`: `create` created nothing (null).
+   */
+  adopt(runId: string, create: (owner: string) => Promise<RunRow | null>): Promise<'started' | 'declined' | 'none'>;
   activeRunIds(): string[];
   events$: Observable<RunEvent>;
   /** True while this process holds the workflow's leader lock (the one process that may create scheduled runs). */
@@ -62,6 +70,8 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
   const live = new Map<string, LiveRun>();
   /** Runs stopped here whose last snapshot is still being written: not claimable until that write settles. */
   const releasing = new Set<string>();
+  /** Runs being claimed or adopted right now: advisory locks are re-entrant, so one session must not take a run twice. */
+  const taking = new Set<string>();
   const events = new Subject<RunEvent>();
   const subs: Subscription[] = [];
   let stopping = false;
@@ -137,31 +147,70 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     if (sweep) await cancelStale();
     for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
       if (stopping) return;
-      if (live.has(runId) || releasing.has(runId)) continue;
+      if (live.has(runId) || releasing.has(runId) || taking.has(runId)) continue;
+      taking.add(runId);
+      try {
+        const { locked, slot } = await locks.tryLockRunWithSlot(runId);
+        if (!locked) continue;
+        const lockedOn = locks.epoch();
+        // Every max_active_runs slot is taken, here or in another process (the run's lock was given back with the
+        // look); a finishing run wakes the claim loop.
+        if (slot === null) return;
+        const row = await takeRun(o.pool, runId, o.owner).catch(async (err: unknown) => {
+          await locks.unlock(runId, slot);
+          throw err;
+        });
+        if (!row || stopping || !lockedOn || locks.epoch() !== lockedOn) {
+          // Finished meanwhile, or the lock session was lost while we claimed it (it stays resumable).
+          await locks.unlock(runId, slot);
+          continue;
+        }
+        await begin(row, slot, lockedOn);
+      } finally {
+        taking.delete(runId);
+      }
+    }
+  }
+
+  /** Start (or restore) a locked, taken run here; a snapshot this machine cannot read fails the run with the reason. */
+  async function begin(row: RunRow, slot: number, lockedOn: LockEpoch): Promise<void> {
+    try {
+      live.set(row.run_id, startLiveRun(host, row, slot, lockedOn));
+    } catch (err) {
+      // A snapshot this machine cannot read: fail the run with the reason instead of retrying it forever.
+      const info = toErrorInfo(err);
+      logger.error({ runId: row.run_id, err: info }, 'cannot start or restore run');
+      await failRun(o.pool, row.run_id, { code: 'RESTORE_FAILED', message: `cannot restore run ${row.run_id}: ${info.message}` });
+      await locks.unlock(row.run_id, slot);
+    }
+  }
+
+  async function adopt(runId: string, create: (owner: string) => Promise<RunRow | null>): Promise<'started' | 'declined' | 'none'> {
+    if (stopping || live.has(runId) || releasing.has(runId) || taking.has(runId)) return 'declined';
+    taking.add(runId);
+    try {
       const { locked, slot } = await locks.tryLockRunWithSlot(runId);
-      if (!locked) continue;
+      // Held elsewhere (a process claiming a run of that date), or every slot taken (the lock was given back).
+      if (!locked || slot === null) return 'declined';
       const lockedOn = locks.epoch();
-      // Every max_active_runs slot is taken, here or in another process (the run's lock was given back with the
-      // look); a finishing run wakes the claim loop.
-      if (slot === null) return;
-      const row = await takeRun(o.pool, runId, o.owner).catch(async (err: unknown) => {
-        await locks.unlock(runId, slot);
+      const row = await create(o.owner).catch(async (err: unknown) => {
+        await locks.unlock(runId, slot, lockedOn);
         throw err;
       });
-      if (!row || stopping || !lockedOn || locks.epoch() !== lockedOn) {
-        // Finished meanwhile, or the lock session was lost while we claimed it (it stays resumable).
-        await locks.unlock(runId, slot);
-        continue;
+      if (!row) {
+        await locks.unlock(runId, slot, lockedOn);
+        return 'none';
       }
-      try {
-        live.set(runId, startLiveRun(host, row, slot, lockedOn));
-      } catch (err) {
-        // A snapshot this machine cannot read: fail the run with the reason instead of retrying it forever.
-        const info = toErrorInfo(err);
-        logger.error({ runId, err: info }, 'cannot start or restore run');
-        await failRun(o.pool, runId, { code: 'RESTORE_FAILED', message: `cannot restore run ${runId}: ${info.message}` });
-        await locks.unlock(runId, slot);
+      if (stopping || !lockedOn || locks.epoch() !== lockedOn) {
+        // Created but not to be run here: it stays resumable, and the next claim round (here or elsewhere) takes it.
+        await locks.unlock(runId, slot, lockedOn);
+        loop.later(0);
+        return 'started';
       }
+      await begin(row, slot, lockedOn);
+      return 'started';
+    } finally {
+      taking.delete(runId);
     }
   }
 
@@ -177,6 +226,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     isLeader: leadership.isLeader,
     activeRunIds: () => [...live.keys()],
     claim: () => loop.claim({ sweep: true }),
+    adopt,
     async start() {
       await locks.connect();
       subs.push(

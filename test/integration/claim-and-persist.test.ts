@@ -2,7 +2,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { createRunLocks } from '../../src/runtime/run-locks.js';
 import { createRun, listSteps, saveProgress, takeRun, type RunProgress } from '../../src/runtime/run-store.js';
-import type { StepRecord } from '../../src/machines/workflow.js';
+import type { StepRecord, WorkflowSnapshot } from '../../src/machines/workflow.js';
+import { createSnapshotWriter } from '../../src/runtime/snapshot-writer.js';
+import { pino } from 'pino';
 
 // The fewer-round-trips paths of a run: the claim's lock + slot in one statement, and snapshot writes that send only
 // the step rows that changed. Both must keep what the slower paths guaranteed.
@@ -100,5 +102,50 @@ describe('snapshot writes send only the step rows that changed', () => {
     expect((await listSteps(db.pool, run.run_id)).at(-1)?.status).toBe('running');
     expect(await saveProgress(db.pool, run.run_id, 'me', progress({ ...s2, workflow_registration: rec(t + 9, 'success', t + 12) }), written)).toBe(true);
     expect((await listSteps(db.pool, run.run_id)).at(-1)?.status).toBe('success');
+  });
+});
+
+describe('the snapshot writer: transitions of one tick cost one write', () => {
+  let db: TestDb;
+  beforeAll(async () => {
+    db = await createTestDb();
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  /** A run's snapshot at a step (or final), as the writer reads it. */
+  const snap = (value: string, steps: Record<string, StepRecord>, final = false) =>
+    ({ status: final ? 'done' : 'active', value, matches: (v: string) => v === value, context: { failure: null, loadId: 7, attempt: 1, steps, tries: [] } }) as unknown as WorkflowSnapshot;
+  const stored = async (runId: string) =>
+    (await db.pool.query<{ v: number; status: string; current_step: string; snapshot: { n: number } }>(
+      'select snapshot_version::int as v, status, current_step, snapshot from l2flow.run where run_id = $1', [runId])).rows[0]!;
+
+  it('three transitions in one tick are one write of the newest; transitions of later ticks each write; the final status is written', async () => {
+    const { run } = await createRun(db.pool, { workflowId: WF, logicalDate: '2030-03-02', businessDate: '2030-03-01', triggeredBy: 'manual' });
+    await takeRun(db.pool, run.run_id, 'me');
+    const lost: string[] = [];
+    const w = createSnapshotWriter({ pool: db.pool, runId: run.run_id, owner: 'me', log: pino({ level: 'silent' }), onCancelled: () => lost.push('cancelled'), onNotOwner: () => lost.push('not owner') });
+    const t = Date.UTC(2030, 2, 2);
+    const s1 = { wait_for_l2_full_load: { status: 'running', startedAt: t } } as Record<string, StepRecord>;
+    const s2 = { ...s1, wait_for_l2_full_load: { status: 'success', startedAt: t, endedAt: t + 1 }, get_load_id: { status: 'running', startedAt: t + 1 } } as Record<string, StepRecord>;
+    const s3 = { ...s2, get_load_id: { status: 'success', startedAt: t + 1, endedAt: t + 2 }, workflow_registration: { status: 'running', startedAt: t + 2 } } as Record<string, StepRecord>;
+    // The run's start, its sensor passing at once and the next step's start, all in one tick.
+    void w.write(snap('wait_for_l2_full_load', s1), { n: 1 });
+    void w.write(snap('get_load_id', s2), { n: 2 });
+    void w.write(snap('workflow_registration', s3), { n: 3 });
+    await w.flushed();
+    expect(await stored(run.run_id)).toEqual({ v: 1, status: 'running', current_step: 'workflow_registration', snapshot: { n: 3 } });
+    expect((await listSteps(db.pool, run.run_id)).map((r) => [r.step, r.status])).toEqual([
+      ['wait_for_l2_full_load', 'success'], ['get_load_id', 'success'], ['workflow_registration', 'running'],
+    ]);
+    // Transitions of separate ticks are written each (nothing is held back waiting for a later one).
+    const s4 = { ...s3, workflow_registration: { status: 'success', startedAt: t + 2, endedAt: t + 3 }, end: { status: 'running', startedAt: t + 3 } } as Record<string, StepRecord>;
+    await w.write(snap('end', s4), { n: 4 });
+    expect(await stored(run.run_id)).toMatchObject({ v: 2, current_step: 'end', snapshot: { n: 4 } });
+    const s5 = { ...s4, end: { status: 'success', startedAt: t + 3, endedAt: t + 4 } } as Record<string, StepRecord>;
+    await w.write(snap('success', s5, true), { n: 5 });
+    expect(await stored(run.run_id)).toMatchObject({ v: 3, status: 'success', current_step: 'success', snapshot: { n: 5 } });
+    expect(lost).toEqual([]);
   });
 });

@@ -1,11 +1,13 @@
 /** Sensors: one condition waiter per sensor, woken by NOTIFY hints, listener reconnects and a fallback poll. */
 export {
+  createFlagSeeds,
   createFlagSensor,
   createPreviousRunSensor,
   DWH_FLAG_CHANNEL,
   flagDates,
   runKey as previousRunKey,
   RUN_CHANNEL,
+  type FlagSeeds,
   type PreviousRunSensorOutput,
   type SensorCheck,
   type SensorNotification,

@@ -46,11 +46,31 @@ interface SensorDeps {
   onCheck?: (e: SensorCheck) => void;
 }
 
+/**
+ * Runs whose creating statement read their flag row (schedule.onFlag creates a run only where the flag table holds
+ * the flag): for them that statement was the sensor's first check, a query of the flag table and not a notification,
+ * so the sensor passes without asking again. A seed is put in just before the run's actor starts and taken by the
+ * sensor's first start; the creator removes what was not taken, so a seed never outlives the run's start.
+ */
+export interface FlagSeeds {
+  add(runId: string): void;
+  /** True (once) when the run's flag was read by the statement that created it. */
+  take(runId: string): boolean;
+  delete(runId: string): void;
+}
+
+export function createFlagSeeds(): FlagSeeds {
+  const seeded = new Set<string>();
+  return { add: (runId) => void seeded.add(runId), take: (runId) => seeded.delete(runId), delete: (runId) => void seeded.delete(runId) };
+}
+
 /** wait_for_l2_full_load: waits until the flag table holds `flagCode` for the run's business date. */
 export function createFlagSensor(
   opts: SensorDeps & { flagTable: string; flagCode: string; pokeIntervalMs: number } & {
     /** The warehouse, where the flag table is; `pool` (l2flow's tables) is not used by this sensor. */
     dwh: pg.Pool;
+    /** Runs created by the statement that read their flag row (schedule.onFlag): no second look. */
+    seeds?: FlagSeeds;
   },
 ): StepFn<SensorInput, SensorOutput> {
   const { flagTable, flagCode } = opts;
@@ -69,6 +89,10 @@ export function createFlagSensor(
   });
   return async (input, signal) => {
     assertDate(input.businessDate, 'businessDate');
+    if (opts.seeds?.take(input.runId)) {
+      opts.logger.debug({ runId: input.runId, businessDate: input.businessDate }, 'wait_for_l2_full_load: the statement that created the run read the flag');
+      return { satisfiedAt: new Date().toISOString(), checks: 0 };
+    }
     const { checks } = await waiter
       .wait(input.businessDate, { deadline: input.deadline, signal, since: input.startedAt })
       .catch(inRun(input, `load L1 to L2 for ${input.businessDate} (or set the flag), then re-run the step`));
