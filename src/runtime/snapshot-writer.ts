@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { activeSteps, runOutcome, type WorkflowSnapshot } from '../machines/workflow.js';
 import { toErrorInfo } from '../lib/errors.js';
@@ -21,9 +22,16 @@ import { cancelledHere, saveProgress, type RunStatus } from './run-store.js';
 export interface SnapshotWriter {
   /** Queue the snapshot of a transition with its persisted form, taken at that transition. */
   write(snap: WorkflowSnapshot, persisted: unknown): Promise<void>;
-  /** Resolves once nothing is queued or in flight. */
+  /** Write what is queued now (a write held back by the spacing goes at once); resolves once nothing is queued or in flight. */
   flushed(): Promise<void>;
 }
+
+/**
+ * Least time between the starts of two writes of a running run's snapshot. A run whose steps take milliseconds (a
+ * run's ~10 transitions in ~40 ms) writes its progress a few times instead of at every transition; a run whose steps
+ * take seconds is unaffected (each transition is written at most this late). A final status is never held back.
+ */
+export const SNAPSHOT_SPACING_MS = 20;
 
 /** Retries of a failed write during an outage: 500 ms, 1 s, then every 2 s for as long as it lasts. */
 const WRITE_RETRY: RetryPolicy = { maxTries: Infinity, baseDelayMs: 500, maxDelayMs: 2_000, jitter: 'none' };
@@ -43,16 +51,43 @@ export function createSnapshotWriter(o: {
   onCancelled: () => void;
   /** The run was taken over or finished elsewhere: the host should stop executing it. */
   onNotOwner: () => void;
+  /** Default SNAPSHOT_SPACING_MS; 0: every transition (of separate ticks) is written. */
+  spacingMs?: number;
 }): SnapshotWriter {
+  const spacingMs = o.spacingMs ?? SNAPSHOT_SPACING_MS;
   let pending: { snap: WorkflowSnapshot; persisted: unknown } | null = null;
   let writing: Promise<void> | null = null;
+  /** When the last write started (performance clock), and how to end the wait of a held-back write early. */
+  let lastStart = -Infinity;
+  let hurry: (() => void) | null = null;
+  /** Set by flushed(): nothing is held back any more. */
+  let flushing = false;
+
+  /** Hold a running run's snapshot back until the spacing since the last write passed (or a final one, or flushed()). */
+  async function spaced(): Promise<void> {
+    for (;;) {
+      const wait = lastStart + spacingMs - performance.now();
+      if (wait <= 0 || flushing || !pending || statusOf(pending.snap) !== 'running') return;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, wait);
+        hurry = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      hurry = null;
+    }
+  }
   /** The step rows this writer stored, by key: a write sends only those that changed since. */
   const written = new Map<string, string>();
 
   async function drain(): Promise<void> {
     let failures = 0; // consecutive failed writes
     while (pending) {
+      await spaced();
       const next = pending;
+      if (!next) break;
+      lastStart = performance.now();
       const s = next.snap;
       pending = null;
       const status = statusOf(s);
@@ -98,6 +133,7 @@ export function createSnapshotWriter(o: {
   return {
     write(snap, persisted) {
       pending = { snap, persisted };
+      if (statusOf(snap) !== 'running') hurry?.();
       writing ??= new Promise<void>((resolve) => setImmediate(resolve))
         .then(drain)
         .finally(() => {
@@ -105,6 +141,10 @@ export function createSnapshotWriter(o: {
         });
       return writing;
     },
-    flushed: () => writing?.catch(() => undefined) ?? Promise.resolve(),
+    flushed: () => {
+      flushing = true;
+      hurry?.();
+      return writing?.catch(() => undefined) ?? Promise.resolve();
+    },
   };
 }

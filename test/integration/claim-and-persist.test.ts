@@ -105,7 +105,7 @@ describe('snapshot writes send only the step rows that changed', () => {
   });
 });
 
-describe('the snapshot writer: transitions of one tick cost one write', () => {
+describe('the snapshot writer: transitions of one tick cost one write, a running run writes at most every spacing', () => {
   let db: TestDb;
   beforeAll(async () => {
     db = await createTestDb();
@@ -120,32 +120,66 @@ describe('the snapshot writer: transitions of one tick cost one write', () => {
   const stored = async (runId: string) =>
     (await db.pool.query<{ v: number; status: string; current_step: string; snapshot: { n: number } }>(
       'select snapshot_version::int as v, status, current_step, snapshot from l2flow.run where run_id = $1', [runId])).rows[0]!;
-
-  it('three transitions in one tick are one write of the newest; transitions of later ticks each write; the final status is written', async () => {
-    const { run } = await createRun(db.pool, { workflowId: WF, logicalDate: '2030-03-02', businessDate: '2030-03-01', triggeredBy: 'manual' });
+  const tick = () => new Promise<void>((r) => setImmediate(r));
+  const t = Date.UTC(2030, 2, 2);
+  const s1 = { wait_for_l2_full_load: { status: 'running', startedAt: t } } as Record<string, StepRecord>;
+  const s2 = { ...s1, wait_for_l2_full_load: { status: 'success', startedAt: t, endedAt: t + 1 }, get_load_id: { status: 'running', startedAt: t + 1 } } as Record<string, StepRecord>;
+  const s3 = { ...s2, get_load_id: { status: 'success', startedAt: t + 1, endedAt: t + 2 }, workflow_registration: { status: 'running', startedAt: t + 2 } } as Record<string, StepRecord>;
+  const s4 = { ...s3, workflow_registration: { status: 'success', startedAt: t + 2, endedAt: t + 3 }, end: { status: 'running', startedAt: t + 3 } } as Record<string, StepRecord>;
+  const s5 = { ...s4, end: { status: 'success', startedAt: t + 3, endedAt: t + 4 } } as Record<string, StepRecord>;
+  async function takenRun(logicalDate: string, spacingMs: number) {
+    const { run } = await createRun(db.pool, { workflowId: WF, logicalDate, businessDate: '2030-03-01', triggeredBy: 'manual' });
     await takeRun(db.pool, run.run_id, 'me');
     const lost: string[] = [];
-    const w = createSnapshotWriter({ pool: db.pool, runId: run.run_id, owner: 'me', log: pino({ level: 'silent' }), onCancelled: () => lost.push('cancelled'), onNotOwner: () => lost.push('not owner') });
-    const t = Date.UTC(2030, 2, 2);
-    const s1 = { wait_for_l2_full_load: { status: 'running', startedAt: t } } as Record<string, StepRecord>;
-    const s2 = { ...s1, wait_for_l2_full_load: { status: 'success', startedAt: t, endedAt: t + 1 }, get_load_id: { status: 'running', startedAt: t + 1 } } as Record<string, StepRecord>;
-    const s3 = { ...s2, get_load_id: { status: 'success', startedAt: t + 1, endedAt: t + 2 }, workflow_registration: { status: 'running', startedAt: t + 2 } } as Record<string, StepRecord>;
+    const w = createSnapshotWriter({
+      pool: db.pool, runId: run.run_id, owner: 'me', log: pino({ level: 'silent' }), spacingMs,
+      onCancelled: () => lost.push('cancelled'), onNotOwner: () => lost.push('not owner'),
+    });
+    return { runId: run.run_id, w, lost };
+  }
+
+  it('three transitions in one tick are one write of the newest; with no spacing, transitions of later ticks each write', async () => {
+    const { runId, w, lost } = await takenRun('2030-03-02', 0);
     // The run's start, its sensor passing at once and the next step's start, all in one tick.
     void w.write(snap('wait_for_l2_full_load', s1), { n: 1 });
     void w.write(snap('get_load_id', s2), { n: 2 });
     void w.write(snap('workflow_registration', s3), { n: 3 });
     await w.flushed();
-    expect(await stored(run.run_id)).toEqual({ v: 1, status: 'running', current_step: 'workflow_registration', snapshot: { n: 3 } });
-    expect((await listSteps(db.pool, run.run_id)).map((r) => [r.step, r.status])).toEqual([
+    expect(await stored(runId)).toEqual({ v: 1, status: 'running', current_step: 'workflow_registration', snapshot: { n: 3 } });
+    expect((await listSteps(db.pool, runId)).map((r) => [r.step, r.status])).toEqual([
       ['wait_for_l2_full_load', 'success'], ['get_load_id', 'success'], ['workflow_registration', 'running'],
     ]);
-    // Transitions of separate ticks are written each (nothing is held back waiting for a later one).
-    const s4 = { ...s3, workflow_registration: { status: 'success', startedAt: t + 2, endedAt: t + 3 }, end: { status: 'running', startedAt: t + 3 } } as Record<string, StepRecord>;
     await w.write(snap('end', s4), { n: 4 });
-    expect(await stored(run.run_id)).toMatchObject({ v: 2, current_step: 'end', snapshot: { n: 4 } });
-    const s5 = { ...s4, end: { status: 'success', startedAt: t + 3, endedAt: t + 4 } } as Record<string, StepRecord>;
+    expect(await stored(runId)).toMatchObject({ v: 2, current_step: 'end', snapshot: { n: 4 } });
     await w.write(snap('success', s5, true), { n: 5 });
-    expect(await stored(run.run_id)).toMatchObject({ v: 3, status: 'success', current_step: 'success', snapshot: { n: 5 } });
+    expect(await stored(runId)).toMatchObject({ v: 3, status: 'success', current_step: 'success', snapshot: { n: 5 } });
     expect(lost).toEqual([]);
+  });
+
+  it('within the spacing, transitions of separate ticks wait for one write of the newest; a final status is written at once', async () => {
+    // A spacing far longer than the test: nothing here may wait for it.
+    const { runId, w, lost } = await takenRun('2030-03-03', 60_000);
+    await w.write(snap('wait_for_l2_full_load', s1), { n: 1 });
+    expect((await stored(runId)).v).toBe(1);
+    void w.write(snap('get_load_id', s2), { n: 2 });
+    await tick();
+    void w.write(snap('workflow_registration', s3), { n: 3 });
+    await tick();
+    void w.write(snap('end', s4), { n: 4 });
+    await tick();
+    expect((await stored(runId)).v).toBe(1); // held back
+    // The run ends: its final status is not held back, and it supersedes the held-back progress (one write).
+    await w.write(snap('success', s5, true), { n: 5 });
+    expect(await stored(runId)).toMatchObject({ v: 2, status: 'success', current_step: 'success', snapshot: { n: 5 } });
+    expect((await listSteps(db.pool, runId)).map((r) => [r.step, r.status])).toEqual([
+      ['wait_for_l2_full_load', 'success'], ['get_load_id', 'success'], ['workflow_registration', 'success'], ['end', 'success'],
+    ]);
+    // Stopping the run here (flushed) writes a held-back snapshot at once too.
+    const other = await takenRun('2030-03-04', 60_000);
+    await other.w.write(snap('wait_for_l2_full_load', s1), { n: 1 });
+    void other.w.write(snap('get_load_id', s2), { n: 2 });
+    await other.w.flushed();
+    expect(await stored(other.runId)).toMatchObject({ v: 2, current_step: 'get_load_id', snapshot: { n: 2 } });
+    expect([...lost, ...other.lost]).toEqual([]);
   });
 });
