@@ -152,12 +152,25 @@ export function createRunLocks(o: {
     return opening;
   }
 
-  /** Run one statement on the lock connection (opening it when needed), after every statement queued before it. */
-  function query<R extends pg.QueryResultRow>(sql: Lock): Promise<R[]> {
-    const run = tail.then(async () => (await (await current()).query<R>(sql.text, sql.values)).rows);
+  /**
+   * Run one statement on the lock connection (opening it when needed), after every statement queued before it. A
+   * function is called when the statement's turn comes, so it sees what every statement before it took.
+   */
+  function query<R extends pg.QueryResultRow>(sql: Lock | (() => Lock), took?: (rows: R[]) => void): Promise<R[]> {
+    const run = tail.then(async () => {
+      const c = await current();
+      const { text, values } = typeof sql === 'function' ? sql() : sql;
+      const { rows } = await c.query<R>(text, values);
+      // Recorded before the next statement's turn: its skip list must include what this one took.
+      took?.(rows);
+      return rows;
+    });
     tail = run.catch(() => undefined);
     return run;
   }
+
+  /** The slots this session holds: a session's advisory locks are re-entrant, so it must not try them again. */
+  const heldSlots = () => [...held.values()].flatMap((k) => (k.kind === 'slot' ? [k.slot] : []));
 
   async function take(k: Key): Promise<boolean> {
     const ok = (await query<{ ok: boolean }>(lockSql('pg_try_advisory_lock', k)))[0]?.ok === true;
@@ -173,29 +186,21 @@ export function createRunLocks(o: {
   }
 
   /**
-   * The first slot no session holds (the look before taking it), with the placeholders of the slot space and N.
-   * Advisory locks belong to one database: slots held by runtimes of other databases on the server do not count.
+   * Take the first slot no session holds, in one statement, without looking at pg_locks (a scan of the server's
+   * whole lock table per candidate slot): the slots are tried in order and the scan stops at the first one granted.
+   * Slots this session holds are skipped (re-entrant: they would be granted again); advisory locks belong to one
+   * database, so runtimes of other databases on the server never count. CASE keeps the skip before the try.
    */
-  const freeSlot = (space: string, n: string) => `select i from generate_series(0, ${n}::int - 1) i
-      where not exists (select 1 from pg_locks l where l.locktype = 'advisory' and l.classid = ${space}::int::oid
-                          and l.database = (select oid from pg_database where datname = current_database())
-                          and l.objid = i::oid and l.objsubid = 2 and l.granted)
-      order by i limit 1`;
+  const slotTry = (space: string, n: string, mine: string, when = 'true') =>
+    `select i as slot from generate_series(0, case when ${when} then ${n}::int - 1 else -1 end) i
+      where case when i = any(${mine}::int[]) then false else pg_try_advisory_lock(${space}::int, i) end limit 1`;
 
   async function trySlot(): Promise<number | null> {
-    for (let tries = 0; tries < 3; tries++) {
-      const [row] = await query<{ slot: number | null; ok: boolean | null }>({
-        text: `select s.i as slot, pg_try_advisory_lock($1::int, s.i) as ok from (${freeSlot('$1', '$2')}) s`,
-        values: [RUN_SLOT_SPACE, o.maxActiveRuns],
-      });
-      if (!row || row.slot === null) return null;
-      if (row.ok) {
-        held.set(keyOf({ kind: 'slot', slot: row.slot }), { kind: 'slot', slot: row.slot });
-        return row.slot;
-      }
-      // Another process took that slot between the look and the lock: look again.
-    }
-    return null;
+    const [row] = await query<{ slot: number }>(
+      () => ({ text: slotTry('$1', '$2', '$3'), values: [RUN_SLOT_SPACE, o.maxActiveRuns, heldSlots()] }),
+      ([r]) => void (r && held.set(keyOf({ kind: 'slot', slot: r.slot }), { kind: 'slot', slot: r.slot })),
+    );
+    return row?.slot ?? null;
   }
 
   return {
@@ -209,30 +214,22 @@ export function createRunLocks(o: {
     trySlot,
     async tryLockRunWithSlot(runId) {
       const run: Key = { kind: 'run', id: runId };
-      // Materialized CTEs run in order: the run's lock, then (only when it was taken) the look for a free slot,
-      // then the slot's lock; when no slot was taken the run's lock is given back before the statement ends.
-      const [row] = await query<{ run_ok: boolean; slot: number | null; slot_ok: boolean | null; released: boolean | null }>({
+      // Materialized CTEs run in order: the run's lock, then (only when it was taken) the slots tried in order; when
+      // no slot was taken the run's lock is given back before the statement ends.
+      const [row] = await query<{ run_ok: boolean; slot: number | null; released: boolean | null }>(() => ({
         text: `with r as materialized (select pg_try_advisory_lock($1, hashtext($2)) as ok),
-             s as materialized (select f.i from r, lateral (${freeSlot('$3', '$4')}) f where r.ok),
-             t as materialized (select s.i as slot, pg_try_advisory_lock($3::int, s.i) as ok from s)
-           select r.ok as run_ok, t.slot, t.ok as slot_ok,
-                  case when r.ok and t.ok is not true then pg_advisory_unlock($1, hashtext($2)) end as released
+             t as materialized (${slotTry('$3', '$4', '$5', '(select ok from r)')})
+           select r.ok as run_ok, t.slot,
+                  case when r.ok and t.slot is null then pg_advisory_unlock($1, hashtext($2)) end as released
              from r left join t on true`,
-        values: [RUN_LOCK_SPACE, runId, RUN_SLOT_SPACE, o.maxActiveRuns],
+        values: [RUN_LOCK_SPACE, runId, RUN_SLOT_SPACE, o.maxActiveRuns, heldSlots()],
+      }), ([r]) => {
+        if (!r?.run_ok || r.slot === null) return;
+        held.set(keyOf(run), run);
+        held.set(keyOf({ kind: 'slot', slot: r.slot }), { kind: 'slot', slot: r.slot });
       });
       if (!row?.run_ok) return { locked: false, slot: null };
-      if (row.slot !== null && row.slot_ok) {
-        held.set(keyOf(run), run);
-        held.set(keyOf({ kind: 'slot', slot: row.slot }), { kind: 'slot', slot: row.slot });
-        return { locked: true, slot: row.slot };
-      }
-      if (row.slot === null) return { locked: true, slot: null };
-      // Another process took the free slot between the look and the lock (the run's lock was given back): the
-      // step by step way, which looks again.
-      if (!(await take(run))) return { locked: false, slot: null };
-      const slot = await trySlot();
-      if (slot === null) await release(run);
-      return { locked: true, slot };
+      return { locked: true, slot: row.slot };
     },
     async tryLead() {
       if (!client || held.has(keyOf({ kind: 'leader', id: o.workflowId }))) return false;

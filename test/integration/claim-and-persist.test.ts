@@ -48,6 +48,21 @@ describe('claiming a run: its lock and a max_active_runs slot in one statement',
     }
   });
 
+  it('claims sent at once on one lock session take distinct slots (its own are never granted twice), the extra one none', async () => {
+    const a = createRunLocks({ connectionString: db.uri, maxActiveRuns: 3, workflowId: WF });
+    try {
+      // All four statements are queued before the first answered: each must skip the slots taken before it.
+      const got = await Promise.all(['r1', 'r2', 'r3', 'r4'].map((r) => a.tryLockRunWithSlot(r)));
+      expect(got).toEqual([{ locked: true, slot: 0 }, { locked: true, slot: 1 }, { locked: true, slot: 2 }, { locked: true, slot: null }]);
+      expect(await held(db)).toHaveLength(6); // three runs, three slots; r4's lock was given back
+      expect(await a.trySlot()).toBeNull();
+      await a.unlock('r2', 1);
+      expect(await Promise.all([a.tryLockRunWithSlot('r4'), a.trySlot()])).toEqual([{ locked: true, slot: 1 }, null]);
+    } finally {
+      await a.end();
+    }
+  });
+
   it('slots held by a runtime of another database on the same server do not count', async () => {
     const elsewhere = createRunLocks({ connectionString: other.uri, maxActiveRuns: 1, workflowId: WF });
     const here = createRunLocks({ connectionString: db.uri, maxActiveRuns: 1, workflowId: WF });
