@@ -82,6 +82,11 @@ export function createFlagSchedule(o: {
         // Read by the sensor when the actor starts, right after this returns; removed below if it was not.
         if (row) o.seeds?.add(row.run_id);
         return row;
+      }).catch((err: unknown) => {
+        // The lock connection or the insert failed: create the run queued the usual way (a run created taken
+        // meanwhile is found by the claim loop's next round; creating is by date, so nothing is created twice).
+        log.warn({ err: toErrorInfo(err), logicalDate }, 'onFlag could not start the run here; creating it queued');
+        return 'declined' as const;
       });
       if (outcome === 'declined') return null;
       if (outcome === 'none') return [];
