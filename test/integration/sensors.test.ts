@@ -5,12 +5,13 @@ import { pino } from 'pino';
 import { NEVER, Subject, firstValueFrom, timeout } from 'rxjs';
 import { DEFAULTS } from '../../src/runtime/config.js';
 import { createNotificationHub, type NotificationHub } from '../../src/runtime/notification-hub.js';
-import { createConditionWaiter } from '../../src/services/sensors/index.js';
+import { createCheckRecorder, createConditionWaiter } from '../../src/services/sensors/index.js';
 import { StepError } from '../../src/lib/errors.js';
 import { addDays } from '../../src/lib/dates.js';
 import { DWH_FLAG_CHANNEL, RUN_CHANNEL, createFlagSensor, createPreviousRunSensor, type SensorCheck } from '../../src/services/sensors/index.js';
 import type { SensorInput } from '../../src/services/types.js';
 import { createTestDb, type TestDb } from '../helpers/db.js';
+import { until } from '../helpers/process.js';
 
 type LogLine = { level: number; msg: string } & Record<string, unknown>;
 const FLAG = DEFAULTS.flagSensor.flagCode;
@@ -429,6 +430,34 @@ describe('condition waiter', () => {
       expect(vi.getTimerCount()).toBe(0);
     } finally {
       vi.useRealTimers();
+    }
+  });
+});
+
+describe('the sensor check log', () => {
+  let db: TestDb;
+  beforeAll(async () => {
+    db = await createTestDb();
+  });
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  it('records the keys still waited on; a check whose every key held writes nothing (no run is left waiting on it)', async () => {
+    // One connection: the recorder's inserts run in the order they were sent.
+    const pool = new pg.Pool({ connectionString: db.uri, max: 1 });
+    try {
+      const record = createCheckRecorder({ pool, logger: pino({ level: 'silent' }) });
+      const check = (keys: string[], satisfied: string[], ok = true): SensorCheck =>
+        ({ sensor: 'wait_for_l2_full_load', keys, satisfied, requestedAt: performance.now(), startedAt: performance.now(), finishedAt: performance.now(), ok, reason: 'hint' });
+      record(check(['2024-01-01'], ['2024-01-01'])); // held: nothing to record
+      record(check(['2024-01-02', '2024-01-03'], ['2024-01-02'])); // one held, one still waited on
+      record(check(['2024-01-04'], [], false)); // a failed check: recorded as failed
+      const rows = async () => (await db.pool.query<{ key: string; ok: boolean }>(`select key, ok from l2flow.sensor_check order by key`)).rows;
+      await until('the last record', async () => (await rows()).some((r) => r.key === '2024-01-04'));
+      expect(await rows()).toEqual([{ key: '2024-01-03', ok: true }, { key: '2024-01-04', ok: false }]);
+    } finally {
+      await pool.end();
     }
   });
 });

@@ -14,7 +14,8 @@ export interface SensorCheckRecord {
 
 /**
  * Record every batched sensor check in l2flow.sensor_check, so `status` can say when a waiting run's condition was
- * last looked at: ONE upsert per batch for all its keys, fire and forget (a lost record only makes status older).
+ * last looked at: ONE upsert per batch for all its keys still waited on, fire and forget (a lost record only makes
+ * status older); a batch whose every key held writes nothing.
  */
 export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger }): (e: CheckEvent<string>) => void {
   const warn = createRateLimitedWarn(o.logger.child({ module: 'sensor-check-log' }));
@@ -23,10 +24,15 @@ export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger }): (e: C
     on conflict (sensor, key) do update set checked_at = excluded.checked_at, ok = excluded.ok,
       polled_at = coalesce(excluded.polled_at, l2flow.sensor_check.polled_at)`;
   return (e) => {
+    // Only the keys still waited on: a key that held released every waiter of it, and status shows a check only for
+    // runs waiting in the sensor (a run's flag check that passed cost it one insert for nothing, beside its steps).
+    const held = new Set(e.satisfied);
+    const keys = held.size === 0 ? e.keys : e.keys.filter((k) => !held.has(k));
+    if (keys.length === 0) return;
     // startedAt is on the performance clock: the wall time the check began.
     const at = new Date(Date.now() - (performance.now() - e.startedAt));
     const polled = e.reason === 'poll' || e.reason === 'register';
-    o.pool.query(sql, [e.sensor, at, polled, e.ok, e.keys]).catch((err: unknown) => warn('record', { err }, 'could not record a sensor check; status shows an older one'));
+    o.pool.query(sql, [e.sensor, at, polled, e.ok, keys]).catch((err: unknown) => warn('record', { err }, 'could not record a sensor check; status shows an older one'));
   };
 }
 
