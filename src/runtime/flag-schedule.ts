@@ -44,7 +44,7 @@ export function createFlagSchedule(o: {
   logger: Logger;
   now: () => Date;
   /** The supervisor's handoff (see Supervisor.adopt); without it every run is created queued. */
-  adopt?: (runId: string, create: (owner: string) => Promise<RunRow | null>) => Promise<'started' | 'declined' | 'none'>;
+  adopt?: (runId: string, create: (owner: string) => Promise<RunRow | null>) => Promise<'started' | 'created' | 'declined' | 'none'>;
   /** Where a run created by the statement that read its flag is marked for the flag sensor. */
   seeds?: FlagSeeds;
 }): FlagSchedule {
@@ -90,7 +90,7 @@ export function createFlagSchedule(o: {
       });
       if (outcome === 'declined') return null;
       if (outcome === 'none') return [];
-      log.info({ logicalDate, businessDate, why: 'notification', ms: Date.now() - t0, startedHere: true }, 'run created by the flag for %s', businessDate);
+      log.info({ logicalDate, businessDate, why: 'notification', ms: Date.now() - t0, startedHere: outcome === 'started' }, 'run created by the flag for %s', businessDate);
       return [logicalDate];
     } finally {
       o.seeds?.delete(runId);

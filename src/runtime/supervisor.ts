@@ -42,6 +42,8 @@ export interface SupervisorOptions {
   onRunFailed?: (runId: string) => void;
 }
 
+export type AdoptOutcome = 'started' | 'created' | 'declined' | 'none';
+
 export interface Supervisor {
   start(): Promise<void>;
   /** Stop taking work, persist what is pending, stop every actor, release every lock. */
@@ -53,9 +55,10 @@ export interface Supervisor {
    * and a max_active_runs slot are taken first (the run id is known before the row exists), then `create(owner)`
    * inserts the row as running and owned by `owner`, and the run starts here. `declined`: no slot free (or the
    * process is stopping, or the run is being claimed here): nothing was created, the caller creates it queued.
-   * `none`: `create` created nothing (null).
+   * `none`: `create` created nothing (null). `created`: created, but not started here (the process began stopping or
+   * lost its lock session meanwhile): a claim round, here or in another process, takes it.
    */
-  adopt(runId: string, create: (owner: string) => Promise<RunRow | null>): Promise<'started' | 'declined' | 'none'>;
+  adopt(runId: string, create: (owner: string) => Promise<RunRow | null>): Promise<AdoptOutcome>;
   activeRunIds(): string[];
   events$: Observable<RunEvent>;
   /** True while this process holds the workflow's leader lock (the one process that may create scheduled runs). */
@@ -185,7 +188,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     }
   }
 
-  async function adopt(runId: string, create: (owner: string) => Promise<RunRow | null>): Promise<'started' | 'declined' | 'none'> {
+  async function adopt(runId: string, create: (owner: string) => Promise<RunRow | null>): Promise<AdoptOutcome> {
     if (stopping || live.has(runId) || releasing.has(runId) || taking.has(runId)) return 'declined';
     taking.add(runId);
     try {
@@ -205,7 +208,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
         // Created but not to be run here: it stays resumable, and the next claim round (here or elsewhere) takes it.
         await locks.unlock(runId, slot, lockedOn);
         loop.later(0);
-        return 'started';
+        return 'created';
       }
       await begin(row, slot, lockedOn);
       return 'started';
