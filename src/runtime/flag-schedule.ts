@@ -79,8 +79,11 @@ export function createFlagSchedule(o: {
     try {
       const outcome = await o.adopt(runId, async (owner) => {
         const row = await createFlaggedRunTaken({ state: o.pool, dwh: o.dwh }, { ...query, businessDate, owner });
+        if (!row) return null;
+        // Before the run's own lines ("run started" …): it starts right after this returns.
+        log.info({ logicalDate, businessDate, why: 'notification', ms: Date.now() - t0, takenHere: true }, 'run created by the flag for %s', businessDate);
         // Read by the sensor when the actor starts, right after this returns; removed below if it was not.
-        if (row) o.seeds?.add(row.run_id);
+        o.seeds?.add(row.run_id);
         return row;
       }).catch((err: unknown) => {
         // The lock connection or the insert failed: create the run queued the usual way (a run created taken
@@ -90,7 +93,7 @@ export function createFlagSchedule(o: {
       });
       if (outcome === 'declined') return null;
       if (outcome === 'none') return [];
-      log.info({ logicalDate, businessDate, why: 'notification', ms: Date.now() - t0, startedHere: outcome === 'started' }, 'run created by the flag for %s', businessDate);
+      if (outcome === 'created') log.info({ logicalDate }, 'the run created by the flag was not started here (stopping, or the lock session was lost); a claim round takes it');
       return [logicalDate];
     } finally {
       o.seeds?.delete(runId);
