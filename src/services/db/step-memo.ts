@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { StepError } from '../../lib/errors.js';
 import { retry, type RetryPolicy } from '../../lib/retry.js';
@@ -178,4 +179,61 @@ export async function memoized<O>(
   const winner = await recordedOutput<O>(db, ctx, step, opts);
   if (winner === undefined) throw new Error(`step memo ${step} of run ${ctx.runId} vanished after a conflict`);
   return { output: winner, resumed: true };
+}
+
+/**
+ * A step whose warehouse writes fit in one statement: top-level data-modifying CTEs (`a as (…), b as (…)`, using
+ * $1…$n of `values`) and a jsonb expression of the step's output (it may read the CTEs' RETURNING rows).
+ * Data-modifying CTEs all see the statement's snapshot and not each other's rows except through RETURNING.
+ */
+export interface StepStatement {
+  /** Names the prepared statement (a hash of the text is added): the text may differ by configuration. */
+  name: string;
+  writes: string;
+  output: string;
+  values: unknown[];
+}
+
+/** A statement name unique to its text: pg refuses a known name prepared again with another text on a connection. */
+function statementName(name: string, text: string): string {
+  return `${name}_${createHash('sha1').update(text).digest('hex').slice(0, 10)}`;
+}
+
+/** True for the unique violation of a memo that already exists. */
+function isMemoConflict(err: unknown): boolean {
+  const e = err as { code?: unknown; table?: unknown; schema?: unknown };
+  return e.code === '23505' && e.table === 'step_memo' && e.schema === 'l2flow';
+}
+
+/**
+ * `memoized` for a step that is one statement. With one database the writes and the memo insert are ONE statement
+ * (one round trip, its own implicit transaction): the memo insert has no `on conflict`, so when a memo exists
+ * (a resumed step, or a concurrent invocation committed first) the statement fails on step_memo's key, every
+ * write of it is rolled back, and the recorded output is read (a second round trip, only then). With a separate
+ * state database the statement is the work of `memoized` (intent, transaction status).
+ */
+export async function memoizedStatement<O>(db: Databases, ctx: MemoKey, step: string, stmt: StepStatement, opts: IntentWait = {}): Promise<{ output: O; resumed: boolean }> {
+  if (separateState(db)) {
+    const text = `with ${stmt.writes} select ${stmt.output} as output`;
+    const name = statementName(stmt.name, text);
+    return memoized<O>(db, ctx, step, async (client) => (await client.query<{ output: O }>({ name, text, values: stmt.values })).rows[0]!.output, opts);
+  }
+  const n = stmt.values.length;
+  const text = `with ${stmt.writes},
+    l2flow_memo as (insert into l2flow.step_memo (run_id, step, attempt, output)
+                    values ($${n + 1}::text, $${n + 2}::text, $${n + 3}::integer, ${stmt.output}) returning output)
+    select output from l2flow_memo`;
+  const name = statementName(stmt.name, text);
+  // Twice at most: a memo found by the insert but gone by the read (cleared meanwhile) lets the step run again.
+  for (let round = 0; round < 2; round++) {
+    try {
+      const { rows } = await db.dwh.query<{ output: O }>({ name, text, values: [...stmt.values, ctx.runId, step, ctx.attempt] });
+      return { output: rows[0]!.output, resumed: false };
+    } catch (err) {
+      if (!isMemoConflict(err)) throw err;
+    }
+    const recorded = await readMemo<O>(db.state, ctx, step);
+    if (recorded !== undefined) return { output: recorded, resumed: true };
+  }
+  throw new Error(`step memo ${step} of run ${ctx.runId} was found then vanished twice; clear the step to run it again`);
 }
