@@ -200,7 +200,7 @@ function statementName(name: string, text: string): string {
 }
 
 /** True for the unique violation of a memo that already exists. */
-function isMemoConflict(err: unknown): boolean {
+export function isMemoConflict(err: unknown): boolean {
   const e = err as { code?: unknown; table?: unknown; schema?: unknown };
   return e.code === '23505' && e.table === 'step_memo' && e.schema === 'l2flow';
 }
