@@ -181,6 +181,33 @@ describe('child workflows', () => {
     await db.pool.query('truncate t');
   });
 
+  it('the session killer looks for its memo in its own statement: recorded, it terminates nothing and writes nothing', async () => {
+    const role = `l2flow_test_victim_${randomBytes(4).toString('hex')}`;
+    await db.pool.query(`create role ${role} login`);
+    const url = new URL(db.uri);
+    url.username = role;
+    const victim = new pg.Client({ connectionString: url.toString(), application_name: 'victim' });
+    victim.on('error', () => undefined);
+    try {
+      const c = ctx();
+      const fresh = await statementsOf(() => runner.run('kill_idle')(c, signal));
+      expect(fresh.result).toMatchObject({ resumed: false });
+      expect(fresh.sent.filter((s) => !s.text.includes('client_connection_check_interval')).map((s) => s.text.slice(0, 30)))
+        .toEqual(['with recorded as materialized ', 'insert into l2flow.step_memo (']);
+      // An idle session appears after the child was recorded: invoking it again must not terminate it.
+      await victim.connect();
+      const victimPid = (await victim.query('select pg_backend_pid() as pid')).rows[0].pid as number;
+      await new Promise((r) => setTimeout(r, 50));
+      const again = await statementsOf(() => runner.run('kill_idle')(c, signal));
+      expect(again.result).toEqual({ ...fresh.result, resumed: true });
+      expect(again.sent.map((s) => s.text.slice(0, 30))).toEqual(['with recorded as materialized ']);
+      expect((await db.pool.query('select count(*)::int as n from pg_stat_activity where pid = $1', [victimPid])).rows[0].n).toBe(1);
+    } finally {
+      await victim.end().catch(() => undefined);
+      await db.pool.query(`drop role if exists ${role}`);
+    }
+  });
+
   it('quotes the run id in the memo statements: quotes and backslashes are data, not SQL', async () => {
     const c = { ...ctx(12), runId: String.raw`run-'); drop table t; --\\'` };
     expect(await runner.run('insert_both')(c, signal)).toMatchObject({ resumed: false });

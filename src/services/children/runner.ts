@@ -36,7 +36,7 @@ export interface ChildRunner {
 // Stale sessions only: idle ones of ordinary roles in this database, never ours, l2flow's, superusers' or replication's.
 // Materialized so every filter is applied before pg_terminate_backend sees a row: the planner may otherwise
 // evaluate quals in any order, and a superuser caller could terminate a superuser's session.
-const KILL_IDLE_SESSIONS = `with stale as materialized (
+const STALE_SESSIONS = `stale as materialized (
     select a.pid, a.usename, a.application_name
       from pg_stat_activity a
       join pg_roles r on r.oid = a.usesysid
@@ -46,8 +46,18 @@ const KILL_IDLE_SESSIONS = `with stale as materialized (
        and a.state_change < now() - make_interval(secs => $1)
        and a.pid <> pg_backend_pid()
        and coalesce(a.application_name, '') not like 'l2flow%'
-       and not r.rolsuper and not r.rolreplication)
+       and not r.rolsuper and not r.rolreplication`;
+const KILL_IDLE_SESSIONS = `with ${STALE_SESSIONS})
   select pid, usename, application_name from stale where pg_terminate_backend(pid)`;
+// One database: the builtin looks for its memo ($2 run, $3 step, $4 attempt) in its own statement and terminates
+// nothing when it exists; the recorded output comes back as the one row with `recorded` set.
+const KILL_IDLE_SESSIONS_UNLESS_RECORDED = `with recorded as materialized (
+    select output from l2flow.step_memo where run_id = $2::text and step = $3::text and attempt = $4::integer),
+  ${STALE_SESSIONS}
+       and not exists (select 1 from recorded))
+  select pid, usename, application_name, null::jsonb as recorded from stale where pg_terminate_backend(pid)
+  union all
+  select null, null, null, output from recorded`;
 
 const CANCEL_GRACE_MS = 5_000;
 
@@ -136,8 +146,9 @@ export function createChildRunner(opts: {
 
   /**
    * Run one child on a dedicated client; a transactional child commits its memo in its own transaction.
-   * `checkMemo` (one database, transactional child): the memo is looked for inside the child's transaction, in
-   * the round trip of its BEGIN, and written in the round trip of its COMMIT (a memo found: resumed, nothing runs).
+   * `checkMemo` (one database): the memo is looked for on the child's connection, not before: a transactional
+   * child's in the round trip of its BEGIN (and written in its COMMIT's), the session killer's in its own statement.
+   * A memo found: resumed, nothing runs.
    */
   async function runOnClient(
     child: string,
@@ -149,9 +160,14 @@ export function createChildRunner(opts: {
     const started = Date.now();
     const conn = await connections.acquire(signal, `child workflow ${child}`);
     const { client, pid } = conn;
+    const step = memoStep(child);
     try {
       const transactional = cfg.kind === 'sql' && cfg.transactional;
-      const query = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx) : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds] };
+      const query: pg.QueryConfig = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx)
+        : checkMemo ? { text: KILL_IDLE_SESSIONS_UNLESS_RECORDED, values: [cfg.idleSeconds, ctx.runId, step, ctx.attempt] }
+        : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds] };
+      /** The session killer's memo, found by its statement. */
+      let recorded: ChildResult | undefined;
       // Without a transaction (procedures that COMMIT inside, or terminating sessions) a crash between the
       // statement and its memo re-runs the child: at-least-once for those, exactly-once for transactional ones.
       const work = async () => {
@@ -159,14 +175,22 @@ export function createChildRunner(opts: {
         const result: ChildResult = { child, kind: cfg.kind, durationMs: Date.now() - started, resumed: false };
         if (cfg.kind === 'sql') result.rowCount = res.rowCount ?? 0;
         else {
-          result.terminated = res.rowCount ?? 0;
-          const sessions = res.rows.map((r: { pid: number; usename: string; application_name: string }) =>
-            ({ pid: r.pid, user: r.usename, application: r.application_name }));
-          logger.info({ child, runId: ctx.runId, sessions }, `terminated ${result.terminated} idle session(s)`);
+          type Row = { pid: number; usename: string; application_name: string; recorded?: ChildResult | null };
+          const rows = res.rows as Row[];
+          recorded = rows.find((r) => r.recorded)?.recorded ?? undefined;
+          const sessions = rows.filter((r) => !r.recorded).map((r) => ({ pid: r.pid, user: r.usename, application: r.application_name }));
+          result.terminated = sessions.length;
+          if (!recorded) logger.info({ child, runId: ctx.runId, sessions }, `terminated ${result.terminated} idle session(s)`);
         }
         return result;
       };
-      const step = memoStep(child);
+      if (checkMemo && !transactional) {
+        const result = await work();
+        const output = recorded ? { ...recorded, resumed: true }
+          : (await writeMemo(client, ctx, step, result)) ? result : { ...((await readMemo<ChildResult>(client, ctx, step)) ?? result), resumed: true };
+        conn.release();
+        return output;
+      }
       if (checkMemo) {
         const output = await inTransactionWithMemo(client, ctx, step, work, () =>
           logger.info({ child, runId: ctx.runId, kind: cfg.kind }, 'child workflow starting'));
@@ -240,8 +264,9 @@ export function createChildRunner(opts: {
             `({ kind: 'sql', statement: 'CALL …' }, { kind: 'airflow', dagId, connection } or a builtin) to the l2flow config`);
         }
         throwIfAborted(signal, `child workflow ${childName}`);
-        // One database and a transactional child: the memo is looked for in the child's transaction (see runOnClient).
-        const checkMemo = !separate && cfg.kind === 'sql' && cfg.transactional;
+        // One database, a transactional child or the session killer: the memo is looked for on the child's connection
+        // in a round trip it makes anyway (see runOnClient).
+        const checkMemo = !separate && (cfg.kind === 'builtin' || (cfg.kind === 'sql' && cfg.transactional));
         const recorded = checkMemo ? undefined : await recordedOutput<ChildResult>(db, ctx, memoStep(childName), { signal });
         if (!recorded && cfg.kind === 'airflow') logger.info({ child: childName, runId: ctx.runId, kind: cfg.kind }, 'child workflow starting');
         const result = recorded ? { ...recorded, resumed: true }
