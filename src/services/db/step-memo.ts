@@ -70,7 +70,11 @@ export const INTENT_WAIT: RetryPolicy = { maxTries: Infinity, baseDelayMs: 100, 
 const INTENT_SQL = {
   write: `insert into l2flow.step_intent (run_id, step, attempt, dwh_xid, output) values ($1, $2, $3, $4, $5::jsonb)
           on conflict (run_id, step, attempt) do nothing returning 1`,
-  read: 'select dwh_xid::text as xid, output from l2flow.step_intent where run_id = $1 and step = $2 and attempt = $3',
+  // The memo, else the intent: one round trip.
+  read: `select m.output as memo, i.dwh_xid::text as xid, i.output
+           from (select) k
+           left join l2flow.step_memo m on m.run_id = $1 and m.step = $2 and m.attempt = $3
+           left join l2flow.step_intent i on i.run_id = $1 and i.step = $2 and i.attempt = $3`,
   // One statement: the memo appears exactly when the intent goes.
   settle: `with gone as (delete from l2flow.step_intent where run_id = $1 and step = $2 and attempt = $3)
            insert into l2flow.step_memo (run_id, step, attempt, output) values ($1, $2, $3, $4::jsonb)
@@ -89,11 +93,13 @@ async function settleIntent(state: Queryable, ctx: MemoKey, step: string, output
  * still in progress is waited for up to `wait.maxElapsedMs`, then a retryable DB_ERROR names the transaction.
  */
 export async function recordedOutput<O>(db: Databases, ctx: MemoKey, step: string, opts: IntentWait = {}): Promise<O | undefined> {
-  const memo = await readMemo<O>(db.state, ctx, step);
-  if (memo !== undefined || !separateState(db)) return memo;
-  const { rows } = await db.state.query<{ xid: string; output: O }>({ name: 'l2flow_intent_read', text: INTENT_SQL.read, values: [ctx.runId, step, ctx.attempt] });
-  const intent = rows[0];
-  if (!intent) return undefined;
+  if (!separateState(db)) return readMemo<O>(db.state, ctx, step);
+  const { rows } = await db.state.query<{ memo: O | null; xid: string | null; output: O }>({
+    name: 'l2flow_memo_intent_read', text: INTENT_SQL.read, values: [ctx.runId, step, ctx.attempt] });
+  const found = rows[0]!;
+  if (found.memo !== null) return found.memo;
+  if (found.xid === null) return undefined;
+  const intent = { xid: found.xid, output: found.output };
   const status = await retry(async () => {
     const { rows: s } = await db.dwh.query<{ status: string | null }>('select txid_status($1::bigint) as status', [intent.xid]);
     const answer = s[0]?.status ?? null;
@@ -134,17 +140,25 @@ export async function commitWithMemo<O>(
     }, (x) => x.fresh);
     return r;
   }
+  // The transaction's id is taken with its BEGIN (one round trip, a simple query): the same xid the commit settles.
+  let xid: string;
+  try {
+    const opened = (await client.query('begin; select txid_current()::text as xid')) as unknown as pg.QueryResult<{ xid: string }>[];
+    xid = opened[1]!.rows[0]!.xid;
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  }
   const r = await inTransaction(client, async () => {
     const output = await work();
-    const { rows } = await client.query<{ xid: string }>('select txid_current()::text as xid');
     // Committed in the state database BEFORE the warehouse commits: a crash after the warehouse commit leaves it behind.
     const { rowCount } = await db.state.query({
       name: 'l2flow_intent_write',
       text: INTENT_SQL.write,
-      values: [ctx.runId, step, ctx.attempt, rows[0]!.xid, JSON.stringify(output ?? {})],
+      values: [ctx.runId, step, ctx.attempt, xid, JSON.stringify(output ?? {})],
     });
     return { output, fresh: rowCount === 1 };
-  }, (x) => x.fresh);
+  }, (x) => x.fresh, { begun: true });
   if (r.fresh) await settleIntent(db.state, ctx, step, r.output);
   return r;
 }
