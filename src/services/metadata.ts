@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted, toErrorInfo } from '../lib/errors.js';
 import { quoteQualified } from './db/index.js';
-import { memoizedStatement, separateState, type Databases } from './db/index.js';
+import { memoizedStatement, RECORDED, separateState, type Databases } from './db/index.js';
 import type { Logger, RunFailure, StepContext, StepFn } from './types.js';
 
 export interface MetadataOptions {
@@ -59,33 +59,35 @@ const SQL = {
 /*
  * The memoized steps' writes, each ONE statement of top-level data-modifying CTEs (see memoizedStatement): they all
  * see the statement's snapshot, so a "reopen" (update, else insert) reads its update's RETURNING, never the table.
- * Each write tolerates warehouses whose md tables lack the keys our migration creates: update-or-insert instead of
- * relying on a conflict target, and a bare `on conflict do nothing` for concurrent first registrations.
+ * Every write is guarded by FRESH (no memo recorded: a resumed step writes nothing). Each write tolerates warehouses
+ * whose md tables lack the keys our migration creates: update-or-insert instead of relying on a conflict target, and
+ * a bare `on conflict do nothing` for concurrent first registrations.
  */
+const FRESH = `not exists (select 1 from ${RECORDED})`;
 // $1 workflow_cd, $2 layer_cd, $3 load_id, $4 business_date, $5 run_id, $6 message
 const REGISTER_WRITES = `registered as (
       insert into md.workflow (workflow_cd, layer_cd) select $1::text, $2::text
-       where not exists (select 1 from md.workflow where workflow_cd = $1::text) on conflict do nothing returning 1),
+       where ${FRESH} and not exists (select 1 from md.workflow where workflow_cd = $1::text) on conflict do nothing returning 1),
     session_reopened as (
       update md.data_load_session set status_cd = 'start', business_date = $4::date, layer_cd = $2::text, finished_at = null
-       where load_id = $3::bigint returning 1),
+       where load_id = $3::bigint and ${FRESH} returning 1),
     session_opened as (
       insert into md.data_load_session (load_id, business_date, layer_cd, status_cd)
-      select $3::bigint, $4::date, $2::text, 'start' where not exists (select 1 from session_reopened)),
+      select $3::bigint, $4::date, $2::text, 'start' where ${FRESH} and not exists (select 1 from session_reopened)),
     job_reopened as (
       update md.job_session set status_cd = 'start', run_id = $5::text, finished_at = null
-       where load_id = $3::bigint and workflow_cd = $1::text returning 1),
+       where load_id = $3::bigint and workflow_cd = $1::text and ${FRESH} returning 1),
     job_opened as (
       insert into md.job_session (load_id, run_id, workflow_cd, status_cd)
-      select $3::bigint, $5::text, $1::text, 'start' where not exists (select 1 from job_reopened)),
-    logged as (insert into md.session_log (load_id, level_cd, message) values ($3::bigint, 'i', $6::text))`;
+      select $3::bigint, $5::text, $1::text, 'start' where ${FRESH} and not exists (select 1 from job_reopened)),
+    logged as (insert into md.session_log (load_id, level_cd, message) select $3::bigint, 'i', $6::text where ${FRESH})`;
 const REGISTER_OUTPUT = `jsonb_build_object('loadId', $3::bigint, 'workflowRegistered', exists (select 1 from registered))`;
 // $1 workflow_cd, $2 load_id, $3 status_cd, $4 level_cd, $5 message
 const CLOSE_WRITES = `session_closed as (
-      update md.data_load_session set status_cd = $3::text, finished_at = now() where load_id = $2::bigint),
+      update md.data_load_session set status_cd = $3::text, finished_at = now() where load_id = $2::bigint and ${FRESH}),
     job_closed as (
-      update md.job_session set status_cd = $3::text, finished_at = now() where load_id = $2::bigint and workflow_cd = $1::text),
-    logged as (insert into md.session_log (load_id, level_cd, message) values ($2::bigint, $4::text, $5::text))`;
+      update md.job_session set status_cd = $3::text, finished_at = now() where load_id = $2::bigint and workflow_cd = $1::text and ${FRESH}),
+    logged as (insert into md.session_log (load_id, level_cd, message) select $2::bigint, $4::text, $5::text where ${FRESH})`;
 
 const TRANSIENT_SQLSTATE = /^(08|40|53|57P)/;
 
@@ -104,7 +106,7 @@ export function createMetadata(opts: MetadataOptions): Metadata {
     ? `${CLOSE_WRITES},
     flagged as (
       insert into ${flagTable} (flag_cd, bussines_date) select $6::text, $7::date
-       where not exists (select 1 from ${flagTable} where flag_cd = $6::text and bussines_date = $7::date) returning 1)`
+       where ${FRESH} and not exists (select 1 from ${flagTable} where flag_cd = $6::text and bussines_date = $7::date) returning 1)`
     : CLOSE_WRITES;
   const endOutput = `jsonb_build_object('loadId', $2::bigint, 'flagged', ${flagTable ? 'exists (select 1 from flagged)' : 'false'})`;
 

@@ -79,7 +79,7 @@ describe('step memos with a separate state database', () => {
     const signal = new AbortController().signal;
     // The memo-or-intent read, BEGIN with the xid, the md writes, the intent, COMMIT, the intent made the memo.
     expect(await sent(() => md.workflowRegistration(ctx, signal))).toEqual([
-      'select m.output as memo,', 'begin; select txid_curre', 'with registered as ( ins', 'insert into l2flow.step_', 'commit', 'with gone as (delete fro',
+      'select m.output as memo,', 'begin; select txid_curre', 'with l2flow_recorded as ', 'insert into l2flow.step_', 'commit', 'with gone as (delete fro',
     ]);
     expect(await sent(() => md.workflowRegistration(ctx, signal))).toEqual(['select m.output as memo,']);
     const { rows } = await split.db.dwh.query(`select (select count(*)::int from md.data_load_session where load_id = $1) as sessions,

@@ -199,6 +199,8 @@ export async function memoized<O>(
  * A step whose warehouse writes fit in one statement: top-level data-modifying CTEs (`a as (…), b as (…)`, using
  * $1…$n of `values`) and a jsonb expression of the step's output (it may read the CTEs' RETURNING rows).
  * Data-modifying CTEs all see the statement's snapshot and not each other's rows except through RETURNING.
+ * Every write must be guarded by `not exists (select 1 from ${RECORDED})`: the step's memo as the statement's
+ * snapshot sees it, so a recorded step writes nothing.
  */
 export interface StepStatement {
   /** Names the prepared statement (a hash of the text is added): the text may differ by configuration. */
@@ -207,6 +209,9 @@ export interface StepStatement {
   output: string;
   values: unknown[];
 }
+
+/** The CTE a StepStatement's writes are guarded by (see StepStatement). */
+export const RECORDED = 'l2flow_recorded';
 
 /** A statement name unique to its text: pg refuses a known name prepared again with another text on a connection. */
 function statementName(name: string, text: string): string {
@@ -220,29 +225,33 @@ export function isMemoConflict(err: unknown): boolean {
 }
 
 /**
- * `memoized` for a step that is one statement. With one database the writes and the memo insert are ONE statement
- * (one round trip, its own implicit transaction): the memo insert has no `on conflict`, so when a memo exists
- * (a resumed step, or a concurrent invocation committed first) the statement fails on step_memo's key, every
- * write of it is rolled back, and the recorded output is read (a second round trip, only then). With a separate
- * state database the statement is the work of `memoized` (intent, transaction status).
+ * `memoized` for a step that is one statement. With one database the memo look, the writes and the memo insert are
+ * ONE statement (one round trip, its own implicit transaction): a memo the statement's snapshot sees makes every
+ * write a no-op and comes back as the output (resumed). A memo committed by a concurrent invocation after our
+ * snapshot: the memo insert (no `on conflict`) waits for it and fails on step_memo's key, every write of ours is
+ * rolled back, and the recorded output is read. With a separate state database the statement is the work of
+ * `memoized` (intent, transaction status), its guard an empty memo.
  */
 export async function memoizedStatement<O>(db: Databases, ctx: MemoKey, step: string, stmt: StepStatement, opts: IntentWait = {}): Promise<{ output: O; resumed: boolean }> {
   if (separateState(db)) {
-    const text = `with ${stmt.writes} select ${stmt.output} as output`;
+    const text = `with ${RECORDED} as (select null::jsonb as output where false), ${stmt.writes} select ${stmt.output} as output`;
     const name = statementName(stmt.name, text);
     return memoized<O>(db, ctx, step, async (client) => (await client.query<{ output: O }>({ name, text, values: stmt.values })).rows[0]!.output, opts);
   }
   const n = stmt.values.length;
-  const text = `with ${stmt.writes},
+  const key = `run_id = $${n + 1}::text and step = $${n + 2}::text and attempt = $${n + 3}::integer`;
+  const text = `with ${RECORDED} as (select output from l2flow.step_memo where ${key}),
+    ${stmt.writes},
     l2flow_memo as (insert into l2flow.step_memo (run_id, step, attempt, output)
-                    values ($${n + 1}::text, $${n + 2}::text, $${n + 3}::integer, ${stmt.output}) returning output)
-    select output from l2flow_memo`;
+                    select $${n + 1}::text, $${n + 2}::text, $${n + 3}::integer, ${stmt.output}
+                     where not exists (select 1 from ${RECORDED}) returning output)
+    select output, false as resumed from l2flow_memo union all select output, true from ${RECORDED}`;
   const name = statementName(stmt.name, text);
   // Twice at most: a memo found by the insert but gone by the read (cleared meanwhile) lets the step run again.
   for (let round = 0; round < 2; round++) {
     try {
-      const { rows } = await db.dwh.query<{ output: O }>({ name, text, values: [...stmt.values, ctx.runId, step, ctx.attempt] });
-      return { output: rows[0]!.output, resumed: false };
+      const { rows } = await db.dwh.query<{ output: O; resumed: boolean }>({ name, text, values: [...stmt.values, ctx.runId, step, ctx.attempt] });
+      return rows[0]!;
     } catch (err) {
       if (!isMemoConflict(err)) throw err;
     }
