@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted, toErrorInfo } from '../lib/errors.js';
 import { quoteQualified } from './db/index.js';
-import { memoized, separateState, type Databases } from './db/index.js';
+import { memoizedStatement, RECORDED, separateState, type Databases } from './db/index.js';
 import type { Logger, RunFailure, StepContext, StepFn } from './types.js';
 
 export interface MetadataOptions {
@@ -47,30 +47,47 @@ export interface Metadata {
   recordFailure: StepFn<StepContext & { failure: RunFailure }, FailureRecordResult>;
 }
 
-// Each statement tolerates warehouses whose md tables lack the keys our migration creates: update-or-insert
-// instead of relying on a conflict target, and a bare `on conflict do nothing` for concurrent first registrations.
+// The load id: one statement with one database (the run row and the sequence together).
 const SQL = {
   assignLoadId: `update l2flow.run set load_id = coalesce(load_id, nextval($2::regclass)) where run_id = $1 returning load_id`,
   // State ≠ warehouse: the sequence is the warehouse's, the run row l2flow's. A crash between the two wastes a number.
   readLoadId: `select load_id from l2flow.run where run_id = $1`,
   nextLoadId: `select nextval($1::regclass) as load_id`,
   keepLoadId: `update l2flow.run set load_id = coalesce(load_id, $2::bigint) where run_id = $1 returning load_id`,
-  registerWorkflow: `insert into md.workflow (workflow_cd, layer_cd) select $1, $2
-    where not exists (select 1 from md.workflow where workflow_cd = $1) on conflict do nothing`,
-  openSession: `with reopened as (
-      update md.data_load_session set status_cd = 'start', business_date = $2, layer_cd = $3, finished_at = null
-       where load_id = $1 returning 1)
-    insert into md.data_load_session (load_id, business_date, layer_cd, status_cd)
-    select $1, $2, $3, 'start' where not exists (select 1 from reopened)`,
-  openJob: `with reopened as (
-      update md.job_session set status_cd = 'start', run_id = $2, finished_at = null
-       where load_id = $1 and workflow_cd = $3 returning 1)
-    insert into md.job_session (load_id, run_id, workflow_cd, status_cd)
-    select $1, $2, $3, 'start' where not exists (select 1 from reopened)`,
-  closeSession: `update md.data_load_session set status_cd = $2, finished_at = now() where load_id = $1`,
-  closeJob: `update md.job_session set status_cd = $3, finished_at = now() where load_id = $1 and workflow_cd = $2`,
-  log: `insert into md.session_log (load_id, level_cd, message) values ($1, $2, $3)`,
 };
+
+/*
+ * The memoized steps' writes, each ONE statement of top-level data-modifying CTEs (see memoizedStatement): they all
+ * see the statement's snapshot, so a "reopen" (update, else insert) reads its update's RETURNING, never the table.
+ * Every write is guarded by FRESH (no memo recorded: a resumed step writes nothing). Each write tolerates warehouses
+ * whose md tables lack the keys our migration creates: update-or-insert instead of relying on a conflict target, and
+ * a bare `on conflict do nothing` for concurrent first registrations.
+ */
+const FRESH = `not exists (select 1 from ${RECORDED})`;
+// $1 workflow_cd, $2 layer_cd, $3 load_id, $4 business_date, $5 run_id, $6 message
+const REGISTER_WRITES = `registered as (
+      insert into md.workflow (workflow_cd, layer_cd) select $1::text, $2::text
+       where ${FRESH} and not exists (select 1 from md.workflow where workflow_cd = $1::text) on conflict do nothing returning 1),
+    session_reopened as (
+      update md.data_load_session set status_cd = 'start', business_date = $4::date, layer_cd = $2::text, finished_at = null
+       where load_id = $3::bigint and ${FRESH} returning 1),
+    session_opened as (
+      insert into md.data_load_session (load_id, business_date, layer_cd, status_cd)
+      select $3::bigint, $4::date, $2::text, 'start' where ${FRESH} and not exists (select 1 from session_reopened)),
+    job_reopened as (
+      update md.job_session set status_cd = 'start', run_id = $5::text, finished_at = null
+       where load_id = $3::bigint and workflow_cd = $1::text and ${FRESH} returning 1),
+    job_opened as (
+      insert into md.job_session (load_id, run_id, workflow_cd, status_cd)
+      select $3::bigint, $5::text, $1::text, 'start' where ${FRESH} and not exists (select 1 from job_reopened)),
+    logged as (insert into md.session_log (load_id, level_cd, message) select $3::bigint, 'i', $6::text where ${FRESH})`;
+const REGISTER_OUTPUT = `jsonb_build_object('loadId', $3::bigint, 'workflowRegistered', exists (select 1 from registered))`;
+// $1 workflow_cd, $2 load_id, $3 status_cd, $4 level_cd, $5 message
+const CLOSE_WRITES = `session_closed as (
+      update md.data_load_session set status_cd = $3::text, finished_at = now() where load_id = $2::bigint and ${FRESH}),
+    job_closed as (
+      update md.job_session set status_cd = $3::text, finished_at = now() where load_id = $2::bigint and workflow_cd = $1::text and ${FRESH}),
+    logged as (insert into md.session_log (load_id, level_cd, message) select $2::bigint, $4::text, $5::text where ${FRESH})`;
 
 const TRANSIENT_SQLSTATE = /^(08|40|53|57P)/;
 
@@ -81,11 +98,17 @@ export function createMetadata(opts: MetadataOptions): Metadata {
   const sequence = quoteQualified(opts.loadIdSequence ?? 'md.load_id_seq');
   const logUrl = opts.logUrl ?? ((ctx: StepContext) => `l2flow://runs/${encodeURIComponent(ctx.runId)}`);
   const q = (name: keyof typeof SQL, values: unknown[]) => ({ name: `l2flow_md_${name}`, text: SQL[name], values });
-  // Not a named statement: the table comes from the configuration. `where not exists`: flag tables rarely have a key.
-  const flagSql = opts.completionFlag
-    ? `insert into ${quoteQualified(opts.completionFlag.flagTable)} (flag_cd, bussines_date) select $1, $2::date
-        where not exists (select 1 from ${quoteQualified(opts.completionFlag.flagTable)} where flag_cd = $1 and bussines_date = $2::date)`
-    : null;
+  // `end`'s writes: closing the session, and the completion flag ($6 flag_cd, $7 business date) in the same statement,
+  // so the flag appears exactly when the run's success is recorded, never without it. `where not exists`: flag
+  // tables rarely have a key. The table comes from the configuration (the statement's name carries a hash of its text).
+  const flagTable = opts.completionFlag ? quoteQualified(opts.completionFlag.flagTable) : null;
+  const endWrites = flagTable
+    ? `${CLOSE_WRITES},
+    flagged as (
+      insert into ${flagTable} (flag_cd, bussines_date) select $6::text, $7::date
+       where ${FRESH} and not exists (select 1 from ${flagTable} where flag_cd = $6::text and bussines_date = $7::date) returning 1)`
+    : CLOSE_WRITES;
+  const endOutput = `jsonb_build_object('loadId', $2::bigint, 'flagged', ${flagTable ? 'exists (select 1 from flagged)' : 'false'})`;
 
   /** Wrap anything thrown so the run's error names the step, the logical date and what to do. */
   async function step<T>(name: string, ctx: StepContext, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
@@ -136,12 +159,9 @@ export function createMetadata(opts: MetadataOptions): Metadata {
     step('workflow_registration', ctx, signal, async () => {
       const loadId = requireLoadId('workflow_registration', ctx);
       const message = `start -> task_id=workflow_registration, dag_id=${ctx.workflowId}, log_url=${logUrl(ctx)}`;
-      const { output, resumed } = await memoized(db, ctx, 'workflow_registration', async (client) => {
-        const wf = await client.query(q('registerWorkflow', [ctx.workflowId, layer]));
-        await client.query(q('openSession', [loadId, ctx.businessDate, layer]));
-        await client.query(q('openJob', [loadId, ctx.runId, ctx.workflowId]));
-        await client.query(q('log', [loadId, 'i', message]));
-        return { loadId, workflowRegistered: wf.rowCount === 1 };
+      const { output, resumed } = await memoizedStatement<Omit<RegistrationResult, 'resumed'>>(db, ctx, 'workflow_registration', {
+        name: 'l2flow_md_register', writes: REGISTER_WRITES, output: REGISTER_OUTPUT,
+        values: [ctx.workflowId, layer, loadId, ctx.businessDate, ctx.runId, message],
       }, { signal });
       logger.info({ runId: ctx.runId, loadId, resumed }, 'workflow registered, load session opened');
       return { ...output, resumed };
@@ -151,13 +171,9 @@ export function createMetadata(opts: MetadataOptions): Metadata {
     step('end', ctx, signal, async () => {
       const loadId = requireLoadId('end', ctx);
       const message = `successful -> task_id=end, dag_id=${ctx.workflowId}, log_url=${logUrl(ctx)}`;
-      const { output, resumed } = await memoized(db, ctx, 'end', async (client) => {
-        // In the memo's transaction: the flag appears exactly when the run's success is recorded, never without it.
-        const flagged = flagSql ? (await client.query(flagSql, [opts.completionFlag!.flagCode, ctx.businessDate])).rowCount === 1 : false;
-        await client.query(q('closeSession', [loadId, 's']));
-        await client.query(q('closeJob', [loadId, ctx.workflowId, 's']));
-        await client.query(q('log', [loadId, 'i', message]));
-        return { loadId, flagged };
+      const { output, resumed } = await memoizedStatement<Omit<EndResult, 'resumed'>>(db, ctx, 'end', {
+        name: 'l2flow_md_end', writes: endWrites, output: endOutput,
+        values: [ctx.workflowId, loadId, 's', 'i', message, ...(opts.completionFlag ? [opts.completionFlag.flagCode, ctx.businessDate] : [])],
       }, { signal });
       logger.info({ runId: ctx.runId, loadId, resumed, flagged: output.flagged }, 'load session closed as successful');
       return { ...output, resumed };
@@ -168,11 +184,9 @@ export function createMetadata(opts: MetadataOptions): Metadata {
       const { failure, loadId } = input;
       if (loadId === null) return { recorded: false, resumed: false };
       const message = `failed -> task_id=${failure.step}, dag_id=${input.workflowId}, error=${failure.code}: ${failure.message}`;
-      const { output, resumed } = await memoized(db, input, 'record_failure', async (client) => {
-        await client.query(q('closeSession', [loadId, 'f']));
-        await client.query(q('closeJob', [loadId, input.workflowId, 'f']));
-        await client.query(q('log', [loadId, 'e', message]));
-        return { recorded: true };
+      const { output, resumed } = await memoizedStatement<Omit<FailureRecordResult, 'resumed'>>(db, input, 'record_failure', {
+        name: 'l2flow_md_failure', writes: CLOSE_WRITES, output: `jsonb_build_object('recorded', true)`,
+        values: [input.workflowId, loadId, 'f', 'e', message],
       }, { signal });
       logger.info({ runId: input.runId, loadId, failedStep: failure.step, resumed }, 'load session closed as failed');
       return { ...output, resumed };

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import pino from 'pino';
@@ -18,6 +18,7 @@ const children: Record<string, ChildConfig> = {
   insert_both: { kind: 'sql', statement: 'insert into t (ld, lid) values ($1, $2)', transactional: true },
   load_id_only: { kind: 'sql', statement: 'insert into t (lid) values ($2)', transactional: true },
   plain: { kind: 'sql', statement: 'select 1', transactional: true },
+  insert_slowly: { kind: 'sql', statement: 'insert into t (ld, lid) select $1, $2 from pg_sleep(0.3)', transactional: true },
   call_proc: { kind: 'sql', statement: 'CALL p($1::date, $2::bigint)', transactional: true },
   call_committing: { kind: 'sql', statement: 'call p_commit($1)', transactional: false },
   broken: { kind: 'sql', statement: 'select 1 / 0', transactional: true },
@@ -136,6 +137,93 @@ describe('child workflows', () => {
       await Promise.all([victim, ownApp, superuser].map((cl) => cl.end().catch(() => undefined)));
       await db.pool.query(`drop role if exists ${role}`);
     }
+  });
+  /** The statements `fn` sends, each with the client it went on (pg's client query, wrapped for the call). */
+  async function statementsOf<T>(fn: () => Promise<T>): Promise<{ result: T; sent: { text: string; client: unknown }[] }> {
+    const spy = vi.spyOn(pg.Client.prototype, 'query');
+    try {
+      const result = await fn();
+      const sent = spy.mock.calls.map(([q], i) => ({
+        text: (typeof q === 'string' ? q : (q as { text: string }).text).replace(/\s+/g, ' ').trim(),
+        client: spy.mock.contexts[i],
+      }));
+      return { result, sent };
+    } finally {
+      spy.mockRestore();
+    }
+  }
+
+  it('a child connection asks for its backend pid once, however many children it runs', async () => {
+    const { sent } = await statementsOf(async () => {
+      for (let i = 0; i < 4; i++) await runner.run('plain')(ctx(), signal);
+      await runner.run('kill_very_idle')(ctx(), signal);
+    });
+    const setups = sent.filter((s) => s.text.includes('pg_backend_pid()') && s.text.includes('client_connection_check_interval'));
+    const childClients = new Set(sent.filter((s) => s.text === 'select 1').map((s) => s.client));
+    // Five children ran one after another; each connection among them was set up at most once (none if set up earlier).
+    expect(new Set(setups.map((s) => s.client)).size).toBe(setups.length);
+    expect(setups.length).toBeLessThanOrEqual(childClients.size);
+    expect(childClients.size).toBeLessThan(4);
+  });
+
+  it('a transactional child is three round trips: begin with the memo look, the statement, the memo with commit', async () => {
+    const c = ctx(11);
+    const fresh = await statementsOf(() => runner.run('insert_both')(c, signal));
+    expect(fresh.result).toMatchObject({ rowCount: 1, resumed: false });
+    expect(fresh.sent.filter((s) => !s.text.includes('client_connection_check_interval')).map((s) => s.text.slice(0, 30))).toEqual([
+      'begin; select output from l2fl', 'insert into t (ld, lid) values', 'insert into l2flow.step_memo (',
+    ]);
+    // Found by the look at the start: the statement does not run again.
+    const again = await statementsOf(() => runner.run('insert_both')(c, signal));
+    expect(again.result).toMatchObject({ rowCount: 1, resumed: true });
+    expect(again.sent.map((s) => s.text.slice(0, 30))).toEqual(['begin; select output from l2fl', 'rollback']);
+    expect(await rowsOfT()).toEqual([{ ld: '2024-03-02', lid: 11 }]);
+    await db.pool.query('truncate t');
+  });
+
+  it('the session killer looks for its memo in its own statement: recorded, it terminates nothing and writes nothing', async () => {
+    const role = `l2flow_test_victim_${randomBytes(4).toString('hex')}`;
+    await db.pool.query(`create role ${role} login`);
+    const url = new URL(db.uri);
+    url.username = role;
+    const victim = new pg.Client({ connectionString: url.toString(), application_name: 'victim' });
+    victim.on('error', () => undefined);
+    try {
+      const c = ctx();
+      const fresh = await statementsOf(() => runner.run('kill_idle')(c, signal));
+      expect(fresh.result).toMatchObject({ resumed: false });
+      expect(fresh.sent.filter((s) => !s.text.includes('client_connection_check_interval')).map((s) => s.text.slice(0, 30)))
+        .toEqual(['with recorded as materialized ', 'insert into l2flow.step_memo (']);
+      // An idle session appears after the child was recorded: invoking it again must not terminate it.
+      await victim.connect();
+      const victimPid = (await victim.query('select pg_backend_pid() as pid')).rows[0].pid as number;
+      await new Promise((r) => setTimeout(r, 50));
+      const again = await statementsOf(() => runner.run('kill_idle')(c, signal));
+      expect(again.result).toEqual({ ...fresh.result, resumed: true });
+      expect(again.sent.map((s) => s.text.slice(0, 30))).toEqual(['with recorded as materialized ']);
+      expect((await db.pool.query('select count(*)::int as n from pg_stat_activity where pid = $1', [victimPid])).rows[0].n).toBe(1);
+    } finally {
+      await victim.end().catch(() => undefined);
+      await db.pool.query(`drop role if exists ${role}`);
+    }
+  });
+
+  it('quotes the run id in the memo statements: quotes and backslashes are data, not SQL', async () => {
+    const c = { ...ctx(12), runId: String.raw`run-'); drop table t; --\\'` };
+    expect(await runner.run('insert_both')(c, signal)).toMatchObject({ resumed: false });
+    expect(await runner.run('insert_both')(c, signal)).toMatchObject({ resumed: true });
+    expect((await db.pool.query('select run_id from l2flow.step_memo where run_id = $1', [c.runId])).rows).toHaveLength(1);
+    expect(await rowsOfT()).toEqual([{ ld: '2024-03-02', lid: 12 }]);
+    await db.pool.query('truncate t');
+  });
+
+  it('the same transactional child invoked twice at once commits its effect once; the other returns the recorded result', async () => {
+    const c = ctx(13);
+    // Both look for the memo before either commits (the statement sleeps): the second's memo insert meets the first's.
+    const both = await Promise.all([runner.run('insert_slowly')(c, signal), runner.run('insert_slowly')(c, signal)]);
+    expect(both.map((r) => r.resumed).sort()).toEqual([false, true]);
+    expect(await rowsOfT()).toEqual([{ ld: '2024-03-02', lid: 13 }]);
+    await db.pool.query('truncate t');
   });
 });
 

@@ -1,4 +1,5 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import pg from 'pg';
 import pino from 'pino';
 import { createTestDb, type TestDb } from '../helpers/db.js';
 import { createMetadata, type Metadata } from '../../src/services/metadata.js';
@@ -113,5 +114,67 @@ describe('warehouse metadata steps', () => {
     ac.abort();
     await expect(md.getLoadId(ctx, ac.signal)).rejects.toMatchObject({ code: 'ABORTED' });
     await expect(md.end(ctx, signal)).rejects.toMatchObject({ code: 'INTERNAL', message: expect.stringContaining('get_load_id') });
+  });
+
+  /** The statements `fn` sends on any connection of this process, in order (pg's client query, wrapped for the call). */
+  async function statementsOf<T>(fn: () => Promise<T>): Promise<{ result: T; sent: string[] }> {
+    const spy = vi.spyOn(pg.Client.prototype, 'query');
+    try {
+      const result = await fn();
+      const sent = spy.mock.calls.map(([q]) => (typeof q === 'string' ? q : (q as { text: string }).text).replace(/\s+/g, ' ').trim());
+      return { result, sent };
+    } finally {
+      spy.mockRestore();
+    }
+  }
+
+  it('a memoized step is one statement, fresh or resumed; resumed, it writes no md row again', async () => {
+    const ctx = await newRun('r-one', '2024-07-02', '2024-07-01');
+    const loadId = ctx.loadId!;
+    const fresh = await statementsOf(() => md.workflowRegistration(ctx, signal));
+    expect(fresh.result).toEqual({ loadId, workflowRegistered: false, resumed: false });
+    expect(fresh.sent).toHaveLength(1);
+    expect(fresh.sent[0]).toMatch(/insert into l2flow\.step_memo/);
+    const again = await statementsOf(() => md.workflowRegistration(ctx, signal));
+    expect(again.result).toEqual({ loadId, workflowRegistered: false, resumed: true });
+    expect(again.sent).toHaveLength(1);
+    expect(await counts(loadId)).toMatchObject({ sessions: 1, jobs: 1, logs: 1 });
+
+    const ended = await statementsOf(() => md.end(ctx, signal));
+    expect(ended.result).toEqual({ loadId, flagged: false, resumed: false });
+    expect(ended.sent).toHaveLength(1);
+    // Resumed after end: the registration's writes (reopening the session) are not done again.
+    expect(await md.workflowRegistration(ctx, signal)).toMatchObject({ resumed: true });
+    const closed = await db.pool.query('select status_cd, finished_at is not null as finished from md.data_load_session where load_id = $1', [loadId]);
+    expect(closed.rows).toEqual([{ status_cd: 's', finished: true }]);
+    const failure = { step: 'end', code: 'DB_ERROR', message: 'late' };
+    expect((await statementsOf(() => md.recordFailure({ ...ctx, failure }, signal))).sent).toHaveLength(1);
+    expect(await counts(loadId)).toMatchObject({ sessions: 1, jobs: 1, logs: 3 });
+  });
+
+  it('end writes the completion flag in its one statement, once per business date, and not again when resumed', async () => {
+    const flagging = createMetadata({ pool: db.pool, dwh: db.pool, logger: pino({ level: 'silent' }),
+      completionFlag: { flagTable: 'md.dwh_flag', flagCode: 'L2_DONE' } });
+    const flags = async () => (await db.pool.query(`select count(*)::int as n from md.dwh_flag where flag_cd = 'L2_DONE' and bussines_date = '2024-08-01'`)).rows[0].n;
+    const ctx = await newRun('r-flag', '2024-08-02', '2024-08-01');
+    await flagging.workflowRegistration(ctx, signal);
+    const first = await statementsOf(() => flagging.end(ctx, signal));
+    expect(first.result).toEqual({ loadId: ctx.loadId, flagged: true, resumed: false });
+    expect(first.sent).toHaveLength(1);
+    expect(await flags()).toBe(1);
+    expect(await flagging.end(ctx, signal)).toEqual({ loadId: ctx.loadId, flagged: true, resumed: true });
+    // A second run of the same business date (a new attempt) finds the flag there: not written twice.
+    expect(await flagging.end({ ...ctx, attempt: 2 }, signal)).toEqual({ loadId: ctx.loadId, flagged: false, resumed: false });
+    expect(await flags()).toBe(1);
+    const { rows } = await db.pool.query(`select status_cd, finished_at is not null as finished from md.data_load_session where load_id = $1`, [ctx.loadId]);
+    expect(rows).toEqual([{ status_cd: 's', finished: true }]);
+  });
+
+  it('two invocations of a step at once: one writes, the other returns its recorded output; md rows once', async () => {
+    const ctx = await newRun('r-race', '2024-09-02', '2024-09-01');
+    const both = await Promise.all([md.workflowRegistration(ctx, signal), md.workflowRegistration(ctx, signal)]);
+    expect(both.map((r) => r.resumed).sort()).toEqual([false, true]);
+    expect(both[0].workflowRegistered).toBe(both[1].workflowRegistered);
+    expect(await counts(ctx.loadId!)).toMatchObject({ sessions: 1, jobs: 1, logs: 1 });
   });
 });

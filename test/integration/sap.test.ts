@@ -3,7 +3,8 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { inspect } from 'node:util';
 import { pino } from 'pino';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import pg from 'pg';
 import { createSegmentationView, createTestDb, type TestDb } from '../helpers/db.js';
 import { StepError } from '../../src/lib/errors.js';
 import { DEFAULTS } from '../../src/runtime/config.js';
@@ -206,6 +207,30 @@ describe('SAP sender', () => {
     const again = await send(ctx, live);
     expect(again).toEqual({ ...first, resumed: true });
     expect(sap.requests).toHaveLength(1);
+  });
+
+  it('reads or writes its send record in one statement; a resumed step does not count the view again', async () => {
+    // Counting this view fails once guard.n is 0: a resumed step that counted it again would fail.
+    await db.pool.query(`create table if not exists wk_export.sap_guard (n int); delete from wk_export.sap_guard; insert into wk_export.sap_guard values (1);
+      create or replace view wk_export.sap_guard_v as select 1 / (select n from wk_export.sap_guard) as x`);
+    const sap = await startSap((res, n) => reply(res, n === 1 ? 503 : 200));
+    const send = sender(parseSapConnection(`${sap.base}/flag`), { viewName: 'wk_export.sap_guard_v', retry: { maxTries: 1, baseDelayMs: 10, maxDelayMs: 10 } });
+    const ctx = context();
+    const spy = vi.spyOn(pg.Client.prototype, 'query');
+    let sent: string[];
+    try {
+      await rejection(send(ctx, live)); // SAP answers 503: the row stays, failed
+      sent = spy.mock.calls.map(([q]) => (typeof q === 'string' ? q : (q as { text: string }).text).replace(/\s+/g, ' ').slice(0, 30));
+    } finally {
+      spy.mockRestore();
+    }
+    // Before the POST: one statement (the record written with the count); after it: the answer recorded.
+    expect(sent).toEqual(['with existing as (select paylo', 'update l2flow.sap_send set htt']);
+    await db.pool.query('update wk_export.sap_guard set n = 0');
+    // A step retry of the recorded 503 sends again from the stored payload, without counting the view.
+    const result = await send({ ...ctx, tryNumber: 2 }, live);
+    expect(result).toMatchObject({ calcRows: 1, resumed: true, httpStatus: 200 });
+    expect(sap.requests.map((r) => r.body)).toEqual([payloadJson('1', ctx.logicalDate), payloadJson('1', ctx.logicalDate)]);
   });
 
   it('resends a crashed "sending" row with the same key and the body first built', async () => {

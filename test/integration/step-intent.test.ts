@@ -1,9 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import pg from 'pg';
 import { createSplitTestDbs, createTestDb, type SplitDbs, type TestDb } from '../helpers/db.js';
 import pino from 'pino';
 import { createDedicatedConnections, memoized, readMemo, type Databases, type DedicatedConnections } from '../../src/services/db/index.js';
 import { createChildRunner, type ChildRunner } from '../../src/services/children/index.js';
+import { createMetadata } from '../../src/services/metadata.js';
 
 /**
  * Exactly once across two databases: the crash windows of the intent protocol (src/services/db/step-memo.ts),
@@ -58,6 +59,33 @@ describe('step memos with a separate state database', () => {
     expect(await effects(split.db, ctx.runId)).toBe(1);
     expect(await intents(split.db, ctx.runId)).toBe(0);
     expect(await readMemo(split.db.state, ctx, STEP)).toEqual({ loadId: 1, wrote: ctx.runId });
+  });
+
+  it('a metadata step: its md writes are one statement in the intent transaction, the memo and intent one read', async () => {
+    const md = createMetadata({ pool: split.db.state, dwh: split.db.dwh, logger: pino({ level: 'silent' }) });
+    const run = { runId: 'intent-md', workflowId: 'WF', logicalDate: '2024-03-02', businessDate: '2024-03-01', attempt: 1, loadId: null };
+    await split.db.state.query('insert into l2flow.run (run_id, workflow_id, logical_date, business_date) values ($1, $2, $3, $4)',
+      [run.runId, run.workflowId, run.logicalDate, run.businessDate]);
+    const ctx = { ...run, loadId: (await md.getLoadId(run, new AbortController().signal)).loadId };
+    const sent = async (fn: () => Promise<unknown>) => {
+      const spy = vi.spyOn(pg.Client.prototype, 'query');
+      try {
+        await fn();
+        return spy.mock.calls.map(([q]) => (typeof q === 'string' ? q : (q as { text: string }).text).replace(/\s+/g, ' ').slice(0, 24));
+      } finally {
+        spy.mockRestore();
+      }
+    };
+    const signal = new AbortController().signal;
+    // The memo-or-intent read, BEGIN with the xid, the md writes, the intent, COMMIT, the intent made the memo.
+    expect(await sent(() => md.workflowRegistration(ctx, signal))).toEqual([
+      'select m.output as memo,', 'begin; select txid_curre', 'with l2flow_recorded as ', 'insert into l2flow.step_', 'commit', 'with gone as (delete fro',
+    ]);
+    expect(await sent(() => md.workflowRegistration(ctx, signal))).toEqual(['select m.output as memo,']);
+    const { rows } = await split.db.dwh.query(`select (select count(*)::int from md.data_load_session where load_id = $1) as sessions,
+      (select count(*)::int from md.session_log where load_id = $1 and message like 'start -> task_id=workflow_registration%') as logs`, [ctx.loadId]);
+    expect(rows).toEqual([{ sessions: 1, logs: 1 }]);
+    expect(await intents(split.db, ctx.runId)).toBe(0);
   });
 
   it('(a) intent written, warehouse committed, memo not yet written: the step is resumed, not repeated', async () => {

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { abortableSleep } from '../../lib/time.js';
-import { commitWithMemo, placeholdersIn, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
+import { commitWithMemo, isMemoConflict, placeholdersIn, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
 import { createAirflowChild, type AirflowChildConfig, type AirflowOutcome } from './airflow/child.js';
 import { parseAirflowConnection } from './airflow/connection.js';
@@ -36,7 +36,7 @@ export interface ChildRunner {
 // Stale sessions only: idle ones of ordinary roles in this database, never ours, l2flow's, superusers' or replication's.
 // Materialized so every filter is applied before pg_terminate_backend sees a row: the planner may otherwise
 // evaluate quals in any order, and a superuser caller could terminate a superuser's session.
-const KILL_IDLE_SESSIONS = `with stale as materialized (
+const STALE_SESSIONS = `stale as materialized (
     select a.pid, a.usename, a.application_name
       from pg_stat_activity a
       join pg_roles r on r.oid = a.usesysid
@@ -46,22 +46,20 @@ const KILL_IDLE_SESSIONS = `with stale as materialized (
        and a.state_change < now() - make_interval(secs => $1)
        and a.pid <> pg_backend_pid()
        and coalesce(a.application_name, '') not like 'l2flow%'
-       and not r.rolsuper and not r.rolreplication)
+       and not r.rolsuper and not r.rolreplication`;
+const KILL_IDLE_SESSIONS = `with ${STALE_SESSIONS})
   select pid, usename, application_name from stale where pg_terminate_backend(pid)`;
+// One database: the builtin looks for its memo ($2 run, $3 step, $4 attempt) in its own statement and terminates
+// nothing when it exists; the recorded output comes back as the one row with `recorded` set.
+const KILL_IDLE_SESSIONS_UNLESS_RECORDED = `with recorded as materialized (
+    select output from l2flow.step_memo where run_id = $2::text and step = $3::text and attempt = $4::integer),
+  ${STALE_SESSIONS}
+       and not exists (select 1 from recorded))
+  select pid, usename, application_name, null::jsonb as recorded from stale where pg_terminate_backend(pid)
+  union all
+  select null, null, null, output from recorded`;
 
 const CANCEL_GRACE_MS = 5_000;
-
-/**
- * Every child connection asks the server to watch its client. A backend busy with a statement does not read its
- * socket, so if l2flow dies mid-child (SIGKILL, OOM) PostgreSQL would run the orphaned statement to its end: beside
- * the step resumed by the next process, outside the pool slot (freed with the dead process's connections), and, for a
- * child that commits inside, committing. With client_connection_check_interval (PostgreSQL 14+) the server polls the
- * socket while the statement runs and aborts it about a second after the client is gone; older servers skip it.
- */
-const CLIENT_CHECK_INTERVAL_MS = 1_000;
-const SESSION_SETUP = `select pg_backend_pid() as pid,
-    case when current_setting('server_version_num')::int >= 140000
-         then set_config('client_connection_check_interval', '${CLIENT_CHECK_INTERVAL_MS}', false) end as client_check`;
 
 /** Runs child workflows from configuration, once per run attempt, cancelling their queries on the server on abort/timeout. */
 export function createChildRunner(opts: {
@@ -146,20 +144,30 @@ export function createChildRunner(opts: {
     }
   }
 
-  /** Run one child on a dedicated client; a transactional child commits its memo in its own transaction. */
+  /**
+   * Run one child on a dedicated client; a transactional child commits its memo in its own transaction.
+   * `checkMemo` (one database): the memo is looked for on the child's connection, not before: a transactional
+   * child's in the round trip of its BEGIN (and written in its COMMIT's), the session killer's in its own statement.
+   * A memo found: resumed, nothing runs.
+   */
   async function runOnClient(
     child: string,
     cfg: WarehouseChild,
     ctx: StepContext,
     signal: AbortSignal,
+    checkMemo: boolean,
   ): Promise<ChildResult> {
     const started = Date.now();
     const conn = await connections.acquire(signal, `child workflow ${child}`);
-    const client = conn.client;
+    const { client, pid } = conn;
+    const step = memoStep(child);
     try {
-      const pid = (await client.query<{ pid: number }>(SESSION_SETUP)).rows[0]!.pid;
       const transactional = cfg.kind === 'sql' && cfg.transactional;
-      const query = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx) : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds] };
+      const query: pg.QueryConfig = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx)
+        : checkMemo ? { text: KILL_IDLE_SESSIONS_UNLESS_RECORDED, values: [cfg.idleSeconds, ctx.runId, step, ctx.attempt] }
+        : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds] };
+      /** The session killer's memo, found by its statement. */
+      let recorded: ChildResult | undefined;
       // Without a transaction (procedures that COMMIT inside, or terminating sessions) a crash between the
       // statement and its memo re-runs the child: at-least-once for those, exactly-once for transactional ones.
       const work = async () => {
@@ -167,14 +175,29 @@ export function createChildRunner(opts: {
         const result: ChildResult = { child, kind: cfg.kind, durationMs: Date.now() - started, resumed: false };
         if (cfg.kind === 'sql') result.rowCount = res.rowCount ?? 0;
         else {
-          result.terminated = res.rowCount ?? 0;
-          const sessions = res.rows.map((r: { pid: number; usename: string; application_name: string }) =>
-            ({ pid: r.pid, user: r.usename, application: r.application_name }));
-          logger.info({ child, runId: ctx.runId, sessions }, `terminated ${result.terminated} idle session(s)`);
+          type Row = { pid: number; usename: string; application_name: string; recorded?: ChildResult | null };
+          const rows = res.rows as Row[];
+          recorded = rows.find((r) => r.recorded)?.recorded ?? undefined;
+          const sessions = rows.filter((r) => !r.recorded).map((r) => ({ pid: r.pid, user: r.usename, application: r.application_name }));
+          result.terminated = sessions.length;
+          if (!recorded) logger.info({ child, runId: ctx.runId, sessions }, `terminated ${result.terminated} idle session(s)`);
         }
         return result;
       };
-      const step = memoStep(child);
+      if (checkMemo && !transactional) {
+        const result = await work();
+        const output = recorded ? { ...recorded, resumed: true }
+          : (await writeMemo(client, ctx, step, result)) ? result : { ...((await readMemo<ChildResult>(client, ctx, step)) ?? result), resumed: true };
+        conn.release();
+        return output;
+      }
+      if (checkMemo) {
+        const output = await inTransactionWithMemo(client, ctx, step, work, () =>
+          logger.info({ child, runId: ctx.runId, kind: cfg.kind }, 'child workflow starting'));
+        conn.release();
+        return output;
+      }
+      logger.info({ child, runId: ctx.runId, kind: cfg.kind }, 'child workflow starting');
       // Another invocation recorded the child first: ours is rolled back and theirs is the result.
       const { output: result, fresh } = transactional
         ? await commitWithMemo(db, client, ctx, step, work)
@@ -195,6 +218,42 @@ export function createChildRunner(opts: {
     }
   }
 
+  /**
+   * One database, a transactional child: `begin` and the memo read are one round trip, the memo insert and `commit`
+   * another (simple queries: the key and output are literals quoted by pg). A memo found at the start: nothing runs,
+   * the recorded output (resumed). The memo insert has no `on conflict`: when another invocation recorded the child
+   * meanwhile, it fails on the memo's key, ours is rolled back, and theirs is the result.
+   */
+  async function inTransactionWithMemo(
+    client: pg.ClientBase,
+    ctx: StepContext,
+    step: string,
+    work: () => Promise<ChildResult>,
+    starting: () => void,
+  ): Promise<ChildResult> {
+    const lit = (v: string) => client.escapeLiteral(v);
+    if (!Number.isSafeInteger(ctx.attempt)) throw new StepError('INTERNAL', `run ${ctx.runId}: attempt ${String(ctx.attempt)} is not an integer`);
+    const key = `run_id = ${lit(ctx.runId)} and step = ${lit(step)} and attempt = ${ctx.attempt}`;
+    const opened = (await client.query(`begin; select output from l2flow.step_memo where ${key}`)) as unknown as pg.QueryResult<{ output: ChildResult }>[];
+    const recorded = opened[1]!.rows[0]?.output;
+    if (recorded !== undefined) {
+      await client.query('rollback');
+      return { ...recorded, resumed: true };
+    }
+    starting();
+    const result = await work();
+    try {
+      await client.query(`insert into l2flow.step_memo (run_id, step, attempt, output)
+        values (${lit(ctx.runId)}, ${lit(step)}, ${ctx.attempt}, ${lit(JSON.stringify(result))}::jsonb); commit`);
+      return result;
+    } catch (err) {
+      if (!isMemoConflict(err)) throw err;
+    }
+    await client.query('rollback');
+    const winner = await readMemo<ChildResult>(client, ctx, step);
+    return { ...(winner ?? result), resumed: true };
+  }
+
   return {
     run(childName) {
       return async (ctx, signal) => {
@@ -205,13 +264,17 @@ export function createChildRunner(opts: {
             `({ kind: 'sql', statement: 'CALL …' }, { kind: 'airflow', dagId, connection } or a builtin) to the l2flow config`);
         }
         throwIfAborted(signal, `child workflow ${childName}`);
-        const recorded = await recordedOutput<ChildResult>(db, ctx, memoStep(childName), { signal });
-        if (recorded) {
+        // One database, a transactional child or the session killer: the memo is looked for on the child's connection
+        // in a round trip it makes anyway (see runOnClient).
+        const checkMemo = !separate && (cfg.kind === 'builtin' || (cfg.kind === 'sql' && cfg.transactional));
+        const recorded = checkMemo ? undefined : await recordedOutput<ChildResult>(db, ctx, memoStep(childName), { signal });
+        if (!recorded && cfg.kind === 'airflow') logger.info({ child: childName, runId: ctx.runId, kind: cfg.kind }, 'child workflow starting');
+        const result = recorded ? { ...recorded, resumed: true }
+          : cfg.kind === 'airflow' ? await runAirflow(childName, ctx, signal) : await runOnClient(childName, cfg, ctx, signal, checkMemo);
+        if (result.resumed) {
           logger.info({ child: childName, runId: ctx.runId }, 'child already completed in this attempt; not run again');
-          return { ...recorded, resumed: true };
+          return result;
         }
-        logger.info({ child: childName, runId: ctx.runId, kind: cfg.kind }, 'child workflow starting');
-        const result = cfg.kind === 'airflow' ? await runAirflow(childName, ctx, signal) : await runOnClient(childName, cfg, ctx, signal);
         logger.info({ child: childName, runId: ctx.runId, durationMs: result.durationMs }, 'child workflow finished');
         return result;
       };

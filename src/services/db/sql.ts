@@ -58,10 +58,16 @@ async function connectAbortably(pool: pg.Pool, signal: AbortSignal, what: string
 
 /**
  * Run `fn` in a transaction on `client`: committed when `commitIf(result)` holds, else rolled back (the result is
- * still returned); on an error rolled back and rethrown. The one shape of a transaction in l2flow.
+ * still returned); on an error rolled back and rethrown. The one shape of a transaction in l2flow. `begun`: the
+ * caller sent the BEGIN itself (with a statement of its own in the same round trip).
  */
-export async function inTransaction<T>(client: pg.ClientBase, fn: () => Promise<T>, commitIf: (result: T) => boolean = () => true): Promise<T> {
-  await client.query('begin');
+export async function inTransaction<T>(
+  client: pg.ClientBase,
+  fn: () => Promise<T>,
+  commitIf: (result: T) => boolean = () => true,
+  opts: { begun?: boolean } = {},
+): Promise<T> {
+  if (!opts.begun) await client.query('begin');
   let result: T;
   try {
     result = await fn();

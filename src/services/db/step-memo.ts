@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { StepError } from '../../lib/errors.js';
 import { retry, type RetryPolicy } from '../../lib/retry.js';
@@ -69,7 +70,11 @@ export const INTENT_WAIT: RetryPolicy = { maxTries: Infinity, baseDelayMs: 100, 
 const INTENT_SQL = {
   write: `insert into l2flow.step_intent (run_id, step, attempt, dwh_xid, output) values ($1, $2, $3, $4, $5::jsonb)
           on conflict (run_id, step, attempt) do nothing returning 1`,
-  read: 'select dwh_xid::text as xid, output from l2flow.step_intent where run_id = $1 and step = $2 and attempt = $3',
+  // The memo, else the intent: one round trip.
+  read: `select m.output as memo, i.dwh_xid::text as xid, i.output
+           from (select) k
+           left join l2flow.step_memo m on m.run_id = $1 and m.step = $2 and m.attempt = $3
+           left join l2flow.step_intent i on i.run_id = $1 and i.step = $2 and i.attempt = $3`,
   // One statement: the memo appears exactly when the intent goes.
   settle: `with gone as (delete from l2flow.step_intent where run_id = $1 and step = $2 and attempt = $3)
            insert into l2flow.step_memo (run_id, step, attempt, output) values ($1, $2, $3, $4::jsonb)
@@ -88,11 +93,13 @@ async function settleIntent(state: Queryable, ctx: MemoKey, step: string, output
  * still in progress is waited for up to `wait.maxElapsedMs`, then a retryable DB_ERROR names the transaction.
  */
 export async function recordedOutput<O>(db: Databases, ctx: MemoKey, step: string, opts: IntentWait = {}): Promise<O | undefined> {
-  const memo = await readMemo<O>(db.state, ctx, step);
-  if (memo !== undefined || !separateState(db)) return memo;
-  const { rows } = await db.state.query<{ xid: string; output: O }>({ name: 'l2flow_intent_read', text: INTENT_SQL.read, values: [ctx.runId, step, ctx.attempt] });
-  const intent = rows[0];
-  if (!intent) return undefined;
+  if (!separateState(db)) return readMemo<O>(db.state, ctx, step);
+  const { rows } = await db.state.query<{ memo: O | null; xid: string | null; output: O }>({
+    name: 'l2flow_memo_intent_read', text: INTENT_SQL.read, values: [ctx.runId, step, ctx.attempt] });
+  const found = rows[0]!;
+  if (found.memo !== null) return found.memo;
+  if (found.xid === null) return undefined;
+  const intent = { xid: found.xid, output: found.output };
   const status = await retry(async () => {
     const { rows: s } = await db.dwh.query<{ status: string | null }>('select txid_status($1::bigint) as status', [intent.xid]);
     const answer = s[0]?.status ?? null;
@@ -133,17 +140,25 @@ export async function commitWithMemo<O>(
     }, (x) => x.fresh);
     return r;
   }
+  // The transaction's id is taken with its BEGIN (one round trip, a simple query): the same xid the commit settles.
+  let xid: string;
+  try {
+    const opened = (await client.query('begin; select txid_current()::text as xid')) as unknown as pg.QueryResult<{ xid: string }>[];
+    xid = opened[1]!.rows[0]!.xid;
+  } catch (err) {
+    await client.query('rollback').catch(() => undefined);
+    throw err;
+  }
   const r = await inTransaction(client, async () => {
     const output = await work();
-    const { rows } = await client.query<{ xid: string }>('select txid_current()::text as xid');
     // Committed in the state database BEFORE the warehouse commits: a crash after the warehouse commit leaves it behind.
     const { rowCount } = await db.state.query({
       name: 'l2flow_intent_write',
       text: INTENT_SQL.write,
-      values: [ctx.runId, step, ctx.attempt, rows[0]!.xid, JSON.stringify(output ?? {})],
+      values: [ctx.runId, step, ctx.attempt, xid, JSON.stringify(output ?? {})],
     });
     return { output, fresh: rowCount === 1 };
-  }, (x) => x.fresh);
+  }, (x) => x.fresh, { begun: true });
   if (r.fresh) await settleIntent(db.state, ctx, step, r.output);
   return r;
 }
@@ -178,4 +193,70 @@ export async function memoized<O>(
   const winner = await recordedOutput<O>(db, ctx, step, opts);
   if (winner === undefined) throw new Error(`step memo ${step} of run ${ctx.runId} vanished after a conflict`);
   return { output: winner, resumed: true };
+}
+
+/**
+ * A step whose warehouse writes fit in one statement: top-level data-modifying CTEs (`a as (…), b as (…)`, using
+ * $1…$n of `values`) and a jsonb expression of the step's output (it may read the CTEs' RETURNING rows).
+ * Data-modifying CTEs all see the statement's snapshot and not each other's rows except through RETURNING.
+ * Every write must be guarded by `not exists (select 1 from ${RECORDED})`: the step's memo as the statement's
+ * snapshot sees it, so a recorded step writes nothing.
+ */
+export interface StepStatement {
+  /** Names the prepared statement (a hash of the text is added): the text may differ by configuration. */
+  name: string;
+  writes: string;
+  output: string;
+  values: unknown[];
+}
+
+/** The CTE a StepStatement's writes are guarded by (see StepStatement). */
+export const RECORDED = 'l2flow_recorded';
+
+/** A statement name unique to its text: pg refuses a known name prepared again with another text on a connection. */
+function statementName(name: string, text: string): string {
+  return `${name}_${createHash('sha1').update(text).digest('hex').slice(0, 10)}`;
+}
+
+/** True for the unique violation of a memo that already exists. */
+export function isMemoConflict(err: unknown): boolean {
+  const e = err as { code?: unknown; table?: unknown; schema?: unknown };
+  return e.code === '23505' && e.table === 'step_memo' && e.schema === 'l2flow';
+}
+
+/**
+ * `memoized` for a step that is one statement. With one database the memo look, the writes and the memo insert are
+ * ONE statement (one round trip, its own implicit transaction): a memo the statement's snapshot sees makes every
+ * write a no-op and comes back as the output (resumed). A memo committed by a concurrent invocation after our
+ * snapshot: the memo insert (no `on conflict`) waits for it and fails on step_memo's key, every write of ours is
+ * rolled back, and the recorded output is read. With a separate state database the statement is the work of
+ * `memoized` (intent, transaction status), its guard an empty memo.
+ */
+export async function memoizedStatement<O>(db: Databases, ctx: MemoKey, step: string, stmt: StepStatement, opts: IntentWait = {}): Promise<{ output: O; resumed: boolean }> {
+  if (separateState(db)) {
+    const text = `with ${RECORDED} as (select null::jsonb as output where false), ${stmt.writes} select ${stmt.output} as output`;
+    const name = statementName(stmt.name, text);
+    return memoized<O>(db, ctx, step, async (client) => (await client.query<{ output: O }>({ name, text, values: stmt.values })).rows[0]!.output, opts);
+  }
+  const n = stmt.values.length;
+  const key = `run_id = $${n + 1}::text and step = $${n + 2}::text and attempt = $${n + 3}::integer`;
+  const text = `with ${RECORDED} as (select output from l2flow.step_memo where ${key}),
+    ${stmt.writes},
+    l2flow_memo as (insert into l2flow.step_memo (run_id, step, attempt, output)
+                    select $${n + 1}::text, $${n + 2}::text, $${n + 3}::integer, ${stmt.output}
+                     where not exists (select 1 from ${RECORDED}) returning output)
+    select output, false as resumed from l2flow_memo union all select output, true from ${RECORDED}`;
+  const name = statementName(stmt.name, text);
+  // Twice at most: a memo found by the insert but gone by the read (cleared meanwhile) lets the step run again.
+  for (let round = 0; round < 2; round++) {
+    try {
+      const { rows } = await db.dwh.query<{ output: O; resumed: boolean }>({ name, text, values: [...stmt.values, ctx.runId, step, ctx.attempt] });
+      return rows[0]!;
+    } catch (err) {
+      if (!isMemoConflict(err)) throw err;
+    }
+    const recorded = await readMemo<O>(db.state, ctx, step);
+    if (recorded !== undefined) return { output: recorded, resumed: true };
+  }
+  throw new Error(`step memo ${step} of run ${ctx.runId} was found then vanished twice; clear the step to run it again`);
 }

@@ -32,13 +32,12 @@ interface RecordedError {
 
 /** The send record of the SAP step, one l2flow.sap_send row per Idempotency-Key. */
 export interface SendRecord {
-  read(key: string): Promise<SendRow | undefined>;
-  /** Count the view and store the payload for `key`, unless a row for it exists already. */
   /**
-   * Write the send record with its payload, its first try already counted (tries 1, status sending): the row as
-   * written, or undefined when a record with this key already existed (then read it).
+   * The record of `key`, or (none yet) the record written now: the view counted into its payload, its first try
+   * already counted (tries 1, status sending), `created` true. With one database one statement (the view is counted
+   * only when the row is written); with a separate state database a read, the count and the insert.
    */
-  create(ctx: StepContext & { loadId: number }, key: string): Promise<SendRow | undefined>;
+  open(ctx: StepContext & { loadId: number }, key: string): Promise<{ row: SendRow; created: boolean }>;
   /** Count a new try and mark the row 'sending'; resolves to the tries recorded, undefined when the row is gone. */
   startTry(key: string): Promise<number | undefined>;
   /** Record a try's outcome; a 'failed' row keeps the error thrown, so a resumed step can throw it again. */
@@ -80,25 +79,59 @@ export function createSendRecord(deps: {
 }): SendRecord {
   const { pool, dwh, view, where, scrub } = deps;
 
-  return {
-    async read(key) {
-      const { rows } = await pool.query<SendRow>(
-        'select payload, status, tries, http_status, response_excerpt, error from l2flow.sap_send where idempotency_key = $1',
-        [key],
-      );
-      return rows[0];
-    },
+  const columns = 'payload, status, tries, http_status, response_excerpt, error';
+  const payloadOf = (ctx: StepContext, calcRows: string) =>
+    sapPayload({ calcDate: dateInZone(deps.timezone, deps.now()), calcRows, logicalDate: ctx.logicalDate });
 
-    async create(ctx, key) {
-      const { rows } = await dwh.query<{ n: string }>(`select count(*) as n from ${view}`);
-      const payload = sapPayload({ calcDate: dateInZone(deps.timezone, deps.now()), calcRows: String(rows[0]?.n ?? '0'), logicalDate: ctx.logicalDate });
-      const { rows: created } = await pool.query<SendRow>(
-        `insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status, tries)
-         values ($1, $2, $3, $4, $5::jsonb, 'sending', 1) on conflict do nothing
-         returning payload, status, tries, http_status, response_excerpt, error`,
-        [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payload)],
-      );
-      return created[0];
+  async function read(key: string): Promise<SendRow | undefined> {
+    const { rows } = await pool.query<SendRow>(`select ${columns} from l2flow.sap_send where idempotency_key = $1`, [key]);
+    return rows[0];
+  }
+
+  /** Separate databases: the view is the warehouse's, the record l2flow's. Undefined when a record already existed. */
+  async function create(ctx: StepContext & { loadId: number }, key: string): Promise<SendRow | undefined> {
+    const { rows } = await dwh.query<{ n: string }>(`select count(*) as n from ${view}`);
+    const payload = payloadOf(ctx, String(rows[0]?.n ?? '0'));
+    const { rows: created } = await pool.query<SendRow>(
+      `insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status, tries)
+       values ($1, $2, $3, $4, $5::jsonb, 'sending', 1) on conflict do nothing
+       returning ${columns}`,
+      [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payload)],
+    );
+    return created[0];
+  }
+
+  // One database: the record, else written now; the view's count is a subquery of the insert's target list, so it
+  // is evaluated only when the row is written (no existing record). calc_rows: count(*) as text, as `create` stores it.
+  const openSql = `with existing as (select ${columns}, false as created from l2flow.sap_send where idempotency_key = $1),
+    written as (
+      insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status, tries)
+      select $1, $2, $3, $4, jsonb_set($5::jsonb, '{calc_rows}', to_jsonb((select count(*) from ${view})::text)), 'sending', 1
+       where not exists (select 1 from existing)
+      on conflict do nothing
+      returning ${columns}, true as created)
+    select * from existing union all select * from written`;
+
+  return {
+    async open(ctx, key) {
+      if (pool === dwh) {
+        const { rows } = await pool.query<SendRow & { created: boolean }>(openSql,
+          [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payloadOf(ctx, '0'))]);
+        const found = rows[0];
+        if (found) {
+          const { created, ...row } = found;
+          return { row, created };
+        }
+      } else {
+        const existing = await read(key);
+        if (existing) return { row: existing, created: false };
+        const row = await create(ctx, key);
+        if (row) return { row, created: true };
+      }
+      // Written by someone else meanwhile.
+      const row = await read(key);
+      if (!row) throw new StepError('INTERNAL', `the l2flow.sap_send row for ${key} vanished right after it was written`);
+      return { row, created: false };
     },
 
     async startTry(key) {

@@ -138,16 +138,10 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
     const log = deps.logger.child({ step: STEP, runId: ctx.runId, logicalDate: ctx.logicalDate, loadId: ctx.loadId, idempotencyKey: key });
     throwIfAborted(signal, STEP);
 
-    let row = await sends.read(key);
-    const resumed = row !== undefined;
+    const { row, created } = await sends.open(run, key);
+    const resumed = !created;
     /** The record was written just now with its first try counted: that try needs no update of its own. */
-    let firstTryCounted = false;
-    if (!row) {
-      row = await sends.create(run, key);
-      firstTryCounted = row !== undefined;
-      row ??= await sends.read(key); // written by someone else meanwhile
-      if (!row) throw new StepError('INTERNAL', `the l2flow.sap_send row for ${key} vanished right after it was written`);
-    }
+    const firstTryCounted = created;
     if (row.status === 'failed') {
       const err = sends.recordedFailure(row, key);
       // A step retry (config `retries`) of a failure SAP may get over (5xx, 429, no answer) sends again under the
