@@ -8,7 +8,7 @@
  * through the Unix socket /var/run/postgresql instead of TCP 127.0.0.1), LOG_LEVEL (default warn).
  */
 import { performance } from 'node:perf_hooks';
-import { installCounters, trace } from './counters.js';
+import { diff, installCounters, snapshot, trace, type QueryCounts } from './counters.js';
 import { startSap, addDaysIso, benchConfig, benchSettings, FLAG, openDb, startApp, within } from './harness.js';
 import { createRuns } from '../src/runtime/run-store.js';
 
@@ -29,6 +29,8 @@ const app = await startApp(benchConfig(uri, sap.url, benchSettings(first, { work
 const ev = new Map<string, Map<string, number>>();
 let t0 = 0;
 let finished = 0;
+let countsAt20: QueryCounts | undefined;
+let countsEnd: QueryCounts | undefined;
 let cpuAt20: { cpu: NodeJS.CpuUsage; t: number } | undefined;
 let cpuEnd: { cpu: NodeJS.CpuUsage; t: number } | undefined;
 let done!: () => void;
@@ -40,8 +42,8 @@ app.supervisor.events$.subscribe((e) => {
   if (trace.on) trace.items.push({ kind: `EVENT ${e.logicalDate} ${key}`, app: '', start: performance.now(), end: performance.now() });
   if (e.type === 'finished' && e.logicalDate === dates[TRACE_AT - 1]) { trace.on = true; trace.items = []; }
   if (e.type === 'finished' && e.logicalDate === dates[TRACE_AT]) trace.on = false;
-  if (e.type === 'finished' && finished === 20) cpuAt20 = { cpu: process.cpuUsage(), t: performance.now() };
-  if (e.type === 'finished' && ++finished === N) { cpuEnd = { cpu: process.cpuUsage(cpuAt20!.cpu), t: performance.now() - cpuAt20!.t }; done(); }
+  if (e.type === 'finished' && finished === 20) { cpuAt20 = { cpu: process.cpuUsage(), t: performance.now() }; countsAt20 = snapshot(); }
+  if (e.type === 'finished' && ++finished === N) { cpuEnd = { cpu: process.cpuUsage(cpuAt20!.cpu), t: performance.now() - cpuAt20!.t }; countsEnd = diff(countsAt20!, snapshot()); done(); }
 });
 t0 = performance.now();
 await createRuns(app.pool, { workflowId: app.config.workflowId, dates, triggeredBy: 'backfill' });
@@ -60,6 +62,9 @@ for (let i = Number(process.env.SKIP ?? 21); i < N; i++) {
 }
 console.log(`N ${N}: created in ${created.toFixed(1)} ms, wall ${wall.toFixed(0)} ms, link median ${med(links)} mean ${(links.reduce((a, b) => a + b, 0) / links.length).toFixed(2)} ms (links ${Number(process.env.SKIP ?? 21)}..${N - 1})`);
 console.log(`runtime process CPU from the 21st finish to the last: ${((cpuEnd!.cpu.user + cpuEnd!.cpu.system) / 1000 / (N - 21)).toFixed(2)} ms per link (user ${(cpuEnd!.cpu.user / 1000 / (N - 21)).toFixed(2)}), wall ${(cpuEnd!.t / (N - 21)).toFixed(2)} ms per link`);
+const per = (x: number) => Math.round((x / (N - 21)) * 100) / 100;
+console.log(`statements per link: ${per(countsEnd!.roundTrips)} (${Object.entries(countsEnd!.byConnection).map(([k, v]) => `${k} ${per(v)}`).join(', ')}); NOTIFYs ${per(countsEnd!.notifies)}`);
+for (const [k, v] of Object.entries(countsEnd!.byKind).sort((a, b) => b[1] - a[1])) console.log(`  ${per(v).toFixed(2).padStart(6)} ${k}`);
 for (const [k, v] of [...rel].sort((a, b) => med(a[1]) - med(b[1]))) console.log(k.padEnd(80), med(v));
 const tb = ev.get(dates[TRACE_AT - 1]!)!.get('finished:success')! + t0;
 console.log(`waterfall of link ${TRACE_AT} (ms after run ${TRACE_AT - 1}'s success event)`);
