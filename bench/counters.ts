@@ -49,9 +49,21 @@ function textOf(q: unknown): string {
   return '?';
 }
 
+/** Labels already worked out, by statement text: the counting runs in the runtime's own process and thread. */
+const KINDS = new Map<string, string>();
+
 /** A short, stable label: named statements by name, others by their first words. */
 function kindOf(q: unknown, text: string): string {
   if (q && typeof q === 'object' && typeof (q as { name?: unknown }).name === 'string') return (q as { name: string }).name;
+  let kind = KINDS.get(text);
+  if (kind === undefined) {
+    kind = labelOf(text);
+    if (KINDS.size < 10_000) KINDS.set(text, kind);
+  }
+  return kind;
+}
+
+function labelOf(text: string): string {
   const t = text.replace(/\s+/g, ' ').trim().toLowerCase();
   if (t.startsWith('with run as ( update l2flow.run')) return 'saveProgress';
   if (t.includes('pg_try_advisory_lock') && t.includes('generate_series')) return 'lock: max_active_runs slot';

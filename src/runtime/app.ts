@@ -259,6 +259,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
     machine,
     workflowId: config.workflowId,
     owner,
+    maxActiveRuns: config.maxActiveRuns,
     sensorTimeoutMs: { wait_for_l2_full_load: config.flagSensor.timeoutMs, wait_for_success_end: config.successEndSensor.timeoutMs },
     runTimeoutMs: config.runTimeoutMs,
     retry: config.retry,

@@ -26,6 +26,8 @@ export interface SupervisorOptions {
   machine: WorkflowMachine;
   workflowId: string;
   owner: string;
+  /** workflow.maxActiveRuns: when this process runs that many, no slot can be free and a claim round stops. */
+  maxActiveRuns?: number;
   sensorTimeoutMs: WorkflowInput['sensorTimeoutMs'];
   /** Whole-run timeout (Airflow's dagrun_timeout), or null. */
   runTimeoutMs?: number | null;
@@ -151,6 +153,10 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
       if (stopping) return;
       if (live.has(runId) || releasing.has(runId) || taking.has(runId)) continue;
+      // Each live run here holds its own slot: with all of them here, the slot statement could only say "none free"
+      // (a backfill's claim after each finished run asked it once more for the next queued date, on the lock
+      // connection the running chain link's pool slot waits on). A finishing run wakes the loop again.
+      if (o.maxActiveRuns !== undefined && live.size >= o.maxActiveRuns) return;
       taking.add(runId);
       try {
         const { locked, slot } = await locks.tryLockRunWithSlot(runId);

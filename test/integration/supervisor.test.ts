@@ -1,6 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
 import { pino } from 'pino';
 import { firstValueFrom, filter } from 'rxjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -175,6 +176,40 @@ describe('supervisor', () => {
       const ids = [...a.supervisor.activeRunIds(), ...b.supervisor.activeRunIds()];
       return ids.length === 1 && ids[0] !== first;
     });
+  });
+
+  it('with every max_active_runs slot running here, a claim round asks the lock connection for no slot; a freed slot goes to the earliest queued run', async () => {
+    const app = makeApp({ L2FLOW_MAX_ACTIVE_RUNS: '2', L2FLOW_START_DATE: '2024-09-01' }, 60_000);
+    await app.start();
+    // No flag rows for these dates: every started run parks in its sensor.
+    for (const d of ['2024-09-01', '2024-09-02', '2024-09-03', '2024-09-04']) {
+      await createRun(db.pool, { workflowId: WF, logicalDate: d, businessDate: d, triggeredBy: 'manual' });
+    }
+    await until('two runs to start', async () => app.supervisor.activeRunIds().length === 2);
+    // Count the statements that try run locks or slots on the runtime's lock connection (the real pg client, wrapped).
+    const proto = pg.Client.prototype as unknown as { query: (...a: unknown[]) => unknown };
+    const original = proto.query;
+    let slotTries = 0;
+    proto.query = function (this: pg.Client & { connectionParameters?: { application_name?: string } }, ...args: unknown[]) {
+      const q = args[0] as string | { text?: string } | undefined;
+      const text = typeof q === 'string' ? q : (q?.text ?? '');
+      if (this.connectionParameters?.application_name === 'l2flow-locks' && text.includes('pg_try_advisory_lock') && text.includes('generate_series')) slotTries++;
+      return original.apply(this, args);
+    };
+    try {
+      for (let i = 0; i < 3; i++) await app.supervisor.claim();
+    } finally {
+      proto.query = original;
+    }
+    expect(slotTries).toBe(0);
+    const byStatus = async () => (await db.pool.query<{ logical_date: string; status: string }>(
+      `select logical_date::text, status from l2flow.run where logical_date >= '2024-09-01' order by logical_date`)).rows.map((r) => `${r.logical_date} ${r.status}`);
+    expect(await byStatus()).toEqual(['2024-09-01 running', '2024-09-02 running', '2024-09-03 queued', '2024-09-04 queued']);
+    // A slot freed here is taken by the next claim round, by the earliest queued date.
+    await db.pool.query(`update l2flow.run set status = 'cancelled' where logical_date = '2024-09-01' and workflow_id = $1`, [WF]);
+    await until('2024-09-03 to take the freed slot', async () => (await byStatus()).includes('2024-09-03 running'));
+    expect(await byStatus()).toEqual(['2024-09-01 cancelled', '2024-09-02 running', '2024-09-03 running', '2024-09-04 queued']);
+    expect(app.supervisor.activeRunIds().length).toBe(2);
   });
 
   it('a run timeout fails the run at its original deadline, also across a restart of the runtime', async () => {

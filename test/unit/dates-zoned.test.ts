@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatInZone, isTimeOfDay, zonedInstant } from '../../src/lib/dates.js';
+import { formatInZone, isTimeOfDay, isTimeZone, zonedInstant } from '../../src/lib/dates.js';
 
 describe('zonedInstant: a time of day on a calendar date in a time zone', () => {
   it('Asia/Tashkent is UTC+5 all year', () => {
@@ -17,5 +17,14 @@ describe('zonedInstant: a time of day on a calendar date in a time zone', () => 
     expect(formatInZone(Date.parse('2024-03-15T02:30:00Z'), 'Asia/Tashkent')).toBe('2024-03-15 07:30:00');
     expect(['07:30', '23:59:59', '00:00'].every(isTimeOfDay)).toBe(true);
     expect(['7:30', '24:00', '07:60', '07:30:60', '0730'].some(isTimeOfDay)).toBe(false);
+  });
+});
+
+describe('isTimeZone: an IANA zone name the runtime knows', () => {
+  it('answers the same when asked again (a known zone is remembered, a bad name never is)', () => {
+    for (let i = 0; i < 3; i++) {
+      expect(['Asia/Tashkent', 'UTC', 'Europe/Berlin'].every(isTimeZone)).toBe(true);
+      expect(['Asia/Tashkentt', 'Mars/Olympus', '', 'UTC+5:00:00x'].some(isTimeZone)).toBe(false);
+    }
   });
 });
