@@ -6,7 +6,8 @@ import { backoffDelay, type RetryPolicy } from '../lib/retry.js';
 import { withTransaction } from '../services/db/index.js';
 import type { ScheduleConfig } from './config.js';
 import type { Logger } from './logger.js';
-import { createRuns, latestRunDate, lockScheduleState, recordSkipped, saveScheduleState } from './schedule-store.js';
+import { latestRunDate, lockScheduleState, recordSkipped, saveScheduleState } from './schedule-store.js';
+import { createRuns } from './run-store.js';
 
 /**
  * schedule.cron on the leader: at each due date's first tick, one transaction decides every date due since the last
@@ -75,7 +76,7 @@ export function createCronSchedule(o: {
       const keep = !cron.enabled ? [] : cron.catchup ? due : due.slice(-1);
       round.skipped = due.filter((d) => !keep.includes(d));
       round.reason = round.skipped.length === 0 ? null : cron.enabled ? 'catchup_false' : 'disabled';
-      round.created = await createRuns(client, workflowId, keep, 'scheduled');
+      round.created = await createRuns(client, { workflowId, dates: keep, triggeredBy: 'scheduled' });
       if (round.reason) await recordSkipped(client, workflowId, SCHEDULE, round.skipped, round.reason);
       await saveScheduleState(client, workflowId, SCHEDULE, due.at(-1)!);
       return round;

@@ -256,15 +256,16 @@ export async function stepsOfRuns(db: pg.Pool, runs: Pick<RunRow, 'run_id' | 'at
 
 /** Queue a run for each of `dates` that has none (one statement); returns the dates that got a new run. */
 export async function createRuns(
-  db: pg.Pool,
-  r: { workflowId: string; dates: string[]; triggeredBy: 'manual' | 'scheduled' | 'backfill' },
+  db: pg.Pool | pg.ClientBase,
+  r: { workflowId: string; dates: string[]; triggeredBy: TriggeredBy },
 ): Promise<string[]> {
+  // to_char, not ::text: a server with DateStyle 'SQL, DMY' would print 01/12/2024.
   const { rows } = await db.query<{ d: string }>(
     `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by)
-     select $3 || '__' || d::text, $1, d, d - 1, $3 from unnest($2::date[]) as d
+     select $3 || '__' || to_char(d, 'YYYY-MM-DD'), $1, d, d - 1, $3 from unnest($2::date[]) as d
      order by d
-     on conflict (workflow_id, logical_date) do nothing returning logical_date::text as d`,
+     on conflict (workflow_id, logical_date) do nothing returning to_char(logical_date, 'YYYY-MM-DD') as d`,
     [r.workflowId, r.dates, r.triggeredBy],
   );
-  return rows.map((x) => x.d);
+  return rows.map((x) => x.d).sort();
 }

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { addDays } from '../lib/dates.js';
 import { quoteQualified, separateState, type Databases } from '../services/db/index.js';
 import type { DateWindow } from './config.js';
-import { createRun, RUN_COLUMNS, type RunRow, type TriggeredBy } from './run-store.js';
+import { createRuns, RUN_COLUMNS, type RunRow } from './run-store.js';
 
 /** l2flow.schedule_state and l2flow.skipped_date: where the cron schedule got to and what it passed over. All SQL of schedules lives here. */
 
@@ -51,16 +51,6 @@ export async function recordSkipped(
   return rowCount ?? 0;
 }
 
-/** Queue the runs of `dates` (business date = logical date − 1); returns the dates that were new. */
-export async function createRuns(db: pg.Pool | pg.ClientBase, workflowId: string, dates: string[], triggeredBy: TriggeredBy): Promise<string[]> {
-  const created: string[] = [];
-  for (const logicalDate of dates) {
-    const r = await createRun(db, { workflowId, logicalDate, businessDate: addDays(logicalDate, -1), triggeredBy });
-    if (r.created) created.push(logicalDate);
-  }
-  return created;
-}
-
 /**
  * Queue a run (triggered by `flag`) for each logical date (business date + 1) inside `window` whose flag row exists
  * and that has no run yet, business dates from `since` on (only `only`, when given): the look and the insert in one
@@ -89,7 +79,7 @@ export async function createFlaggedRuns(
     `select to_char(x.d, 'YYYY-MM-DD') as d from (${flagged} and $5::text is not null) x order by 1`,
     values,
   );
-  return createRuns(db.state, o.workflowId, rows.map((r) => r.d), 'flag');
+  return createRuns(db.state, { workflowId: o.workflowId, dates: rows.map((r) => r.d), triggeredBy: 'flag' });
 }
 
 /** The flagged business dates + 1 (placeholders: $1 code, $2 since, $3 start, $4 end date, $6 only that date). */
