@@ -89,6 +89,14 @@ export function createMetrics(deps: {
   const registers = [registry];
   const subs: Subscription[] = [];
   let sources: MetricSources | undefined;
+  /** A gauge whose value is read from the runtime at each scrape (0 before the sources are attached). */
+  const liveGauge = (name: string, help: string, read: (src: MetricSources) => number) =>
+    new Gauge({
+      name, help, registers,
+      collect() {
+        this.set(sources ? read(sources) : 0);
+      },
+    });
 
   const stepDuration = new Histogram({
     name: 'l2flow_step_duration_seconds',
@@ -129,14 +137,7 @@ export function createMetrics(deps: {
     help: 'Times the LISTEN connection was re-established after it was lost (every parked condition is checked again)',
     registers,
   });
-  new Gauge({
-    name: 'l2flow_listener_connected',
-    help: '1 while the LISTEN connection is up and listening on every channel',
-    registers,
-    collect() {
-      this.set(sources?.listenerUp() ? 1 : 0);
-    },
-  });
+  liveGauge('l2flow_listener_connected', '1 while the LISTEN connection is up and listening on every channel', (src) => (src.listenerUp() ? 1 : 0));
   const claims = new Counter({
     name: 'l2flow_run_claims_total',
     help: 'Runs this process took to execute: kind=started (a new attempt) or restored (resumed from its snapshot: a take-over or a restart)',
@@ -157,22 +158,8 @@ export function createMetrics(deps: {
     help: 'Breaks of the lock connection: outcome=relocked (back in time, locks taken again) or lost (every run released)',
     labelNames: ['outcome'], registers,
   });
-  new Gauge({
-    name: 'l2flow_runs_active',
-    help: 'Runs this process executes now',
-    registers,
-    collect() {
-      this.set(sources?.activeRuns() ?? 0);
-    },
-  });
-  new Gauge({
-    name: 'l2flow_leader',
-    help: "1 while this process holds the workflow's leader lock (it creates the scheduled runs)",
-    registers,
-    collect() {
-      this.set(sources?.isLeader() ? 1 : 0);
-    },
-  });
+  liveGauge('l2flow_runs_active', 'Runs this process executes now', (src) => src.activeRuns());
+  liveGauge('l2flow_leader', "1 while this process holds the workflow's leader lock (it creates the scheduled runs)", (src) => (src.isLeader() ? 1 : 0));
   const sapRequests = new Counter({
     name: 'l2flow_sap_requests_total',
     help: 'POSTs of the readiness flag to SAP, by outcome (ok: a 2xx; failed) and answer (2xx, 4xx, 5xx, timeout, unreachable)',
