@@ -18,6 +18,8 @@ export type ErrorCode =
   | 'SAP_UNREACHABLE'
   | 'SAP_BAD_RESPONSE'
   | 'MAIL_FAILED'
+  // the run was taken over by another process: this one's write was refused (l2flow.assert_owner, sql/008)
+  | 'NOT_OWNER'
   // run-level outcomes, written by the machine (RUN_TIMEOUT), the supervisor (RESTORE_FAILED), run-store (CANCELLED)
   // and an operator's `l2flow mark --failed` (MARKED_FAILED)
   | 'RUN_TIMEOUT'
@@ -43,6 +45,21 @@ export class StepError extends Error {
     this.retryable = opts.retryable ?? false;
     this.details = opts.details;
   }
+}
+
+/** The SQLSTATE l2flow.assert_owner raises (sql/008_owner_fence.sql). */
+export const NOT_OWNER_SQLSTATE = 'L2F01';
+
+/**
+ * NOT_OWNER when `err` (or an error it wraps) is l2flow.assert_owner's refusal: the run is executed by another
+ * process now, and this one must stop executing it (never a step failure: no retry, no failure mail). Else undefined.
+ */
+export function notOwnerError(err: unknown): StepError | undefined {
+  for (let e = err as { code?: unknown; message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    if (e instanceof StepError && e.code === 'NOT_OWNER') return e;
+    if (e.code === NOT_OWNER_SQLSTATE) return new StepError('NOT_OWNER', String(e.message), { cause: err });
+  }
+  return undefined;
 }
 
 /**

@@ -12,7 +12,7 @@ import { createMetadata } from '../services/metadata.js';
 import { createDedicatedConnections, createPools, type DedicatedConnections, type Pools } from '../services/db/index.js';
 import { createSapSender, describeSapEndpoint, parseSapConnection } from '../services/sap/index.js';
 import { createCheckRecorder, createFlagSeeds, createFlagSensor, createPreviousRunSensor, flagDates, RUN_CHANNEL, type FlagSeeds, type SensorCheck } from '../services/sensors/index.js';
-import { toErrorInfo } from '../lib/errors.js';
+import { notOwnerError, StepError, toErrorInfo } from '../lib/errors.js';
 import type { StepContext, StepFn } from '../services/types.js';
 import { poolOf, STEP_CHILDREN, type ChildStep } from '../machines/steps.js';
 import { stateIsWarehouse, type Config } from './config.js';
@@ -83,9 +83,21 @@ export interface AppOptions {
   inspect?: Observer<InspectionEvent>;
 }
 
-/** Wrap a plain step function as a named promise actor: the signal is XState's, aborted when the state is left. */
-function actor<I>(fn: StepFn<I, unknown>) {
-  return fromPromise<unknown, I>(({ input, signal }) => fn(input, signal));
+/**
+ * Wrap a plain step function as a named promise actor: the signal is XState's, aborted when the state is left. The
+ * step's input carries `owner`, the process executing the run, which every write recording a step asserts; a refusal
+ * (the run was taken over) reaches the machine as NOT_OWNER, which the live run stops on (live-run.ts).
+ */
+function stepActor(owner: string | undefined) {
+  return function actor<I extends object>(fn: StepFn<I, unknown>) {
+    return fromPromise<unknown, I>(async ({ input, signal }) => {
+      try {
+        return await fn(owner === undefined ? input : { ...input, owner }, signal);
+      } catch (err) {
+        throw notOwnerError(err) ?? err;
+      }
+    });
+  };
 }
 
 /** Every step's implementation, built from the configuration; the runtime's only knowledge of what a step does. */
@@ -107,8 +119,11 @@ export function buildActors(d: {
   onSapTry?: (t: SapTry) => void;
   /** Runs created by the statement that read their flag (schedule.onFlag): the flag sensor does not look again. */
   flagSeeds?: FlagSeeds;
+  /** This process, asserted as the run's owner by every write that records a step (sql/008); absent: not asserted. */
+  owner?: string;
 }) {
   const { config, pool, dwh, logger } = d;
+  const actor = stepActor(d.owner);
   const sensorDeps = {
     pool,
     notifications$: d.notifications$,
@@ -154,7 +169,7 @@ export function buildActors(d: {
 
   return {
     waitForL2FullLoad: actor(createFlagSensor({ ...sensorDeps, dwh, ...config.flagSensor, ...(d.flagSeeds ? { seeds: d.flagSeeds } : {}) })),
-    getLoadId: fromPromise<{ loadId: number }, StepContext>(({ input, signal }) => metadata.getLoadId(input, signal)),
+    getLoadId: actor(metadata.getLoadId) as ReturnType<typeof fromPromise<{ loadId: number }, StepContext>>,
     workflowRegistration: actor(metadata.workflowRegistration),
     waitForSuccessEnd: actor(
       createPreviousRunSensor({
@@ -173,10 +188,13 @@ export function buildActors(d: {
     sendFlgToSap: actor(sendToSap),
     end: actor(metadata.end),
     emailOnFailure: actor<Parameters<typeof notifyFailure>[0]>(async (input, signal) => {
+      // Taken over: the run is not this process's to fail or report (the live run stops on this failure).
+      if (input.failure.code === 'NOT_OWNER') throw new StepError('NOT_OWNER', input.failure.message);
       // The metadata close is best effort: the mail must go out even when the warehouse is what failed.
-      await metadata.recordFailure(input, signal).catch((err: unknown) =>
-        logger.error({ runId: input.runId, err: toErrorInfo(err) }, 'could not record the failure in md tables'),
-      );
+      await metadata.recordFailure(input, signal).catch((err: unknown) => {
+        if (notOwnerError(err)) throw err;
+        logger.error({ runId: input.runId, err: toErrorInfo(err) }, 'could not record the failure in md tables');
+      });
       return notifyFailure(input, signal);
     }),
   };
@@ -247,6 +265,7 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
       onMailQueued: () => dispatcher.kick(),
       onSapTry: metrics.sapTry,
       flagSeeds,
+      owner,
       onSensorCheck: (e) => {
         recordCheck(e);
         sensorChecks.next(e);

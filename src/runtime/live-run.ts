@@ -82,6 +82,8 @@ export function startLiveRun(host: LiveRunHost, row: RunRow, slot: number, locke
   const stepEnds = createStepEndTracker();
   let deadlineTimer: NodeJS.Timeout | null = null;
   let stopped = false;
+  /** A step's write was refused as not the owner's: the run is being let go. */
+  let lostHere = false;
 
   const run: LiveRun = {
     row,
@@ -118,6 +120,16 @@ export function startLiveRun(host: LiveRunHost, row: RunRow, slot: number, locke
   let last = '';
   const sub = actor.subscribe({
     next: (snap) => {
+      if (snap.context.failure?.code === 'NOT_OWNER') {
+        // A write of a step was refused: another process executes the run now. Nothing of this transition is
+        // written or told; the run is let go (after this callback: the actor is not stopped from inside its own update).
+        if (!lostHere) {
+          lostHere = true;
+          log.warn({ step: snap.context.failure.step }, 'run is no longer owned by this process (taken over): stopping it here');
+          queueMicrotask(() => host.onLost(run, 'not owner'));
+        }
+        return;
+      }
       const steps = activeSteps(snap.value).join(',');
       const status = statusOf(snap);
       if (steps !== last) log.info({ steps: steps || status, loadId: snap.context.loadId ?? undefined }, 'run entered %s', steps || status);

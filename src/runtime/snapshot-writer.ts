@@ -27,13 +27,13 @@ export interface SnapshotWriter {
 }
 
 /**
- * Least time between the starts of two writes of a running run's snapshot; 0 by default: every transition of a
- * separate tick is written as soon as the write before it is done (transitions of one tick still share a write).
- * A spacing of 20 ms cut a full run's writes from ~9 to ~3 and its p50 by ~3 ms, but a write held back is also
- * the refusal held back that stops a process whose run was taken over (guarantees-ownership.test.ts): with
- * one-statement steps a whole run fits in 20 ms, so that process ran its children too. Kept as an option.
+ * Least time between the starts of two writes of a running run's snapshot: a run whose steps take milliseconds
+ * writes ~3 snapshots instead of one per transition (~9), newest wins; a final status is never held back. A write
+ * held back is not what stops a process whose run was taken over: every write that records a step asserts the
+ * owner in its own statement (sql/008_owner_fence.sql), so such a process is refused at its next step whatever its
+ * snapshot writes have told it. What a crash can cost is the replay of up to this long of memoized steps.
  */
-export const SNAPSHOT_SPACING_MS = 0;
+export const SNAPSHOT_SPACING_MS = 20;
 
 /** Retries of a failed write during an outage: 500 ms, 1 s, then every 2 s for as long as it lasts. */
 const WRITE_RETRY: RetryPolicy = { maxTries: Infinity, baseDelayMs: 500, maxDelayMs: 2_000, jitter: 'none' };

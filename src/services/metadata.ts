@@ -1,7 +1,7 @@
 import type pg from 'pg';
-import { StepError, throwIfAborted, toErrorInfo } from '../lib/errors.js';
+import { notOwnerError, StepError, throwIfAborted, toErrorInfo } from '../lib/errors.js';
 import { quoteQualified } from './db/index.js';
-import { memoizedStatement, RECORDED, separateState, type Databases } from './db/index.js';
+import { memoizedStatement, ownerOf, RECORDED, separateState, type Databases } from './db/index.js';
 import type { Logger, RunFailure, StepContext, StepFn } from './types.js';
 
 export interface MetadataOptions {
@@ -49,11 +49,13 @@ export interface Metadata {
 
 // The load id: one statement with one database (the run row and the sequence together).
 const SQL = {
-  assignLoadId: `update l2flow.run set load_id = coalesce(load_id, nextval($2::regclass)) where run_id = $1 returning load_id`,
+  // $3 the owner asserted (sql/008): a process whose run was taken over takes no number.
+  assignLoadId: `update l2flow.run set load_id = coalesce(load_id, nextval($2::regclass))
+                  where run_id = $1 and l2flow.assert_owner($1, $3) returning load_id`,
   // State ≠ warehouse: the sequence is the warehouse's, the run row l2flow's. A crash between the two wastes a number.
   readLoadId: `select load_id from l2flow.run where run_id = $1`,
   nextLoadId: `select nextval($1::regclass) as load_id`,
-  keepLoadId: `update l2flow.run set load_id = coalesce(load_id, $2::bigint) where run_id = $1 returning load_id`,
+  keepLoadId: `update l2flow.run set load_id = coalesce(load_id, $2::bigint) where run_id = $1 and l2flow.assert_owner($1, $3) returning load_id`,
 };
 
 /*
@@ -117,6 +119,8 @@ export function createMetadata(opts: MetadataOptions): Metadata {
       return await fn();
     } catch (err) {
       if (err instanceof StepError) throw err;
+      const refused = notOwnerError(err);
+      if (refused) throw refused;
       const info = toErrorInfo(err);
       const sqlstate = typeof info.details?.sqlstate === 'string' ? info.details.sqlstate : undefined;
       throw new StepError(
@@ -136,17 +140,18 @@ export function createMetadata(opts: MetadataOptions): Metadata {
   }
 
   /** The run's load id, taken from the sequence the first time; undefined when the run has no row. */
-  async function assignLoadId(runId: string): Promise<{ load_id: string | null } | undefined> {
-    if (!separateState(db)) return (await pool.query<{ load_id: string }>(q('assignLoadId', [runId, sequence]))).rows[0];
+  async function assignLoadId(ctx: StepContext): Promise<{ load_id: string | null } | undefined> {
+    const { runId } = ctx;
+    if (!separateState(db)) return (await pool.query<{ load_id: string }>(q('assignLoadId', [runId, sequence, ownerOf(ctx)]))).rows[0];
     const known = (await pool.query<{ load_id: string | null }>(q('readLoadId', [runId]))).rows[0];
     if (!known || known.load_id !== null) return known;
     const next = (await db.dwh.query<{ load_id: string }>(q('nextLoadId', [sequence]))).rows[0]!.load_id;
-    return (await pool.query<{ load_id: string }>(q('keepLoadId', [runId, next]))).rows[0];
+    return (await pool.query<{ load_id: string }>(q('keepLoadId', [runId, next, ownerOf(ctx)]))).rows[0];
   }
 
   const getLoadId: Metadata['getLoadId'] = (ctx, signal) =>
     step('get_load_id', ctx, signal, async () => {
-      const row = await assignLoadId(ctx.runId);
+      const row = await assignLoadId(ctx);
       if (!row) {
         throw new StepError('INTERNAL', `get_load_id: run ${ctx.runId} (${ctx.logicalDate}) has no row in l2flow.run`);
       }

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { abortableSleep } from '../../lib/time.js';
-import { commitWithMemo, isMemoConflict, placeholdersIn, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
+import { commitWithMemo, isMemoConflict, ownerOf, placeholdersIn, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
 import { createAirflowChild, type AirflowChildConfig, type AirflowOutcome } from './airflow/child.js';
 import { parseAirflowConnection } from './airflow/connection.js';
@@ -51,8 +51,10 @@ const KILL_IDLE_SESSIONS = `with ${STALE_SESSIONS})
   select pid, usename, application_name from stale where pg_terminate_backend(pid)`;
 // One database: the builtin looks for its memo ($2 run, $3 step, $4 attempt) in its own statement and terminates
 // nothing when it exists; the recorded output comes back as the one row with `recorded` set.
+// $5 the owner asserted (sql/008): a process whose run was taken over terminates nothing.
 const KILL_IDLE_SESSIONS_UNLESS_RECORDED = `with recorded as materialized (
-    select output from l2flow.step_memo where run_id = $2::text and step = $3::text and attempt = $4::integer),
+    select output from l2flow.step_memo where run_id = $2::text and step = $3::text and attempt = $4::integer
+       and l2flow.assert_owner($2::text, $5::text)),
   ${STALE_SESSIONS}
        and not exists (select 1 from recorded))
   select pid, usename, application_name, null::jsonb as recorded from stale where pg_terminate_backend(pid)
@@ -164,7 +166,7 @@ export function createChildRunner(opts: {
     try {
       const transactional = cfg.kind === 'sql' && cfg.transactional;
       const query: pg.QueryConfig = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx)
-        : checkMemo ? { text: KILL_IDLE_SESSIONS_UNLESS_RECORDED, values: [cfg.idleSeconds, ctx.runId, step, ctx.attempt] }
+        : checkMemo ? { text: KILL_IDLE_SESSIONS_UNLESS_RECORDED, values: [cfg.idleSeconds, ctx.runId, step, ctx.attempt, ownerOf(ctx)] }
         : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds] };
       /** The session killer's memo, found by its statement. */
       let recorded: ChildResult | undefined;
@@ -234,7 +236,10 @@ export function createChildRunner(opts: {
     const lit = (v: string) => client.escapeLiteral(v);
     if (!Number.isSafeInteger(ctx.attempt)) throw new StepError('INTERNAL', `run ${ctx.runId}: attempt ${String(ctx.attempt)} is not an integer`);
     const key = `run_id = ${lit(ctx.runId)} and step = ${lit(step)} and attempt = ${ctx.attempt}`;
-    const opened = (await client.query(`begin; select output from l2flow.step_memo where ${key}`)) as unknown as pg.QueryResult<{ output: ChildResult }>[];
+    // The owner is asserted (sql/008) before the child runs and again by the memo insert, in its transaction.
+    const owner = ctx.owner === undefined ? 'null' : lit(ctx.owner);
+    const fence = `l2flow.assert_owner(${lit(ctx.runId)}, ${owner})`;
+    const opened = (await client.query(`begin; select output from l2flow.step_memo where ${key} and ${fence}`)) as unknown as pg.QueryResult<{ output: ChildResult }>[];
     const recorded = opened[1]!.rows[0]?.output;
     if (recorded !== undefined) {
       await client.query('rollback');
@@ -244,7 +249,7 @@ export function createChildRunner(opts: {
     const result = await work();
     try {
       await client.query(`insert into l2flow.step_memo (run_id, step, attempt, output)
-        values (${lit(ctx.runId)}, ${lit(step)}, ${ctx.attempt}, ${lit(JSON.stringify(result))}::jsonb); commit`);
+        select ${lit(ctx.runId)}, ${lit(step)}, ${ctx.attempt}, ${lit(JSON.stringify(result))}::jsonb where ${fence}; commit`);
       return result;
     } catch (err) {
       if (!isMemoConflict(err)) throw err;

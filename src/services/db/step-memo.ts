@@ -22,7 +22,10 @@ export function separateState(db: Databases): boolean {
   return db.state !== db.dwh;
 }
 
-type MemoKey = Pick<StepContext, 'runId' | 'attempt'>;
+type MemoKey = Pick<StepContext, 'runId' | 'attempt' | 'owner'>;
+
+/** The owner a memo or intent write asserts (see sql/008_owner_fence.sql): null asserts nothing. */
+export const ownerOf = (ctx: { owner?: string | undefined }): string | null => ctx.owner ?? null;
 
 /** How an intent whose warehouse transaction is still in progress is waited for. */
 export interface IntentWait {
@@ -32,23 +35,31 @@ export interface IntentWait {
   signal?: AbortSignal;
 }
 
-/** The recorded output of `step` for this run attempt, or undefined when the step has not completed. */
+/**
+ * The recorded output of `step` for this run attempt, or undefined when the step has not completed. The owner is
+ * asserted here too: a process whose run was taken over is refused before it starts a step's work (a child that
+ * commits by itself, an Airflow DAG run), not only when it records it.
+ */
 export async function readMemo<O>(db: Queryable, ctx: MemoKey, step: string): Promise<O | undefined> {
   const { rows } = await db.query<{ output: O }>({
     name: 'l2flow_memo_read',
-    text: 'select output from l2flow.step_memo where run_id = $1 and step = $2 and attempt = $3',
-    values: [ctx.runId, step, ctx.attempt],
+    text: 'select output from l2flow.step_memo where run_id = $1 and step = $2 and attempt = $3 and l2flow.assert_owner($1, $4)',
+    values: [ctx.runId, step, ctx.attempt, ownerOf(ctx)],
   });
   return rows[0]?.output;
 }
 
-/** Record `output` for `step`, in the caller's transaction; false when a memo already existed (someone else finished first). */
+/**
+ * Record `output` for `step`, in the caller's transaction; false when a memo already existed (someone else finished
+ * first). Refused (SQLSTATE L2F01, see notOwnerError) when `ctx.owner` no longer owns the run.
+ */
 export async function writeMemo(client: Queryable, ctx: MemoKey, step: string, output: unknown): Promise<boolean> {
   const { rowCount } = await client.query({
     name: 'l2flow_memo_write',
-    text: `insert into l2flow.step_memo (run_id, step, attempt, output) values ($1, $2, $3, $4::jsonb)
+    text: `insert into l2flow.step_memo (run_id, step, attempt, output)
+           select $1, $2, $3, $4::jsonb where l2flow.assert_owner($1, $5)
            on conflict (run_id, step, attempt) do nothing returning 1`,
-    values: [ctx.runId, step, ctx.attempt, JSON.stringify(output ?? {})],
+    values: [ctx.runId, step, ctx.attempt, JSON.stringify(output ?? {}), ownerOf(ctx)],
   });
   return rowCount === 1;
 }
@@ -68,13 +79,15 @@ export async function writeMemo(client: Queryable, ctx: MemoKey, step: string, o
 export const INTENT_WAIT: RetryPolicy = { maxTries: Infinity, baseDelayMs: 100, maxDelayMs: 2_000, jitter: 'none', maxElapsedMs: 60_000 };
 
 const INTENT_SQL = {
-  write: `insert into l2flow.step_intent (run_id, step, attempt, dwh_xid, output) values ($1, $2, $3, $4, $5::jsonb)
+  write: `insert into l2flow.step_intent (run_id, step, attempt, dwh_xid, output)
+          select $1, $2, $3, $4, $5::jsonb where l2flow.assert_owner($1, $6)
           on conflict (run_id, step, attempt) do nothing returning 1`,
   // The memo, else the intent: one round trip.
   read: `select m.output as memo, i.dwh_xid::text as xid, i.output
            from (select) k
            left join l2flow.step_memo m on m.run_id = $1 and m.step = $2 and m.attempt = $3
-           left join l2flow.step_intent i on i.run_id = $1 and i.step = $2 and i.attempt = $3`,
+           left join l2flow.step_intent i on i.run_id = $1 and i.step = $2 and i.attempt = $3
+          where l2flow.assert_owner($1, $4)`,
   // One statement: the memo appears exactly when the intent goes.
   settle: `with gone as (delete from l2flow.step_intent where run_id = $1 and step = $2 and attempt = $3)
            insert into l2flow.step_memo (run_id, step, attempt, output) values ($1, $2, $3, $4::jsonb)
@@ -95,7 +108,7 @@ async function settleIntent(state: Queryable, ctx: MemoKey, step: string, output
 export async function recordedOutput<O>(db: Databases, ctx: MemoKey, step: string, opts: IntentWait = {}): Promise<O | undefined> {
   if (!separateState(db)) return readMemo<O>(db.state, ctx, step);
   const { rows } = await db.state.query<{ memo: O | null; xid: string | null; output: O }>({
-    name: 'l2flow_memo_intent_read', text: INTENT_SQL.read, values: [ctx.runId, step, ctx.attempt] });
+    name: 'l2flow_memo_intent_read', text: INTENT_SQL.read, values: [ctx.runId, step, ctx.attempt, ownerOf(ctx)] });
   const found = rows[0]!;
   if (found.memo !== null) return found.memo;
   if (found.xid === null) return undefined;
@@ -155,7 +168,7 @@ export async function commitWithMemo<O>(
     const { rowCount } = await db.state.query({
       name: 'l2flow_intent_write',
       text: INTENT_SQL.write,
-      values: [ctx.runId, step, ctx.attempt, xid, JSON.stringify(output ?? {})],
+      values: [ctx.runId, step, ctx.attempt, xid, JSON.stringify(output ?? {}), ownerOf(ctx)],
     });
     return { output, fresh: rowCount === 1 };
   }, (x) => x.fresh, { begun: true });
@@ -240,17 +253,18 @@ export async function memoizedStatement<O>(db: Databases, ctx: MemoKey, step: st
   }
   const n = stmt.values.length;
   const key = `run_id = $${n + 1}::text and step = $${n + 2}::text and attempt = $${n + 3}::integer`;
+  // The owner is asserted by the memo insert: refused, the whole statement (every md write) is rolled back.
   const text = `with ${RECORDED} as (select output from l2flow.step_memo where ${key}),
     ${stmt.writes},
     l2flow_memo as (insert into l2flow.step_memo (run_id, step, attempt, output)
                     select $${n + 1}::text, $${n + 2}::text, $${n + 3}::integer, ${stmt.output}
-                     where not exists (select 1 from ${RECORDED}) returning output)
+                     where not exists (select 1 from ${RECORDED}) and l2flow.assert_owner($${n + 1}::text, $${n + 4}::text) returning output)
     select output, false as resumed from l2flow_memo union all select output, true from ${RECORDED}`;
   const name = statementName(stmt.name, text);
   // Twice at most: a memo found by the insert but gone by the read (cleared meanwhile) lets the step run again.
   for (let round = 0; round < 2; round++) {
     try {
-      const { rows } = await db.dwh.query<{ output: O; resumed: boolean }>({ name, text, values: [...stmt.values, ctx.runId, step, ctx.attempt] });
+      const { rows } = await db.dwh.query<{ output: O; resumed: boolean }>({ name, text, values: [...stmt.values, ctx.runId, step, ctx.attempt, ownerOf(ctx)] });
       return rows[0]!;
     } catch (err) {
       if (!isMemoConflict(err)) throw err;

@@ -2,6 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import type pg from 'pg';
 import { dateInZone } from '../../lib/dates.js';
 import { StepError, toErrorInfo, type ErrorCode } from '../../lib/errors.js';
+import { ownerOf } from '../db/index.js';
 import { sapPayload } from './payload.js';
 import { retryableOutcome, sapFailure, type TryOutcome } from './outcome.js';
 import type { StepContext } from '../types.js';
@@ -38,8 +39,11 @@ export interface SendRecord {
    * only when the row is written); with a separate state database a read, the count and the insert.
    */
   open(ctx: StepContext & { loadId: number }, key: string): Promise<{ row: SendRow; created: boolean }>;
-  /** Count a new try and mark the row 'sending'; resolves to the tries recorded, undefined when the row is gone. */
-  startTry(key: string): Promise<number | undefined>;
+  /**
+   * Count a new try and mark the row 'sending'; resolves to the tries recorded, undefined when the row is gone.
+   * Refused (NOT_OWNER) when `ctx.owner` no longer owns the run: no try is sent.
+   */
+  startTry(ctx: StepContext, key: string): Promise<number | undefined>;
   /** Record a try's outcome; a 'failed' row keeps the error thrown, so a resumed step can throw it again. */
   record(key: string, outcome: TryOutcome, status: SendRow['status'], error?: StepError): Promise<void>;
   /**
@@ -94,20 +98,22 @@ export function createSendRecord(deps: {
     const payload = payloadOf(ctx, String(rows[0]?.n ?? '0'));
     const { rows: created } = await pool.query<SendRow>(
       `insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status, tries)
-       values ($1, $2, $3, $4, $5::jsonb, 'sending', 1) on conflict do nothing
+       select $1, $2, $3, $4, $5::jsonb, 'sending', 1 where l2flow.assert_owner($2, $6) on conflict do nothing
        returning ${columns}`,
-      [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payload)],
+      [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payload), ownerOf(ctx)],
     );
     return created[0];
   }
 
   // One database: the record, else written now; the view's count is a subquery of the insert's target list, so it
   // is evaluated only when the row is written (no existing record). calc_rows: count(*) as text, as `create` stores it.
-  const openSql = `with existing as (select ${columns}, false as created from l2flow.sap_send where idempotency_key = $1),
+  // $6 the owner asserted (sql/008), found or written: a process whose run was taken over neither records nor sends.
+  const openSql = `with existing as (select ${columns}, false as created from l2flow.sap_send
+                      where idempotency_key = $1 and l2flow.assert_owner($2, $6)),
     written as (
       insert into l2flow.sap_send (idempotency_key, run_id, logical_date, load_id, payload, status, tries)
       select $1, $2, $3, $4, jsonb_set($5::jsonb, '{calc_rows}', to_jsonb((select count(*) from ${view})::text)), 'sending', 1
-       where not exists (select 1 from existing)
+       where not exists (select 1 from existing) and l2flow.assert_owner($2, $6)
       on conflict do nothing
       returning ${columns}, true as created)
     select * from existing union all select * from written`;
@@ -116,7 +122,7 @@ export function createSendRecord(deps: {
     async open(ctx, key) {
       if (pool === dwh) {
         const { rows } = await pool.query<SendRow & { created: boolean }>(openSql,
-          [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payloadOf(ctx, '0'))]);
+          [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payloadOf(ctx, '0')), ownerOf(ctx)]);
         const found = rows[0];
         if (found) {
           const { created, ...row } = found;
@@ -134,10 +140,11 @@ export function createSendRecord(deps: {
       return { row, created: false };
     },
 
-    async startTry(key) {
+    async startTry(ctx, key) {
       const { rows } = await pool.query<{ tries: number }>(
-        `update l2flow.sap_send set tries = tries + 1, status = 'sending' where idempotency_key = $1 returning tries`,
-        [key],
+        `update l2flow.sap_send set tries = tries + 1, status = 'sending'
+          where idempotency_key = $1 and l2flow.assert_owner($2, $3) returning tries`,
+        [key, ctx.runId, ownerOf(ctx)],
       );
       return rows[0]?.tries;
     },

@@ -164,7 +164,7 @@ export function createSapSender(deps: SapSenderDeps): StepFn<StepContext, SapSen
       return await retry(async (n) => {
         throwIfAborted(signal, STEP);
         const counted = firstTryCounted && n === 1;
-        const tries = counted ? 1 : ((await sends.startTry(key)) ?? n);
+        const tries = counted ? 1 : ((await sends.startTry(ctx, key)) ?? n);
         throwIfAborted(signal, STEP);
         const started = performance.now();
         const outcome = await sendOnce(body, key, signal);
