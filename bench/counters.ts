@@ -52,18 +52,21 @@ function textOf(q: unknown): string {
 /** Labels already worked out, by statement text: the counting runs in the runtime's own process and thread. */
 const KINDS = new Map<string, string>();
 
-/** A short, stable label: named statements by name, others by their first words. */
+/**
+ * A short, stable label: what a statement is when its text says so (the lock statements, saveProgress, the sensors'),
+ * else named statements by name (without the hash of their text), others by their first words.
+ */
 function kindOf(q: unknown, text: string): string {
-  if (q && typeof q === 'object' && typeof (q as { name?: unknown }).name === 'string') return (q as { name: string }).name;
   let kind = KINDS.get(text);
   if (kind === undefined) {
-    kind = labelOf(text);
+    const name = q && typeof q === 'object' ? (q as { name?: unknown }).name : undefined;
+    kind = knownLabel(text) ?? (typeof name === 'string' ? name.replace(/_[0-9a-f]{10}$/, '') : text.replace(/\s+/g, ' ').trim().toLowerCase().slice(0, 60));
     if (KINDS.size < 10_000) KINDS.set(text, kind);
   }
   return kind;
 }
 
-function labelOf(text: string): string {
+function knownLabel(text: string): string | undefined {
   const t = text.replace(/\s+/g, ' ').trim().toLowerCase();
   if (t.startsWith('with run as ( update l2flow.run')) return 'saveProgress';
   if (t.includes('pg_try_advisory_lock') && t.includes('generate_series')) return 'lock: max_active_runs slot';
@@ -72,7 +75,7 @@ function labelOf(text: string): string {
   if (t.includes('from md.dwh_flag')) return 'sensor: flag check';
   if (t.includes('unnest($2::date[]) as k(d) left join l2flow.run')) return 'sensor: previous run check';
   if (t.includes('l2flow.sensor_check')) return 'sensor: check log';
-  return t.slice(0, 60);
+  return undefined;
 }
 
 /** Patch pg once; counting starts now. */

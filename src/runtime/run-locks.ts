@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { Subject, type Observable } from 'rxjs';
 import { retry, type RetryPolicy } from '../lib/retry.js';
-import type { HeldLock, SessionLocks } from '../services/db/index.js';
+import { prepared, type HeldLock, type SessionLocks } from '../services/db/index.js';
 
 /**
  * The process's lock connection and every lock it holds: one per executed run, one of the max_active_runs slots
@@ -160,7 +160,8 @@ export function createRunLocks(o: {
     const run = tail.then(async () => {
       const c = await current();
       const { text, values } = typeof sql === 'function' ? sql() : sql;
-      const { rows } = await c.query<R>(text, values);
+      // Named: the lock statements' texts are fixed, so each is parsed and planned once per lock session.
+      const { rows } = await c.query<R>({ ...prepared('l2flow_lock', text), values });
       // Recorded before the next statement's turn: its skip list must include what this one took.
       took?.(rows);
       return rows;

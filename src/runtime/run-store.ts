@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { StepId, StepRecord, StepTryRecord } from '../machines/workflow.js';
 import type { ErrorCode, ErrorInfo } from '../lib/errors.js';
+import { prepared } from '../services/db/index.js';
 
 /** l2flow.run and l2flow.step: the durable record of every run. All SQL about runs lives here. */
 
@@ -90,20 +91,20 @@ export async function listRuns(db: pg.Pool, workflowId: string, f: RunFilter): P
 
 /** Unfinished runs, oldest logical date first: the candidates a supervisor may claim. */
 export async function unfinishedRunIds(db: pg.Pool, workflowId: string): Promise<string[]> {
-  const { rows } = await db.query<{ run_id: string }>(
-    `select run_id from l2flow.run where workflow_id = $1 and status in ('queued', 'running') order by logical_date`,
-    [workflowId],
-  );
+  const { rows } = await db.query<{ run_id: string }>({
+    ...prepared('l2flow_unfinished', `select run_id from l2flow.run where workflow_id = $1 and status in ('queued', 'running') order by logical_date`),
+    values: [workflowId],
+  });
   return rows.map((r) => r.run_id);
 }
 
 /** Mark a locked run as ours and running; null when it finished meanwhile (then it must not be executed). */
 export async function takeRun(db: pg.Pool, runId: string, owner: string): Promise<RunRow | null> {
-  const { rows } = await db.query<RunRow>(
-    `update l2flow.run set owner = $2, status = 'running', started_at = coalesce(started_at, now()), updated_at = now()
-      where run_id = $1 and status in ('queued', 'running') returning ${RUN_COLUMNS}`,
-    [runId, owner],
-  );
+  const { rows } = await db.query<RunRow>({
+    ...prepared('l2flow_take', `update l2flow.run set owner = $2, status = 'running', started_at = coalesce(started_at, now()), updated_at = now()
+      where run_id = $1 and status in ('queued', 'running') returning ${RUN_COLUMNS}`),
+    values: [runId, owner],
+  });
   return rows[0] ?? null;
 }
 
@@ -141,8 +142,17 @@ export async function saveProgress(db: pg.Pool, runId: string, owner: string, p:
   const keyed = all.map((r) => ({ r, key: `${p.attempt}:${r.step}:${r.try_number}`, json: JSON.stringify(r) }));
   const steps = written ? keyed.filter((k) => written.get(k.key) !== k.json).map((k) => k.r) : all;
   const final = FINAL_STATUSES.includes(p.status);
-  const { rows } = await db.query<{ saved: boolean }>(
-    `with run as (
+  const { rows } = await db.query<{ saved: boolean }>({
+    ...prepared('l2flow_save_progress', SAVE_PROGRESS),
+    values: [runId, owner, p.status, p.currentStep, p.loadId, p.error, JSON.stringify(p.snapshot), final, p.attempt, JSON.stringify(steps)],
+  });
+  const saved = rows[0]?.saved ?? false;
+  if (saved && written) for (const k of keyed) written.set(k.key, k.json);
+  return saved;
+}
+
+/** saveProgress's one statement: the run row (only while `owner` owns it) and the changed step rows. */
+const SAVE_PROGRESS = `with run as (
        update l2flow.run
           set status = $3, current_step = $4, load_id = coalesce(load_id, $5), error = coalesce($6, error), snapshot = $7,
               snapshot_version = snapshot_version + 1, updated_at = now(),
@@ -159,13 +169,7 @@ export async function saveProgress(db: pg.Pool, runId: string, owner: string, p:
          set status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, error = excluded.error,
              retry_at = excluded.retry_at
        returning 1)
-     select exists (select 1 from run) as saved`,
-    [runId, owner, p.status, p.currentStep, p.loadId, p.error, JSON.stringify(p.snapshot), final, p.attempt, JSON.stringify(steps)],
-  );
-  const saved = rows[0]?.saved ?? false;
-  if (saved && written) for (const k of keyed) written.set(k.key, k.json);
-  return saved;
-}
+     select exists (select 1 from run) as saved`;
 
 /** True when the run is still owned by `owner` but an operator cancelled it. */
 export async function cancelledHere(db: pg.Pool, runId: string, owner: string): Promise<boolean> {

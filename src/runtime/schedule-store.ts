@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { addDays } from '../lib/dates.js';
-import { quoteQualified, separateState, type Databases } from '../services/db/index.js';
+import { prepared, quoteQualified, separateState, type Databases } from '../services/db/index.js';
 import type { DateWindow } from './config.js';
 import { createRuns, RUN_COLUMNS, type RunRow } from './run-store.js';
 
@@ -101,14 +101,14 @@ export async function createFlaggedRunTaken(
   const logicalDate = addDays(o.businessDate, 1);
   const values = [o.flagCode, o.businessDate, o.window.startDate, o.window.endDate, o.workflowId, o.businessDate, o.owner];
   if (!separateState(db)) {
-    const { rows } = await db.state.query<RunRow>(
-      `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by, status, owner, started_at)
+    const { rows } = await db.state.query<RunRow>({
+      ...prepared('l2flow_flagged_run', `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, triggered_by, status, owner, started_at)
        select 'flag__' || to_char(x.d, 'YYYY-MM-DD'), $5, x.d, x.d - 1, 'flag', 'running', $7, now()
          from (${flaggedDates(o.flagTable)}
                  and not exists (select 1 from l2flow.run r where r.workflow_id = $5 and r.logical_date = f.bussines_date + 1)) x
-       on conflict (workflow_id, logical_date) do nothing returning ${RUN_COLUMNS}`,
+       on conflict (workflow_id, logical_date) do nothing returning ${RUN_COLUMNS}`),
       values,
-    );
+    });
     return rows[0] ?? null;
   }
   // The flags are in the warehouse, the runs in l2flow's own database: look there, create here.

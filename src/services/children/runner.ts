@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { abortableSleep } from '../../lib/time.js';
-import { commitWithMemo, isMemoConflict, ownerOf, placeholdersIn, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
+import { commitWithMemo, isMemoConflict, ownerOf, placeholdersIn, prepared, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
 import { createAirflowChild, type AirflowChildConfig, type AirflowOutcome } from './airflow/child.js';
 import { parseAirflowConnection } from './airflow/connection.js';
@@ -166,8 +166,8 @@ export function createChildRunner(opts: {
     try {
       const transactional = cfg.kind === 'sql' && cfg.transactional;
       const query: pg.QueryConfig = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx)
-        : checkMemo ? { text: KILL_IDLE_SESSIONS_UNLESS_RECORDED, values: [cfg.idleSeconds, ctx.runId, step, ctx.attempt, ownerOf(ctx)] }
-        : { text: KILL_IDLE_SESSIONS, values: [cfg.idleSeconds] };
+        : checkMemo ? { ...prepared('l2flow_kill_idle_unless_recorded', KILL_IDLE_SESSIONS_UNLESS_RECORDED), values: [cfg.idleSeconds, ctx.runId, step, ctx.attempt, ownerOf(ctx)] }
+        : { ...prepared('l2flow_kill_idle', KILL_IDLE_SESSIONS), values: [cfg.idleSeconds] };
       /** The session killer's memo, found by its statement. */
       let recorded: ChildResult | undefined;
       // Without a transaction (procedures that COMMIT inside, or terminating sessions) a crash between the

@@ -1,5 +1,29 @@
+import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { StepError } from '../../lib/errors.js';
+
+/** A statement name unique to its text: pg refuses a known name prepared again with another text on a connection. */
+export function statementName(name: string, text: string): string {
+  return `${name}_${createHash('sha1').update(text).digest('hex').slice(0, 10)}`;
+}
+
+const PREPARED = new Map<string, { name: string; text: string }>();
+
+/**
+ * A named (prepared) statement for a hot path: parsed and planned once per connection instead of at every call
+ * (the session killer's statement: 1.2–1.6 ms unnamed, 0.35–0.43 ms named, on this server). Only for texts fixed
+ * for the process's life (the name carries a hash of the text, so a text built from configuration is safe), never
+ * for texts built per call (each would stay prepared on every connection) nor for statements users configure.
+ */
+export function prepared(name: string, text: string): { name: string; text: string } {
+  const key = `${name}\u0000${text}`;
+  let p = PREPARED.get(key);
+  if (!p) {
+    p = { name: statementName(name, text), text };
+    PREPARED.set(key, p);
+  }
+  return p;
+}
 
 export interface CheckedOutClient {
   client: pg.PoolClient;

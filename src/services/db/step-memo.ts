@@ -1,8 +1,7 @@
-import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { StepError } from '../../lib/errors.js';
 import { retry, type RetryPolicy } from '../../lib/retry.js';
-import { checkout, inTransaction } from './sql.js';
+import { checkout, inTransaction, statementName } from './sql.js';
 import type { StepContext } from '../types.js';
 
 /** Anything that can run a query: a pool or a client. */
@@ -226,10 +225,6 @@ export interface StepStatement {
 /** The CTE a StepStatement's writes are guarded by (see StepStatement). */
 export const RECORDED = 'l2flow_recorded';
 
-/** A statement name unique to its text: pg refuses a known name prepared again with another text on a connection. */
-function statementName(name: string, text: string): string {
-  return `${name}_${createHash('sha1').update(text).digest('hex').slice(0, 10)}`;
-}
 
 /** True for the unique violation of a memo that already exists. */
 export function isMemoConflict(err: unknown): boolean {

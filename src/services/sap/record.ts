@@ -2,7 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import type pg from 'pg';
 import { dateInZone } from '../../lib/dates.js';
 import { StepError, toErrorInfo, type ErrorCode } from '../../lib/errors.js';
-import { ownerOf } from '../db/index.js';
+import { ownerOf, prepared } from '../db/index.js';
 import { sapPayload } from './payload.js';
 import { retryableOutcome, sapFailure, type TryOutcome } from './outcome.js';
 import type { StepContext } from '../types.js';
@@ -121,8 +121,8 @@ export function createSendRecord(deps: {
   return {
     async open(ctx, key) {
       if (pool === dwh) {
-        const { rows } = await pool.query<SendRow & { created: boolean }>(openSql,
-          [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payloadOf(ctx, '0')), ownerOf(ctx)]);
+        const { rows } = await pool.query<SendRow & { created: boolean }>({ ...prepared('l2flow_sap_open', openSql),
+          values: [key, ctx.runId, ctx.logicalDate, ctx.loadId, JSON.stringify(payloadOf(ctx, '0')), ownerOf(ctx)] });
         const found = rows[0];
         if (found) {
           const { created, ...row } = found;
@@ -141,23 +141,23 @@ export function createSendRecord(deps: {
     },
 
     async startTry(ctx, key) {
-      const { rows } = await pool.query<{ tries: number }>(
-        `update l2flow.sap_send set tries = tries + 1, status = 'sending'
-          where idempotency_key = $1 and l2flow.assert_owner($2, $3) returning tries`,
-        [key, ctx.runId, ownerOf(ctx)],
-      );
+      const { rows } = await pool.query<{ tries: number }>({
+        ...prepared('l2flow_sap_try', `update l2flow.sap_send set tries = tries + 1, status = 'sending'
+          where idempotency_key = $1 and l2flow.assert_owner($2, $3) returning tries`),
+        values: [key, ctx.runId, ownerOf(ctx)],
+      });
       return rows[0]?.tries;
     },
 
     async record(key, outcome, status, error) {
       const excerpt = outcome.kind === 'http' ? outcome.excerpt : `${outcome.kind}: ${outcome.detail}`;
       const stored = error ? JSON.stringify(toErrorInfo(error)) : null; // retryable included: a replay keeps it
-      await pool.query(
-        `update l2flow.sap_send set http_status = $2, response_excerpt = $3, status = $4, error = $5::jsonb,
+      await pool.query({
+        ...prepared('l2flow_sap_record', `update l2flow.sap_send set http_status = $2, response_excerpt = $3, status = $4, error = $5::jsonb,
                 sent_at = case when $4 = 'sent' then now() else sent_at end
-          where idempotency_key = $1`,
-        [key, outcome.kind === 'http' ? outcome.status : null, excerpt.slice(0, STORED_EXCERPT_CHARS), status, stored],
-      );
+          where idempotency_key = $1`),
+        values: [key, outcome.kind === 'http' ? outcome.status : null, excerpt.slice(0, STORED_EXCERPT_CHARS), status, stored],
+      });
     },
 
     recordedFailure(row, key) {

@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { createRateLimitedWarn } from '../../lib/log.js';
+import { prepared } from '../db/index.js';
 import type { Logger } from '../types.js';
 import type { CheckEvent } from './condition-waiter.js';
 
@@ -32,7 +33,7 @@ export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger }): (e: C
     // startedAt is on the performance clock: the wall time the check began.
     const at = new Date(Date.now() - (performance.now() - e.startedAt));
     const polled = e.reason === 'poll' || e.reason === 'register';
-    o.pool.query(sql, [e.sensor, at, polled, e.ok, keys]).catch((err: unknown) => warn('record', { err }, 'could not record a sensor check; status shows an older one'));
+    o.pool.query({ ...prepared('l2flow_check_log', sql), values: [e.sensor, at, polled, e.ok, keys] }).catch((err: unknown) => warn('record', { err }, 'could not record a sensor check; status shows an older one'));
   };
 }
 

@@ -3,7 +3,7 @@ import { type Observable, filter, map } from 'rxjs';
 import { type CheckEvent, createConditionWaiter } from './condition-waiter.js';
 import { addDays, isIsoDate } from '../../lib/dates.js';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
-import { quoteQualified } from '../db/index.js';
+import { prepared, quoteQualified } from '../db/index.js';
 import type { Logger, SensorInput, StepFn } from '../types.js';
 import { describePreviousRun, previousRunStates, STATE_COLUMNS, stateOfRow, verdictOn, type PreviousRunState, type StateRow } from './previous-run.js';
 
@@ -80,7 +80,7 @@ export function createFlagSensor(
   const waiter = createConditionWaiter<string>({
     name: 'wait_for_l2_full_load',
     describeKey: (date) => `flag '${flagCode}' in ${flagTable} for business date ${date}`,
-    check: async (dates) => new Set((await opts.dwh.query<{ d: string }>(sql, [flagCode, dates])).rows.map((r) => r.d)),
+    check: async (dates) => new Set((await opts.dwh.query<{ d: string }>({ ...prepared('l2flow_flag_check', sql), values: [flagCode, dates] })).rows.map((r) => r.d)),
     hints$: flagDates(opts.notifications$, flagCode).pipe(map((date) => [date])),
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs,
@@ -125,7 +125,8 @@ export function createPreviousRunSensor(
     name: 'wait_for_success_end',
     describeKey: (key) => `a successful run of ${key.slice(11)} for logical date ${key.slice(0, 10)}`,
     check: async (keys) => {
-      const { rows } = await opts.pool.query<StateRow & { k: string; w: string }>(sql, [keys.map((k) => k.slice(11)), keys.map((k) => k.slice(0, 10)), ...policy]);
+      const { rows } = await opts.pool.query<StateRow & { k: string; w: string }>({
+        ...prepared('l2flow_previous_run_check', sql), values: [keys.map((k) => k.slice(11)), keys.map((k) => k.slice(0, 10)), ...policy] });
       const at = Date.now();
       for (const r of rows) released.set(r.k, { state: stateOfRow(r.w, r), at });
       return new Set(rows.map((r) => r.k));
