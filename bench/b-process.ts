@@ -153,11 +153,13 @@ export const persistenceBench: Bench = {
     const writes: { ms: number; bytes: number }[] = [];
     const query = pool.query.bind(pool) as (text: unknown, values?: unknown[]) => Promise<unknown>;
     (pool as unknown as { query: typeof query }).query = async (text, values) => {
-      const sql = typeof text === 'string' ? text : '';
+      // Hot statements are named configs ({ name, text, values }), others a text and its values.
+      const config = typeof text === 'object' && text !== null ? (text as { text?: string; values?: unknown[] }) : null;
+      const sql = config ? (config.text ?? '') : typeof text === 'string' ? text : '';
       if (!sql.includes('update l2flow.run') || !sql.includes('snapshot = $7')) return query(text, values);
       const t = performance.now();
       const r = await query(text, values);
-      writes.push({ ms: performance.now() - t, bytes: Buffer.byteLength(String(values?.[6] ?? '')) });
+      writes.push({ ms: performance.now() - t, bytes: Buffer.byteLength(String((config?.values ?? values)?.[6] ?? '')) });
       return r;
     };
     const transitions = new Map<string, number>();

@@ -59,8 +59,12 @@ export function createSnapshotWriter(o: {
   const spacingMs = o.spacingMs ?? SNAPSHOT_SPACING_MS;
   let pending: { snap: WorkflowSnapshot; persisted: unknown } | null = null;
   let writing: Promise<void> | null = null;
-  /** When the last write started (performance clock), and how to end the wait of a held-back write early. */
-  let lastStart = -Infinity;
+  /**
+   * When the last write started (performance clock), and how to end the wait of a held-back write early. The
+   * writer starts with the run's claim, which wrote the row (owner, status running): the first snapshot is spaced
+   * from it too, so a run that goes straight through its first steps writes where it parks, not where it began.
+   */
+  let lastStart = performance.now();
   let hurry: (() => void) | null = null;
   /** Set by flushed(): nothing is held back any more. */
   let flushing = false;

@@ -42,9 +42,10 @@ async function rejection(p: Promise<unknown>): Promise<StepError> {
 /** A pool whose flag queries are counted with the number of dates each asked about. */
 function countingPool(pool: pg.Pool, calls: number[]): pg.Pool {
   return {
-    query: (text: string, values: [string, string[]]) => {
-      calls.push(values[1].length);
-      return pool.query(text, values);
+    // The check is a named statement: { name, text, values }.
+    query: (q: pg.QueryConfig<[string, string[]]>) => {
+      calls.push(q.values![1].length);
+      return pool.query(q);
     },
   } as unknown as pg.Pool;
 }
