@@ -181,7 +181,7 @@ describe('child workflows', () => {
     await db.pool.query('truncate t');
   });
 
-  it('the session killer looks for its memo in its own statement: recorded, it terminates nothing and writes nothing', async () => {
+  it('the session killer is one statement (memo look, terminations, memo): recorded, it terminates nothing and writes nothing', async () => {
     const role = `l2flow_test_victim_${randomBytes(4).toString('hex')}`;
     await db.pool.query(`create role ${role} login`);
     const url = new URL(db.uri);
@@ -193,7 +193,9 @@ describe('child workflows', () => {
       const fresh = await statementsOf(() => runner.run('kill_idle')(c, signal));
       expect(fresh.result).toMatchObject({ resumed: false });
       expect(fresh.sent.filter((s) => !s.text.includes('client_connection_check_interval')).map((s) => s.text.slice(0, 30)))
-        .toEqual(['with recorded as materialized ', 'insert into l2flow.step_memo (']);
+        .toEqual(['with recorded as materialized ']);
+      expect((await db.pool.query('select output from l2flow.step_memo where run_id = $1', [c.runId])).rows.map((r) => r.output))
+        .toEqual([{ ...fresh.result, resumed: false }]);
       // An idle session appears after the child was recorded: invoking it again must not terminate it.
       await victim.connect();
       const victimPid = (await victim.query('select pg_backend_pid() as pid')).rows[0].pid as number;

@@ -49,17 +49,27 @@ const STALE_SESSIONS = `stale as materialized (
        and not r.rolsuper and not r.rolreplication`;
 const KILL_IDLE_SESSIONS = `with ${STALE_SESSIONS})
   select pid, usename, application_name from stale where pg_terminate_backend(pid)`;
-// One database: the builtin looks for its memo ($2 run, $3 step, $4 attempt) in its own statement and terminates
-// nothing when it exists; the recorded output comes back as the one row with `recorded` set.
+// One database: ONE statement looks for the builtin's memo ($2 run, $3 step, $4 attempt), terminates the stale
+// sessions unless it exists, and records the memo ($6 the child's name) with the count: the recorded output comes
+// back as the row with `recorded` set, the memo written now as the row with `written` set. Terminations are not
+// transactional: a statement that fails after them (its memo insert meeting another invocation's) is at least once.
 // $5 the owner asserted (sql/008): a process whose run was taken over terminates nothing.
-const KILL_IDLE_SESSIONS_UNLESS_RECORDED = `with recorded as materialized (
+const KILL_IDLE_SESSIONS_RECORDED = `with recorded as materialized (
     select output from l2flow.step_memo where run_id = $2::text and step = $3::text and attempt = $4::integer
        and l2flow.assert_owner($2::text, $5::text)),
   ${STALE_SESSIONS}
-       and not exists (select 1 from recorded))
-  select pid, usename, application_name, null::jsonb as recorded from stale where pg_terminate_backend(pid)
-  union all
-  select null, null, null, output from recorded`;
+       and not exists (select 1 from recorded)),
+  killed as materialized (select pid, usename, application_name from stale where pg_terminate_backend(pid)),
+  written as (
+    insert into l2flow.step_memo (run_id, step, attempt, output)
+    select $2::text, $3::text, $4::integer, jsonb_build_object('child', $6::text, 'kind', 'builtin',
+             'durationMs', round(extract(epoch from clock_timestamp() - statement_timestamp()) * 1000)::int,
+             'terminated', (select count(*) from killed)::int, 'resumed', false)
+     where not exists (select 1 from recorded)
+    returning output)
+  select pid, usename, application_name, null::jsonb as recorded, null::jsonb as written from killed
+  union all select null, null, null, output, null from recorded
+  union all select null, null, null, null, output from written`;
 
 const CANCEL_GRACE_MS = 5_000;
 
@@ -166,10 +176,11 @@ export function createChildRunner(opts: {
     try {
       const transactional = cfg.kind === 'sql' && cfg.transactional;
       const query: pg.QueryConfig = cfg.kind === 'sql' ? sqlQuery(cfg.statement, ctx)
-        : checkMemo ? { ...prepared('l2flow_kill_idle_unless_recorded', KILL_IDLE_SESSIONS_UNLESS_RECORDED), values: [cfg.idleSeconds, ctx.runId, step, ctx.attempt, ownerOf(ctx)] }
+        : checkMemo ? { ...prepared('l2flow_kill_idle_recorded', KILL_IDLE_SESSIONS_RECORDED), values: [cfg.idleSeconds, ctx.runId, step, ctx.attempt, ownerOf(ctx), child] }
         : { ...prepared('l2flow_kill_idle', KILL_IDLE_SESSIONS), values: [cfg.idleSeconds] };
-      /** The session killer's memo, found by its statement. */
+      /** The session killer's memo, found by its statement, or written by it. */
       let recorded: ChildResult | undefined;
+      let written: ChildResult | undefined;
       // Without a transaction (procedures that COMMIT inside, or terminating sessions) a crash between the
       // statement and its memo re-runs the child: at-least-once for those, exactly-once for transactional ones.
       const work = async () => {
@@ -177,19 +188,29 @@ export function createChildRunner(opts: {
         const result: ChildResult = { child, kind: cfg.kind, durationMs: Date.now() - started, resumed: false };
         if (cfg.kind === 'sql') result.rowCount = res.rowCount ?? 0;
         else {
-          type Row = { pid: number; usename: string; application_name: string; recorded?: ChildResult | null };
+          type Row = { pid: number; usename: string; application_name: string; recorded?: ChildResult | null; written?: ChildResult | null };
           const rows = res.rows as Row[];
           recorded = rows.find((r) => r.recorded)?.recorded ?? undefined;
-          const sessions = rows.filter((r) => !r.recorded).map((r) => ({ pid: r.pid, user: r.usename, application: r.application_name }));
+          written = rows.find((r) => r.written)?.written ?? undefined;
+          const sessions = rows.filter((r) => !r.recorded && !r.written).map((r) => ({ pid: r.pid, user: r.usename, application: r.application_name }));
           result.terminated = sessions.length;
           if (!recorded) logger.info({ child, runId: ctx.runId, sessions }, `terminated ${result.terminated} idle session(s)`);
         }
         return result;
       };
       if (checkMemo && !transactional) {
-        const result = await work();
-        const output = recorded ? { ...recorded, resumed: true }
-          : (await writeMemo(client, ctx, step, result)) ? result : { ...((await readMemo<ChildResult>(client, ctx, step)) ?? result), resumed: true };
+        // The session killer: its statement recorded its memo, or found it.
+        let output: ChildResult;
+        try {
+          const result = await work();
+          output = recorded ? { ...recorded, resumed: true } : (written ?? result);
+        } catch (err) {
+          // Another invocation recorded it meanwhile (our memo insert met theirs): theirs is the result.
+          if (!isMemoConflict((err as { cause?: unknown }).cause)) throw err;
+          const winner = await readMemo<ChildResult>(client, ctx, step);
+          if (!winner) throw err;
+          output = { ...winner, resumed: true };
+        }
         conn.release();
         return output;
       }
