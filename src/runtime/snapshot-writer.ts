@@ -27,13 +27,17 @@ export interface SnapshotWriter {
 }
 
 /**
- * Least time between the starts of two writes of a running run's snapshot: a run whose steps take milliseconds
- * writes ~3 snapshots instead of one per transition (~9), newest wins; a final status is never held back. A write
- * held back is not what stops a process whose run was taken over: every write that records a step asserts the
- * owner in its own statement (sql/008_owner_fence.sql), so such a process is refused at its next step whatever its
- * snapshot writes have told it. What a crash can cost is the replay of up to this long of memoized steps.
+ * A running run's snapshot is written once the run has been quiet (no transition) for this long, and at most this
+ * often; one held back by a run that keeps moving is written at the latest SNAPSHOT_MAX_HOLD_FACTOR times this after
+ * the oldest transition it carries. So a run whose steps take milliseconds writes where it parks and where it ends
+ * (~2 writes instead of one per transition, ~9), newest wins; a run whose steps take seconds writes each step's start
+ * ~20 ms late; a final status is never held back. A write held back is not what stops a process whose run was taken
+ * over: every write that records a step asserts the owner in its own statement (sql/008_owner_fence.sql), so such a
+ * process is refused at its next step whatever its snapshot writes have told it. What a crash can cost is the replay
+ * of at most ~100 ms of memoized steps.
  */
 export const SNAPSHOT_SPACING_MS = 20;
+export const SNAPSHOT_MAX_HOLD_FACTOR = 5;
 
 /** Retries of a failed write during an outage: 500 ms, 1 s, then every 2 s for as long as it lasts. */
 const WRITE_RETRY: RetryPolicy = { maxTries: Infinity, baseDelayMs: 500, maxDelayMs: 2_000, jitter: 'none' };
@@ -65,14 +69,21 @@ export function createSnapshotWriter(o: {
    * from it too, so a run that goes straight through its first steps writes where it parks, not where it began.
    */
   let lastStart = performance.now();
+  /** The last transition queued, and the oldest one not written yet (null: nothing held). */
+  let lastTransition = lastStart;
+  let heldSince: number | null = null;
   let hurry: (() => void) | null = null;
   /** Set by flushed(): nothing is held back any more. */
   let flushing = false;
 
-  /** Hold a running run's snapshot back until the spacing since the last write passed (or a final one, or flushed()). */
+  /**
+   * Hold a running run's snapshot back until the run was quiet for the spacing (or held for the longest hold), and the
+   * spacing since the last write passed; a final one, or flushed(), goes at once.
+   */
   async function spaced(): Promise<void> {
     for (;;) {
-      const wait = lastStart + spacingMs - performance.now();
+      const due = Math.max(lastStart + spacingMs, Math.min(lastTransition + spacingMs, (heldSince ?? lastTransition) + spacingMs * SNAPSHOT_MAX_HOLD_FACTOR));
+      const wait = due - performance.now();
       if (wait <= 0 || flushing || !pending || statusOf(pending.snap) !== 'running') return;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, wait);
@@ -96,6 +107,7 @@ export function createSnapshotWriter(o: {
       lastStart = performance.now();
       const s = next.snap;
       pending = null;
+      heldSince = null;
       const status = statusOf(s);
       const failure = s.context.failure;
       const saved = await saveProgress(o.pool, o.runId, o.owner, {
@@ -138,6 +150,8 @@ export function createSnapshotWriter(o: {
 
   return {
     write(snap, persisted) {
+      lastTransition = performance.now();
+      heldSince ??= lastTransition;
       pending = { snap, persisted };
       if (statusOf(snap) !== 'running') hurry?.();
       writing ??= new Promise<void>((resolve) => setImmediate(resolve))
