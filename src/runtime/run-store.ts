@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { StepId, StepRecord, StepTryRecord } from '../machines/workflow.js';
 import type { ErrorCode, ErrorInfo } from '../lib/errors.js';
-import { prepared } from '../services/db/index.js';
+import { ASYNC_COMMIT, prepared } from '../services/db/index.js';
 
 /** l2flow.run and l2flow.step: the durable record of every run. All SQL about runs lives here. */
 
@@ -101,8 +101,9 @@ export async function unfinishedRunIds(db: pg.Pool, workflowId: string): Promise
 /** Mark a locked run as ours and running; null when it finished meanwhile (then it must not be executed). */
 export async function takeRun(db: pg.Pool, runId: string, owner: string): Promise<RunRow | null> {
   const { rows } = await db.query<RunRow>({
+    // Asynchronous commit: a claim a crash loses leaves the run to be claimed again (this process's locks die with the server).
     ...prepared('l2flow_take', `update l2flow.run set owner = $2, status = 'running', started_at = coalesce(started_at, now()), updated_at = now()
-      where run_id = $1 and status in ('queued', 'running') returning ${RUN_COLUMNS}`),
+      where run_id = $1 and status in ('queued', 'running') and ${ASYNC_COMMIT} is not null returning ${RUN_COLUMNS}`),
     values: [runId, owner],
   });
   return rows[0] ?? null;
@@ -169,7 +170,9 @@ const SAVE_PROGRESS = `with run as (
          set status = excluded.status, started_at = excluded.started_at, finished_at = excluded.finished_at, error = excluded.error,
              retry_at = excluded.retry_at
        returning 1)
-     select exists (select 1 from run) as saved`;
+     select exists (select 1 from run) as saved,
+            -- A running run's snapshot commits asynchronously (replayed from the memos if a crash loses it); a final status waits for the disk.
+            case when $8 then null else ${ASYNC_COMMIT} end as async_commit`;
 
 /** True when the run is still owned by `owner` but an operator cancelled it. */
 export async function cancelledHere(db: pg.Pool, runId: string, owner: string): Promise<boolean> {

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { abortableSleep } from '../../lib/time.js';
-import { commitWithMemo, isMemoConflict, ownerOf, placeholdersIn, prepared, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
+import { ASYNC_COMMIT, commitWithMemo, isMemoConflict, ownerOf, placeholdersIn, prepared, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
 import { createAirflowChild, type AirflowChildConfig, type AirflowOutcome } from './airflow/child.js';
 import { parseAirflowConnection } from './airflow/connection.js';
@@ -53,7 +53,8 @@ const KILL_IDLE_SESSIONS = `with ${STALE_SESSIONS})
 // sessions unless it exists, and records the memo ($6 the child's name) with the count: the recorded output comes
 // back as the row with `recorded` set, the memo written now as the row with `written` set. Terminations are not
 // transactional: a statement that fails after them (its memo insert meeting another invocation's) is at least once.
-// $5 the owner asserted (sql/008): a process whose run was taken over terminates nothing.
+// $5 the owner asserted (sql/008): a process whose run was taken over terminates nothing. The memo commits
+// asynchronously (ASYNC_COMMIT): a crash that loses it runs the killer again, as for a crash before it.
 const KILL_IDLE_SESSIONS_RECORDED = `with recorded as materialized (
     select output from l2flow.step_memo where run_id = $2::text and step = $3::text and attempt = $4::integer
        and l2flow.assert_owner($2::text, $5::text)),
@@ -65,7 +66,7 @@ const KILL_IDLE_SESSIONS_RECORDED = `with recorded as materialized (
     select $2::text, $3::text, $4::integer, jsonb_build_object('child', $6::text, 'kind', 'builtin',
              'durationMs', round(extract(epoch from clock_timestamp() - statement_timestamp()) * 1000)::int,
              'terminated', (select count(*) from killed)::int, 'resumed', false)
-     where not exists (select 1 from recorded)
+     where not exists (select 1 from recorded) and ${ASYNC_COMMIT} is not null
     returning output)
   select pid, usename, application_name, null::jsonb as recorded, null::jsonb as written from killed
   union all select null, null, null, output, null from recorded

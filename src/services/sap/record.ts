@@ -2,7 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import type pg from 'pg';
 import { dateInZone } from '../../lib/dates.js';
 import { StepError, toErrorInfo, type ErrorCode } from '../../lib/errors.js';
-import { ownerOf, prepared } from '../db/index.js';
+import { ASYNC_COMMIT, ownerOf, prepared } from '../db/index.js';
 import { sapPayload } from './payload.js';
 import { retryableOutcome, sapFailure, type TryOutcome } from './outcome.js';
 import type { StepContext } from '../types.js';
@@ -153,9 +153,12 @@ export function createSendRecord(deps: {
       const excerpt = outcome.kind === 'http' ? outcome.excerpt : `${outcome.kind}: ${outcome.detail}`;
       const stored = error ? JSON.stringify(toErrorInfo(error)) : null; // retryable included: a replay keeps it
       await pool.query({
+        // "sent" commits asynchronously: lost in a crash, the resumed step sends again under the same key (SAP
+        // deduplicates), as for a crash before it was written; the next step's synchronous commit flushes it anyway.
         ...prepared('l2flow_sap_record', `update l2flow.sap_send set http_status = $2, response_excerpt = $3, status = $4, error = $5::jsonb,
                 sent_at = case when $4 = 'sent' then now() else sent_at end
-          where idempotency_key = $1`),
+          where idempotency_key = $1
+          returning case when $4 = 'sent' then ${ASYNC_COMMIT} end as async_commit`),
         values: [key, outcome.kind === 'http' ? outcome.status : null, excerpt.slice(0, STORED_EXCERPT_CHARS), status, stored],
       });
     },

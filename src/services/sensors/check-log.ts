@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import { createRateLimitedWarn } from '../../lib/log.js';
-import { prepared } from '../db/index.js';
+import { ASYNC_COMMIT, prepared } from '../db/index.js';
 import type { Logger } from '../types.js';
 import type { CheckEvent } from './condition-waiter.js';
 
@@ -23,7 +23,8 @@ export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger }): (e: C
   const sql = `insert into l2flow.sensor_check (sensor, key, checked_at, polled_at, ok)
       select $1, k, $2, case when $3 then $2::timestamptz end, $4 from unnest($5::text[]) as k
     on conflict (sensor, key) do update set checked_at = excluded.checked_at, ok = excluded.ok,
-      polled_at = coalesce(excluded.polled_at, l2flow.sensor_check.polled_at)`;
+      polled_at = coalesce(excluded.polled_at, l2flow.sensor_check.polled_at)
+    returning ${ASYNC_COMMIT}`;
   return (e) => {
     // Only the keys still waited on: a key that held released every waiter of it, and status shows a check only for
     // runs waiting in the sensor (a run's flag check that passed cost it one insert for nothing, beside its steps).
