@@ -8,7 +8,7 @@ import { createLeadership } from './leadership.js';
 import { startLiveRun, type LiveRun, type LiveRunHost, type RunEvent } from './live-run.js';
 import type { Logger } from './logger.js';
 import type { LockEpoch, RunLocks } from './run-locks.js';
-import { failRun, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow } from './run-store.js';
+import { failRun, FINAL_STATUSES, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
 
 export type { RunEvent } from './live-run.js';
 
@@ -110,6 +110,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     if (live.get(run.row.run_id) !== run) return;
     live.delete(run.row.run_id);
     releasing.add(run.row.run_id);
+    candidates = null; // it stays unfinished: the next round looks again
     try {
       await run.stop();
       await locks.unlock(run.row.run_id, run.slot, run.lockedOn);
@@ -145,12 +146,23 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     }),
   );
 
+  /**
+   * The unfinished runs of the last look, oldest logical date first, less those known to have finished since (here,
+   * or elsewhere by their NOTIFY): a round woken by a finished run tries them without looking again (one statement
+   * less per claim; a backfill claims once per finished run). A queued run's NOTIFY (a new or cleared run may come
+   * before them), a sweep (the fallback interval, a listener reconnect) or a lock session lost looks again. Only an
+   * order of candidates: the run's lock and the take decide, as with a fresh look.
+   */
+  let candidates: Set<string> | null = null;
+  const forget = (runId: string) => void candidates?.delete(runId);
+
   async function claimOnce({ sweep }: { sweep: boolean }): Promise<void> {
     await leadership.tryLead();
     // The safety net for a missed cancel NOTIFY runs on the fallback interval and after a listener reconnect, not
     // on the rounds a queued run's NOTIFY or a finished run asked for (one round trip less before a claim).
     if (sweep) await cancelStale();
-    for (const runId of await unfinishedRunIds(o.pool, o.workflowId)) {
+    if (sweep || candidates === null) candidates = new Set(await unfinishedRunIds(o.pool, o.workflowId));
+    for (const runId of [...candidates]) {
       if (stopping) return;
       if (live.has(runId) || releasing.has(runId) || taking.has(runId)) continue;
       // Each live run here holds its own slot: with all of them here, the slot statement could only say "none free"
@@ -169,11 +181,13 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
           await locks.unlock(runId, slot);
           throw err;
         });
+        if (!row) forget(runId); // finished meanwhile
         if (!row || stopping || !lockedOn || locks.epoch() !== lockedOn) {
           // Finished meanwhile, or the lock session was lost while we claimed it (it stays resumable).
           await locks.unlock(runId, slot);
           continue;
         }
+        forget(runId); // executed here now: a live run is never a candidate
         await begin(row, slot, lockedOn);
       } finally {
         taking.delete(runId);
@@ -241,7 +255,13 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
       subs.push(
         o.runNotifications$
           .pipe(filter((n) => n.status === 'queued' && (n.workflow_id === undefined || n.workflow_id === o.workflowId)))
-          .subscribe(() => void loop.claim()),
+          .subscribe(() => {
+            candidates = null; // it may come before the runs of the last look
+            void loop.claim();
+          }),
+        o.runNotifications$
+          .pipe(filter((n) => FINAL_STATUSES.includes(n.status as RunStatus) && typeof n.run_id === 'string'))
+          .subscribe((n) => forget(n.run_id as string)),
         o.runNotifications$
           // Cancelled, or marked success/failed by an operator while it ran here: stop it (the write of its
           // cancelled state is refused, so the operator's status stays).
