@@ -444,7 +444,7 @@ describe('the sensor check log', () => {
     await db?.drop();
   });
 
-  it('records the keys still waited on; a check whose every key held writes nothing (no run is left waiting on it)', async () => {
+  it('records the keys still waited on, a second later in one statement; a key that held meanwhile, or a check whose every key held, writes nothing', async () => {
     // One connection: the recorder's inserts run in the order they were sent.
     const pool = new pg.Pool({ connectionString: db.uri, max: 1 });
     try {
@@ -454,6 +454,8 @@ describe('the sensor check log', () => {
       record(check(['2024-01-01'], ['2024-01-01'])); // held: nothing to record
       record(check(['2024-01-02', '2024-01-03'], ['2024-01-02'])); // one held, one still waited on
       record(check(['2024-01-04'], [], false)); // a failed check: recorded as failed
+      record(check(['2024-01-05'], [])); // waited on, then held before it was written: never written
+      record(check(['2024-01-05'], ['2024-01-05']));
       const rows = async () => (await db.pool.query<{ key: string; ok: boolean }>(`select key, ok from l2flow.sensor_check order by key`)).rows;
       await until('the last record', async () => (await rows()).some((r) => r.key === '2024-01-04'));
       expect(await rows()).toEqual([{ key: '2024-01-03', ok: true }, { key: '2024-01-04', ok: false }]);

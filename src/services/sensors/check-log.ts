@@ -13,28 +13,59 @@ export interface SensorCheckRecord {
   ok: boolean;
 }
 
+/** How long a check is held before it is recorded (see createCheckRecorder). */
+export const CHECK_RECORD_DELAY_MS = 1_000;
+
 /**
- * Record every batched sensor check in l2flow.sensor_check, so `status` can say when a waiting run's condition was
- * last looked at: ONE upsert per batch for all its keys still waited on, fire and forget (a lost record only makes
- * status older); a batch whose every key held writes nothing.
+ * Record sensor checks in l2flow.sensor_check, so `status` can say when a waiting run's condition was last looked at:
+ * only the keys still waited on, each with its latest check, written about a second after that check, in ONE upsert
+ * per sensor for every key checked meanwhile, fire and forget (a lost record only makes status older). A key that
+ * held within that second (a run that parked and was released at once: a backfill's link waits ~0.3 s for its
+ * predecessor) is never written: nothing waits on it any more.
  */
-export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger }): (e: CheckEvent<string>) => void {
+export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger; delayMs?: number }): (e: CheckEvent<string>) => void {
   const warn = createRateLimitedWarn(o.logger.child({ module: 'sensor-check-log' }));
+  const delayMs = o.delayMs ?? CHECK_RECORD_DELAY_MS;
   const sql = `insert into l2flow.sensor_check (sensor, key, checked_at, polled_at, ok)
-      select $1, k, $2, case when $3 then $2::timestamptz end, $4 from unnest($5::text[]) as k
+      select $1, k.key, k.at, k.polled_at, k.ok
+        from unnest($2::text[], $3::timestamptz[], $4::timestamptz[], $5::boolean[]) as k(key, at, polled_at, ok)
     on conflict (sensor, key) do update set checked_at = excluded.checked_at, ok = excluded.ok,
       polled_at = coalesce(excluded.polled_at, l2flow.sensor_check.polled_at)
     returning ${ASYNC_COMMIT}`;
+  /** By sensor and key: the latest check of a key still waited on, not written yet. */
+  const pending = new Map<string, Map<string, { at: Date; polledAt: Date | null; ok: boolean }>>();
+  let timer: NodeJS.Timeout | null = null;
+
+  function flush(): void {
+    timer = null;
+    for (const [sensor, byKey] of pending) {
+      pending.delete(sensor);
+      const rows = [...byKey];
+      if (rows.length === 0) continue;
+      const values = [sensor, rows.map(([k]) => k), rows.map(([, r]) => r.at), rows.map(([, r]) => r.polledAt), rows.map(([, r]) => r.ok)];
+      o.pool.query({ ...prepared('l2flow_check_log', sql), values })
+        .catch((err: unknown) => warn('record', { err }, 'could not record a sensor check; status shows an older one'));
+    }
+  }
+
   return (e) => {
-    // Only the keys still waited on: a key that held released every waiter of it, and status shows a check only for
-    // runs waiting in the sensor (a run's flag check that passed cost it one insert for nothing, beside its steps).
     const held = new Set(e.satisfied);
+    const byKey = pending.get(e.sensor) ?? pending.set(e.sensor, new Map()).get(e.sensor)!;
+    // A key that held released every waiter of it: its earlier check is not worth writing any more.
+    for (const k of held) byKey.delete(k);
     const keys = held.size === 0 ? e.keys : e.keys.filter((k) => !held.has(k));
     if (keys.length === 0) return;
     // startedAt is on the performance clock: the wall time the check began.
     const at = new Date(Date.now() - (performance.now() - e.startedAt));
     const polled = e.reason === 'poll' || e.reason === 'register';
-    o.pool.query({ ...prepared('l2flow_check_log', sql), values: [e.sensor, at, polled, e.ok, keys] }).catch((err: unknown) => warn('record', { err }, 'could not record a sensor check; status shows an older one'));
+    for (const k of keys) {
+      // A later hint check keeps the time of an earlier poll not yet written (the next poll is due from it).
+      byKey.set(k, { at, polledAt: polled ? at : (byKey.get(k)?.polledAt ?? null), ok: e.ok });
+    }
+    if (!timer) {
+      timer = setTimeout(flush, delayMs);
+      timer.unref();
+    }
   };
 }
 
