@@ -1,6 +1,7 @@
 /**
  * A real l2flow run as a probe: sample i queues the run of business date first + i, waits until it is parked in
- * wait_for_l2_full_load (first check answered, pool idle), and the flag INSERT fires it. "Seen" is either the run
+ * wait_for_l2_full_load (first check answered, the parked snapshot committed, pool idle), and the flag INSERT fires
+ * it: as a run in production, parked for hours, whose snapshot write (~20 ms after it parked) is long done. "Seen" is either the run
  * leaving the sensor (events$) or its `success` being committed (the l2flow_run NOTIFY of that status).
  */
 import { performance } from 'node:perf_hooks';
@@ -22,10 +23,12 @@ export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: st
   const listener = new pg.Client({ connectionString: db.uri, application_name: 'l2flow-bench-runlisten' });
   await listener.connect();
   const successAt = new Map<string, (t: number) => void>();
+  const parkedSaved = new Map<string, () => void>();
   listener.on('notification', (n) => {
     const t = performance.now();
-    const p = JSON.parse(n.payload ?? '{}') as { logical_date?: string; status?: string };
+    const p = JSON.parse(n.payload ?? '{}') as { logical_date?: string; status?: string; current_step?: string };
     if (p.status === 'success' && p.logical_date) successAt.get(p.logical_date)?.(t);
+    if (p.status === 'running' && p.current_step === SENSOR_STEP && p.logical_date) parkedSaved.get(p.logical_date)?.();
   });
   await listener.query('listen l2flow_run');
   let succeeded = 0;
@@ -43,6 +46,7 @@ export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: st
       const left = new Promise<number>((r) => (onLeft = r));
       const ended = new Promise<RunEvent>((r) => (onEnd = r));
       const committed = new Promise<number>((r) => successAt.set(logicalDate, r));
+      const saved = new Promise<void>((r) => parkedSaved.set(logicalDate, r));
       const sub = app.supervisor.events$.pipe(filter((e) => e.logicalDate === logicalDate)).subscribe((e) => {
         const t = performance.now();
         if (!parked && e.steps.length === 1 && e.steps[0] === SENSOR_STEP) {
@@ -63,6 +67,8 @@ export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: st
         10_000,
         `run ${logicalDate} parking in ${SENSOR_STEP}`,
       );
+      await within(saved, 10_000, `run ${logicalDate}'s parked snapshot`);
+      parkedSaved.delete(logicalDate);
       await checks.quiet(businessDate, 10_000);
       return {
         fire: () => db.insertFlag(businessDate),

@@ -132,9 +132,10 @@ export function startLiveRun(host: LiveRunHost, row: RunRow, slot: number, locke
       }
       const steps = activeSteps(snap.value).join(',');
       const status = statusOf(snap);
+      // Observers first (the supervisor's events: metrics, the dashboard, waiters), then the log line.
+      emit('transition', snap, status, stepEnds(snap.context.steps));
       if (steps !== last) log.info({ steps: steps || status, loadId: snap.context.loadId ?? undefined }, 'run entered %s', steps || status);
       last = steps;
-      emit('transition', snap, status, stepEnds(snap.context.steps));
       // Taken now, not when the write happens: a write that outlives the actor (a retry during an outage, a
       // release) would otherwise store the stopped actor's snapshot, which restores as a dead run.
       void writer.write(snap, actor.getPersistedSnapshot()).then(() => {
