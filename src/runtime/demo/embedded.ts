@@ -1,8 +1,9 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { chmodSync, chownSync, closeSync, cpSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
@@ -84,6 +85,44 @@ export function traversable(dir: string, user: { uid: number; gid: number }): bo
   return true;
 }
 
+/**
+ * The binaries as the `postgres` OS user can run them. Run as root from a checkout the postgres user cannot reach
+ * (a 0700 home directory such as /root, a mktemp directory), PostgreSQL's own files (bin, lib, share: ~60 MB) are
+ * copied once to `into`/l2flow-demo-pg-<hash>, which it can reach, and run from there; `copiedTo` says where.
+ * A copy is reused while the source's postgres binary has the same size and modification time.
+ */
+export function reachableBinaries(bins: Binaries, user: { uid: number; gid: number }, into = tmpdir()): Binaries & { copiedTo: string | null } {
+  const bin = path.dirname(bins.postgres);
+  if (traversable(bin, user)) return { ...bins, copiedTo: null };
+  const native = path.dirname(bin);
+  const dest = path.join(into, `l2flow-demo-pg-${createHash('sha256').update(native).digest('hex').slice(0, 10)}`);
+  const st = statSync(bins.postgres);
+  const stamp = `${st.size}:${st.mtimeMs}`;
+  const marker = path.join(dest, '.copied-from');
+  const current = existsSync(marker) ? readFileSync(marker, 'utf8') : '';
+  if (current !== `${native}\n${stamp}`) {
+    // Copied beside, then renamed into place: a demo starting at the same moment never runs a half-copied tree.
+    const partial = `${dest}.${process.pid}.${randomBytes(3).toString('hex')}`;
+    try {
+      cpSync(native, partial, { recursive: true, verbatimSymlinks: true });
+      writeFileSync(path.join(partial, '.copied-from'), `${native}\n${stamp}`);
+      chmodSync(partial, 0o755);
+      rmSync(dest, { recursive: true, force: true });
+      renameSync(partial, dest);
+    } catch (err) {
+      rmSync(partial, { recursive: true, force: true });
+      if (!existsSync(marker)) {
+        throw new EmbeddedStartError(`running as root, the postgres OS user cannot reach PostgreSQL's files in ${native}, and copying them to ${dest} failed (${(err as Error).message}): make ${native} readable for it, or run as another user`);
+      }
+    }
+  }
+  if (!traversable(path.join(dest, 'bin'), user)) {
+    throw new EmbeddedStartError(`running as root, the postgres OS user cannot reach ${dest}: make ${into} reachable for it (chmod o+x), or set TMPDIR`);
+  }
+  const rel = (file: string) => path.join(dest, path.relative(native, file));
+  return { initdb: rel(bins.initdb), postgres: rel(bins.postgres), copiedTo: dest };
+}
+
 /** Whether nothing listens on 127.0.0.1:`port` (we can bind it). */
 export function portFree(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -105,6 +144,8 @@ export interface EmbeddedPg {
   uri: string;
   /** Whether initdb ran now (a fresh data directory). */
   initialised: boolean;
+  /** Where PostgreSQL's files were copied for the postgres OS user to reach them (see reachableBinaries), else null. */
+  binariesCopiedTo: string | null;
   /** Fast shutdown (sessions are ended; l2flow has stopped by then); resolves once the server has exited. */
   stop(): Promise<void>;
 }
@@ -178,9 +219,10 @@ export async function stopOrphan(dataDir: string): Promise<boolean> {
 }
 
 /** initdb (first time only) and start the server on 127.0.0.1:`port` in a session of its own; resolves once it accepts connections. */
-export async function startEmbeddedPg(bins: Binaries, o: EmbeddedOptions): Promise<EmbeddedPg> {
+export async function startEmbeddedPg(found: Binaries, o: EmbeddedOptions): Promise<EmbeddedPg> {
   const owner = postgresUser();
   const ids = owner ? { uid: owner.uid, gid: owner.gid } : {};
+  const bins = owner ? reachableBinaries(found, owner) : { ...found, copiedTo: null };
   mkdirSync(path.dirname(o.dataDir), { recursive: true, mode: 0o755 });
   let initialised = false;
   if (!existsSync(path.join(o.dataDir, 'PG_VERSION'))) {
@@ -256,6 +298,7 @@ export async function startEmbeddedPg(bins: Binaries, o: EmbeddedOptions): Promi
     port: o.port,
     uri,
     initialised,
+    binariesCopiedTo: bins.copiedTo,
     stop() {
       stopping ??= (async () => {
         if (!gone) {

@@ -136,6 +136,7 @@ async function runDemo(io: Out, env: NodeJS.ProcessEnv, host: DemoHost): Promise
     // The logger needs the configuration, and the configuration the receivers' URIs: a first instance for the logger.
     const logger = createL2flow({ env: demoEnv(env, { dwh: pgServer.uri, sap: 'http://127.0.0.1:1/', smtp: 'smtp://127.0.0.1:1' }), scope: 'dwh' }).logger;
     logger.info({ port, dataDir: paths.pgData, log: paths.pgLog, initialised: pgServer.initialised, took: formatDuration(pgMs) }, `demo PostgreSQL ${pgServer.initialised ? 'created and ' : ''}started on 127.0.0.1:${port}`);
+    if (pgServer.binariesCopiedTo) logger.info({ copiedTo: pgServer.binariesCopiedTo }, `the postgres OS user cannot reach this checkout: PostgreSQL runs from a copy in ${pgServer.binariesCopiedTo}`);
     if (paths.fellBackFrom) logger.warn({ wanted: paths.fellBackFrom, dataDir: paths.dir }, `the postgres OS user cannot reach ${paths.fellBackFrom}: the demo's data is in ${paths.dir} instead`);
     const sap: Receiver = await startSapReceiver(logger);
     undo.push(() => sap.close());
