@@ -6,7 +6,7 @@ import { toErrorInfo } from '../lib/errors.js';
 import { withTransaction } from '../services/db/index.js';
 import { emailOutboxStatus } from '../services/mail/index.js';
 import { listAudit, writeAudit } from './audit.js';
-import { createApp, type App } from './app.js';
+import type { App } from './app.js';
 import { createPool, createWarehousePool } from './databases.js';
 import { ConfigError, connectionUris, loadConfig, redactUri, stateIsWarehouse } from './config.js';
 import { createLogger, logFormatFor, secretsOf, type Logger } from './logger.js';
@@ -18,7 +18,6 @@ import { clearRuns, markRun, RunActionError } from './run-actions.js';
 import { describeWait } from './waits.js';
 import type { RunInspector } from './inspect.js';
 import type { RunEvent } from './supervisor.js';
-import { processMetricsProvider } from './metrics.js';
 import type { HttpServer } from './http/index.js';
 
 import { L2flowError, type ActionOptions, type L2flow, type L2flowOptions } from './api-types.js';
@@ -111,6 +110,9 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     // own modules: start-up does not pay for them otherwise.
     inspector ??= options.inspect ? await (await import('./inspect.js')).startInspector({ logger: getLogger(), ...(port === undefined ? {} : { port }) }) : undefined;
     const db = await withDatabases(async (d) => d);
+    // The runtime's modules (XState, the services, prom-client …) are loaded by start() only: the CLI's other commands
+    // (status, trigger, backfill …) start without them.
+    const { createApp } = await import('./app.js');
     const built = createApp(config, getLogger(), { pool: db.state, dwhPool: db.dwh, ...(inspector ? { inspect: inspector.inspect } : {}) });
     built.supervisor.events$.subscribe({ next: (e) => events.next(e) });
     app = built;
@@ -151,8 +153,9 @@ export function createL2flow(options: L2flowOptions = {}): L2flow {
     },
     events$: events.asObservable(),
     metrics: {
-      contentType: processMetricsProvider().contentType,
-      text: () => (app ? app.metrics.text() : processMetricsProvider().text()),
+      // prom-client's PROMETHEUS_CONTENT_TYPE; prom-client itself is loaded by the first scrape or start().
+      contentType: 'text/plain; version=0.0.4; charset=utf-8',
+      text: async () => (app ? app.metrics.text() : (await import('./metrics.js')).processMetricsProvider().text()),
     },
     migrate: () => withDatabases((db) => migrate(db, { flagTable: config.flagSensor.flagTable, flagTrigger: config.flagSensor.notify })),
     start() {
