@@ -2,10 +2,10 @@ import { createRequire } from 'node:module';
 import { pino, type DestinationStream, type Logger } from 'pino';
 import type { build as PrettyBuild } from 'pino-pretty';
 import { Writable } from 'node:stream';
+import { redactor, secretsOfUri } from '../lib/connection.js';
 
 /** pino-pretty, loaded for the first pretty logger only (~35 ms: JSON logs, the CLI's silent ones, do without it). */
 const prettyStream: typeof PrettyBuild = (...args) => (createRequire(import.meta.url)('pino-pretty') as { build: typeof PrettyBuild }).build(...args);
-import { redactor, secretsOfUri } from '../lib/connection.js';
 
 /** Keys whose values never reach a log line, wherever they appear. */
 const REDACT_PATHS = [
