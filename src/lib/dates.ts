@@ -31,20 +31,14 @@ export function dateInZone(timeZone: string, at: Date = new Date()): string {
   return f.format(at);
 }
 
-/** Zones already found valid: building a formatter to ask costs ~0.1 ms, and every SAP send asks. */
-const KNOWN_ZONES = new Set<string>();
-
 /** True when `tz` is an IANA time zone the runtime knows, e.g. Asia/Tashkent or UTC. */
 export function isTimeZone(tz: string): boolean {
-  if (KNOWN_ZONES.has(tz)) return true;
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: tz });
+    return true;
   } catch {
     return false;
   }
-  // Bounded: a process knows a handful of zones; a flood of distinct valid names only stops being remembered.
-  if (KNOWN_ZONES.size < 1000) KNOWN_ZONES.add(tz);
-  return true;
 }
 
 const TIME_OF_DAY = /^([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$/;

@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { StepError } from '../../lib/errors.js';
 
 /** A statement name unique to its text: pg refuses a known name prepared again with another text on a connection. */
-export function statementName(name: string, text: string): string {
+function statementName(name: string, text: string): string {
   return `${name}_${createHash('sha1').update(text).digest('hex').slice(0, 10)}`;
 }
 

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError } from '../../lib/errors.js';
 import { retry, type RetryPolicy } from '../../lib/retry.js';
-import { checkout, inTransaction, statementName } from './sql.js';
+import { checkout, inTransaction, prepared } from './sql.js';
 import type { StepContext } from '../types.js';
 
 /** Anything that can run a query: a pool or a client. */
@@ -243,8 +243,8 @@ export function isMemoConflict(err: unknown): boolean {
 export async function memoizedStatement<O>(db: Databases, ctx: MemoKey, step: string, stmt: StepStatement, opts: IntentWait = {}): Promise<{ output: O; resumed: boolean }> {
   if (separateState(db)) {
     const text = `with ${RECORDED} as (select null::jsonb as output where false), ${stmt.writes} select ${stmt.output} as output`;
-    const name = statementName(stmt.name, text);
-    return memoized<O>(db, ctx, step, async (client) => (await client.query<{ output: O }>({ name, text, values: stmt.values })).rows[0]!.output, opts);
+    const named = prepared(stmt.name, text);
+    return memoized<O>(db, ctx, step, async (client) => (await client.query<{ output: O }>({ ...named, values: stmt.values })).rows[0]!.output, opts);
   }
   const n = stmt.values.length;
   const key = `run_id = $${n + 1}::text and step = $${n + 2}::text and attempt = $${n + 3}::integer`;
@@ -255,11 +255,11 @@ export async function memoizedStatement<O>(db: Databases, ctx: MemoKey, step: st
                     select $${n + 1}::text, $${n + 2}::text, $${n + 3}::integer, ${stmt.output}
                      where not exists (select 1 from ${RECORDED}) and l2flow.assert_owner($${n + 1}::text, $${n + 4}::text) returning output)
     select output, false as resumed from l2flow_memo union all select output, true from ${RECORDED}`;
-  const name = statementName(stmt.name, text);
+  const named = prepared(stmt.name, text);
   // Twice at most: a memo found by the insert but gone by the read (cleared meanwhile) lets the step run again.
   for (let round = 0; round < 2; round++) {
     try {
-      const { rows } = await db.dwh.query<{ output: O; resumed: boolean }>({ name, text, values: [...stmt.values, ctx.runId, step, ctx.attempt, ownerOf(ctx)] });
+      const { rows } = await db.dwh.query<{ output: O; resumed: boolean }>({ ...named, values: [...stmt.values, ctx.runId, step, ctx.attempt, ownerOf(ctx)] });
       return rows[0]!;
     } catch (err) {
       if (!isMemoConflict(err)) throw err;
