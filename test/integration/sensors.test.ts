@@ -84,7 +84,7 @@ describe('sensors', () => {
     expect(Number.isNaN(Date.parse(out.satisfiedAt))).toBe(false);
   });
 
-  it('onCheck reports the registration check with the key, then the check that finds the flag', async () => {
+  it('onCheck reports the registration check with the key, then the check that finds the flag, after its waiter went on', async () => {
     const d = nextDate();
     const checks: SensorCheck[] = [];
     const before = lines.length;
@@ -100,12 +100,34 @@ describe('sensors', () => {
     ]);
     await insertFlag(d);
     expect((await p).checks).toBe(2);
+    // The released wait went on first: the bookkeeping of a check never holds a run up.
+    expect(checks).toHaveLength(1);
+    await new Promise((r) => setImmediate(r));
     expect(checks).toHaveLength(2);
     expect(checks[1]).toMatchObject({ sensor: 'wait_for_l2_full_load', keys: [d], satisfied: [d], ok: true, reason: 'hint' });
     for (const c of checks) expect(c.finishedAt).toBeGreaterThanOrEqual(c.startedAt);
     for (const c of checks) expect(c.startedAt).toBeGreaterThanOrEqual(c.requestedAt);
     expect(checks[1]!.startedAt).toBeGreaterThanOrEqual(checks[0]!.finishedAt);
     expect(lines.slice(before).filter((l) => /onCheck listener threw/.test(l.msg))).toHaveLength(1); // rate-limited
+  });
+
+  it('the flag check is planned once per connection, not at every check (its generic plan is kept)', async () => {
+    // One connection, so every check runs the same prepared statement; PostgreSQL 14+ counts its plans.
+    const one = new pg.Pool({ connectionString: db.uri, max: 1, application_name: 'l2flow-test-plans' });
+    try {
+      const sensor = flagSensor({ dwh: one });
+      const dates = Array.from({ length: 12 }, () => nextDate());
+      for (const d of dates) await insertFlag(d);
+      for (const d of dates) expect((await sensor(input(d), signal)).checks).toBe(1);
+      const { rows } = await one.query<{ custom_plans: string; generic_plans: string }>(
+        `select custom_plans, generic_plans from pg_prepared_statements where statement like '%bussines_date = any%'`);
+      expect(rows).toHaveLength(1);
+      // PostgreSQL tries five custom plans, then keeps the generic one when it is no dearer.
+      expect(Number(rows[0]!.custom_plans)).toBeLessThanOrEqual(5);
+      expect(Number(rows[0]!.generic_plans)).toBeGreaterThanOrEqual(dates.length - 5);
+    } finally {
+      await one.end();
+    }
   });
 
   it('a flag present before the wait is seen at once', async () => {

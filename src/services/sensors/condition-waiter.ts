@@ -55,8 +55,9 @@ export interface ConditionWaiterOptions<K extends string> {
   /** How long the last check at the deadline may take before the waiter fails anyway. */
   lastCheckGraceMs?: number;
   /**
-   * Told about every batched check once it is done, before its waiters are released. Called synchronously
-   * inside the check loop, so keep it cheap; whatever it throws is logged and ignored.
+   * Told about every batched check once it is done, in the event loop's next turn: after the waiters it released
+   * have gone on (their runs' transitions are not held up by the bookkeeping: metrics, the check log). Checks are
+   * told in the order they ran; whatever the listener throws is logged and ignored.
    */
   onCheck?: (e: CheckEvent<K>) => void;
 }
@@ -150,17 +151,18 @@ export function createConditionWaiter<K extends string>(opts: ConditionWaiterOpt
           lastCheckError = (err as Error)?.message ?? String(err);
           warn('check', { err, keys: keys.length }, `${opts.name}: check query failed; still waiting, the next hint or poll retries`);
         }
-        if (opts.onCheck) {
-          const held = holds;
-          const satisfied = held ? keys.filter((k) => held.has(k)) : [];
-          report({ sensor: opts.name, keys, satisfied, requestedAt, startedAt, finishedAt, ok: held !== null, reason });
-        }
         for (const key of keys) {
           for (const w of [...(parked.get(key) ?? [])]) {
             w.checks += 1;
             if (holds?.has(key)) settle(w, null);
             else if (w.expiredAtSeq !== null && seq > w.expiredAtSeq) settle(w, timeoutError(w));
           }
+        }
+        if (opts.onCheck) {
+          const held = holds;
+          const satisfied = held ? keys.filter((k) => held.has(k)) : [];
+          const e: CheckEvent<K> = { sensor: opts.name, keys, satisfied, requestedAt, startedAt, finishedAt, ok: held !== null, reason };
+          setImmediate(() => report(e));
         }
       }
     } finally {

@@ -74,9 +74,14 @@ export function createFlagSensor(
   },
 ): StepFn<SensorInput, SensorOutput> {
   const { flagTable, flagCode } = opts;
-  // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024.
+  // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024. The dates are sent as text[]
+  // and cast in the statement: against a date[] parameter PostgreSQL finds a custom plan for the array's length
+  // cheaper than the generic one and plans the statement again at every check (~0.15 ms of the sensor's reaction);
+  // the cast (stable: it depends on DateStyle; an ISO date reads the same under every DateStyle) is not folded into
+  // a custom plan, so the generic plan is kept after the first five (pg_stat_statements: plans 6 per connection, not
+  // one per call).
   const sql = `select distinct to_char(bussines_date, 'YYYY-MM-DD') as d from ${quoteQualified(flagTable)}
-    where flag_cd = $1 and bussines_date = any($2::date[])`;
+    where flag_cd = $1 and bussines_date = any($2::text[]::date[])`;
   const waiter = createConditionWaiter<string>({
     name: 'wait_for_l2_full_load',
     describeKey: (date) => `flag '${flagCode}' in ${flagTable} for business date ${date}`,
