@@ -8,6 +8,7 @@ RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 COPY bench ./bench
+COPY scripts ./scripts
 RUN npm run build
 # --ignore-scripts again: pruning must not run `prepare` (tsc is a dev dependency, gone after the prune).
 # --omit=optional: embedded-postgres (~60 MB of PostgreSQL binaries) serves only the demo, never a deployment.
@@ -22,6 +23,8 @@ ENV L2FLOW_HTTP_HOST=0.0.0.0
 WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/src ./dist/src
+# The CLI, bundled into one file (scripts/bundle-cli.mjs): what bin/l2flow.js loads.
+COPY --from=build /app/dist/cli.cjs ./dist/cli.cjs
 COPY package.json ./
 COPY bin ./bin
 COPY sql ./sql

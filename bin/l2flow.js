@@ -1,6 +1,9 @@
 #!/usr/bin/env node
-// Thin launcher: the CLI is compiled to dist/ by `npm run build` (run on install by `prepare`).
-import { main } from '../dist/src/runtime/cli.js';
+// Thin launcher: the CLI is compiled to dist/ and bundled into dist/cli.cjs by `npm run build` (run on install by
+// `prepare`; scripts/bundle-cli.mjs says why one file).
+import { createRequire } from 'node:module';
+
+const { main } = createRequire(import.meta.url)('../dist/cli.cjs');
 
 main(process.argv.slice(2)).then(
   (code) => { process.exitCode = code; },

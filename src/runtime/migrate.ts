@@ -1,14 +1,12 @@
 import { readdir, readFile } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import type pg from 'pg';
 import { quoteQualified, separateState, type Databases } from '../services/db/index.js';
 import { DWH_FLAG_CHANNEL } from '../services/sensors/index.js';
+import { packageRoot } from '../lib/package-root.js';
 
-/** Folder of numbered migrations, shipped beside dist/ and src/. */
-// src/runtime/migrate.ts and dist/src/runtime/migrate.js sit at different depths below the package root.
-const here = path.dirname(fileURLToPath(import.meta.url));
-export const SQL_DIR = path.resolve(here, here.includes(`${path.sep}dist${path.sep}`) ? '../../../sql' : '../../sql');
+/** Folder of numbered migrations, shipped in the package beside dist/ and src/. */
+export const SQL_DIR = path.join(packageRoot(import.meta.url), 'sql');
 
 const MIGRATION_LOCK = 727_001; // advisory lock key: one migrator at a time across processes
 

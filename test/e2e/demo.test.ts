@@ -216,7 +216,7 @@ describe('npm start with a configuration: never the demo', () => {
     // has a node_modules that would still resolve it.
     const copy = mkdtempSync(path.join(tmpdir(), 'l2flow-noopt-'));
     try {
-      for (const f of ['bin', 'config', 'sql', 'package.json', 'dist/src']) cpSync(path.join(ROOT, f), path.join(copy, f), { recursive: true });
+      for (const f of ['bin', 'config', 'sql', 'package.json', 'dist/src', 'dist/cli.cjs']) cpSync(path.join(ROOT, f), path.join(copy, f), { recursive: true });
       mkdirSync(path.join(copy, 'node_modules'));
       const modules = path.join(ROOT, 'node_modules');
       for (const name of readdirSync(modules)) {

@@ -155,7 +155,7 @@ describe('Dockerfile', () => {
     for (const src of fromContext) expect(existsSync(path.join(ROOT, src)), `COPY ${src}`).toBe(true);
     for (const needed of ['bin', 'sql', 'config', 'src/dashboard', 'package.json']) expect(fromContext, needed).toContain(needed);
     const fromBuild = copies.filter((args) => args.includes('--from=build')).map((args) => args.at(-2));
-    expect(fromBuild).toEqual(expect.arrayContaining(['/app/node_modules', '/app/dist/src']));
+    expect(fromBuild).toEqual(expect.arrayContaining(['/app/node_modules', '/app/dist/src', '/app/dist/cli.cjs']));
   });
 
   it('runs the migrations before `run` through its entrypoint, which exists and is a shell script', () => {

@@ -1,20 +1,16 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { packageRoot } from '../../lib/package-root.js';
 import { ConfigError } from '../config.js';
 import { envValue } from '../config-env.js';
 import { isAlive, postgresUser, traversable } from './embedded.js';
 
 /** Where the demo keeps its data, and its small state file (port, password) and lock. */
 
-/** The package's root (where package.json is): config/demo.yaml and the default .l2flow-demo live there. */
-export const PACKAGE_ROOT = (() => {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir);
-  return dir;
-})();
+/** The package's root: config/demo.yaml and the default .l2flow-demo live there. */
+export const PACKAGE_ROOT = packageRoot(import.meta.url);
 
 export const DEMO_CONFIG_FILE = path.join(PACKAGE_ROOT, 'config', 'demo.yaml');
 /** The first port tried for the demo PostgreSQL (5432 is often taken by a real one). */

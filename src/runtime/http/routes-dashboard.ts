@@ -1,11 +1,12 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
+import path from 'node:path';
 import { Hono, type Context } from 'hono';
 import { machineGraph } from '../../machines/diagram.js';
 import { STATECHART_CSS, toSvg, type StateMark } from '../../machines/diagram-svg.js';
 import { STEP_IDS } from '../../machines/steps.js';
 import { workflowMachine } from '../../machines/workflow.js';
+import { packageRoot } from '../../lib/package-root.js';
 import { gridJson, stateLegend, stepStates } from '../status-view.js';
 import { dateParam, HttpError, type Send } from './respond.js';
 import { listQuery, type RunsApi } from './routes-runs.js';
@@ -15,12 +16,11 @@ import { listQuery, type RunsApi } from './routes-runs.js';
  * only the page needs: the grid (runs with each step's state), the machine graph, and a run's statechart as SVG.
  */
 
-/** src/dashboard from src/runtime/http (tests, tsx) or from dist/src/runtime/http (the built package). */
+/** src/dashboard in the package (shipped as it is; the compiled and the bundled code read it from there). */
 function dashboardDir(): string {
-  const candidates = ['../../dashboard/', '../../../../src/dashboard/'].map((rel) => fileURLToPath(new URL(rel, import.meta.url)));
-  const found = candidates.find((dir) => existsSync(`${dir}index.html`));
-  if (!found) throw new Error(`the dashboard's files are missing: looked in ${candidates.join(', ')}`);
-  return found;
+  const dir = path.join(packageRoot(import.meta.url), 'src', 'dashboard') + path.sep;
+  if (!existsSync(`${dir}index.html`)) throw new Error(`the dashboard's files are missing: looked in ${dir}`);
+  return dir;
 }
 
 const TYPES: Record<string, string> = {

