@@ -44,7 +44,7 @@ describe('child workflows', () => {
 
   const rowsOfT = async () => (await db.pool.query('select ld::text, lid::int from t order by ld, lid')).rows;
   const running = async (text: string) =>
-    (await db.pool.query('select count(*)::int as n from pg_stat_activity where query = $1 and pid <> pg_backend_pid()', [text])).rows[0].n;
+    (await db.pool.query("select count(*)::int as n from pg_stat_activity where query = $1 and state = 'active' and pid <> pg_backend_pid()", [text])).rows[0].n;
 
   it('binds the logical date and load id, passing only the parameters a statement uses', async () => {
     expect(await runner.run('insert_both')(ctx(7), signal)).toMatchObject({ child: 'insert_both', kind: 'sql', rowCount: 1, resumed: false });
@@ -138,16 +138,27 @@ describe('child workflows', () => {
       await db.pool.query(`drop role if exists ${role}`);
     }
   });
-  /** The statements `fn` sends, each with the client it went on (pg's client query, wrapped for the call). */
-  async function statementsOf<T>(fn: () => Promise<T>): Promise<{ result: T; sent: { text: string; client: unknown }[] }> {
-    const spy = vi.spyOn(pg.Client.prototype, 'query');
+  /**
+   * The statements `fn` sends, each with the client it went on (pg's client query, wrapped for the call) and how many
+   * statements sent before it on that client were still unanswered when it was sent (pipelined: more than 0).
+   */
+  async function statementsOf<T>(fn: () => Promise<T>): Promise<{ result: T; sent: { text: string; client: unknown; inFlight: number }[] }> {
+    const original = pg.Client.prototype.query;
+    const unanswered = new Map<unknown, number>();
+    const sent: { text: string; client: unknown; inFlight: number }[] = [];
+    const spy = vi.spyOn(pg.Client.prototype, 'query').mockImplementation(function (this: pg.Client, ...args: unknown[]) {
+      const q = args[0];
+      sent.push({ text: (typeof q === 'string' ? q : (q as { text: string }).text).replace(/\s+/g, ' ').trim(), client: this, inFlight: unanswered.get(this) ?? 0 });
+      const r = (original as (...a: unknown[]) => unknown).apply(this, args);
+      if (r instanceof Promise) {
+        unanswered.set(this, (unanswered.get(this) ?? 0) + 1);
+        const answered = () => void unanswered.set(this, unanswered.get(this)! - 1);
+        r.then(answered, answered);
+      }
+      return r as never;
+    });
     try {
-      const result = await fn();
-      const sent = spy.mock.calls.map(([q], i) => ({
-        text: (typeof q === 'string' ? q : (q as { text: string }).text).replace(/\s+/g, ' ').trim(),
-        client: spy.mock.contexts[i],
-      }));
-      return { result, sent };
+      return { result: await fn(), sent };
     } finally {
       spy.mockRestore();
     }
@@ -166,19 +177,31 @@ describe('child workflows', () => {
     expect(childClients.size).toBeLessThan(4);
   });
 
-  it('a transactional child is three round trips: begin with the memo look, the statement, the memo with commit', async () => {
+  it('a transactional child is two round trips: begin with its guard and the statement sent together, then the memo with commit', async () => {
     const c = ctx(11);
     const fresh = await statementsOf(() => runner.run('insert_both')(c, signal));
     expect(fresh.result).toMatchObject({ rowCount: 1, resumed: false });
-    expect(fresh.sent.filter((s) => !s.text.includes('client_connection_check_interval')).map((s) => s.text.slice(0, 30))).toEqual([
-      'begin; select output from l2fl', 'insert into t (ld, lid) values', 'insert into l2flow.step_memo (',
+    expect(fresh.sent.filter((s) => !s.text.includes('client_connection_check_interval')).map((s) => [s.text.slice(0, 30), s.inFlight])).toEqual([
+      ['begin; select l2flow.assert_un', 0], ['insert into t (ld, lid) values', 1], ['insert into l2flow.step_memo (', 0],
     ]);
-    // Found by the look at the start: the statement does not run again.
+    // Recorded: the guard aborts the transaction, the statement sent behind it is refused, the memo is the result.
     const again = await statementsOf(() => runner.run('insert_both')(c, signal));
     expect(again.result).toMatchObject({ rowCount: 1, resumed: true });
-    expect(again.sent.map((s) => s.text.slice(0, 30))).toEqual(['begin; select output from l2fl', 'rollback']);
+    expect(again.sent.map((s) => s.text.slice(0, 30))).toEqual(['begin; select l2flow.assert_un', 'insert into t (ld, lid) values', 'rollback', 'select output from l2flow.step']);
     expect(await rowsOfT()).toEqual([{ ld: '2024-03-02', lid: 11 }]);
     await db.pool.query('truncate t');
+  });
+
+  it('a recorded transactional child never executes its statement (not even rolled back: a sequence would show it)', async () => {
+    await db.pool.query('create sequence if not exists child_seq');
+    const seqRunner = createChildRunner({ pool: db.pool, dwh: db.pool, connections, logger,
+      children: { take_number: { kind: 'sql', statement: "select nextval('child_seq')", transactional: true } } });
+    const c = ctx();
+    expect(await seqRunner.run('take_number')(c, signal)).toMatchObject({ rowCount: 1, resumed: false });
+    expect(await seqRunner.run('take_number')(c, signal)).toMatchObject({ rowCount: 1, resumed: true });
+    expect(await seqRunner.run('take_number')(c, signal)).toMatchObject({ resumed: true });
+    // nextval is never rolled back: had the statement run behind the guard, the sequence would have moved on.
+    expect((await db.pool.query<{ last_value: string }>('select last_value from child_seq')).rows[0]!.last_value).toBe('1');
   });
 
   it('the session killer is one statement (memo look, terminations, memo): recorded, it terminates nothing and writes nothing', async () => {

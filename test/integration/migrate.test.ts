@@ -15,7 +15,7 @@ describe('migrations', () => {
       insert into md.dwh_flag values ('x', '2024-01-01', 'kept')`);
     expect(await checkFlagTrigger(db.pool, 'md.dwh_flag')).toMatch(/l2flow migrate/);
     const first = await migrate(db.pool, { flagTable: 'md.dwh_flag' });
-    expect(first.applied).toEqual(['001_l2flow.sql', '002_md.sql', '003_sap_send_error.sql', '004_schedule.sql', '005_attempts_audit.sql', '006_deadlines.sql', '007_step_intent.sql', '008_owner_fence.sql']);
+    expect(first.applied).toEqual(['001_l2flow.sql', '002_md.sql', '003_sap_send_error.sql', '004_schedule.sql', '005_attempts_audit.sql', '006_deadlines.sql', '007_step_intent.sql', '008_owner_fence.sql', '009_unrecorded_guard.sql']);
     const again = await migrate(db.pool, { flagTable: 'md.dwh_flag' });
     expect(again.applied).toEqual([]);
     const { rows } = await db.pool.query('select extra from md.dwh_flag');
@@ -43,7 +43,7 @@ describe('migrations', () => {
       // As a deployment of the previous version left it: 001–006 recorded, no step_intent table, no owner fence.
       await old.pool.query(`drop table l2flow.step_intent; drop function l2flow.assert_owner(text, text);
         delete from l2flow.schema_migrations where version >= 7`);
-      expect((await migrate(old.pool, { flagTable: 'md.dwh_flag' })).applied).toEqual(['007_step_intent.sql', '008_owner_fence.sql']);
+      expect((await migrate(old.pool, { flagTable: 'md.dwh_flag' })).applied).toEqual(['007_step_intent.sql', '008_owner_fence.sql', '009_unrecorded_guard.sql']);
       expect(await checkFlagTrigger(old.pool, 'md.dwh_flag')).toBeNull();
       expect(await schemasOf(old.pool, ['l2flow', 'md'])).toEqual(['l2flow', 'md']);
     } finally {
@@ -57,10 +57,10 @@ describe('migrations with a separate state database (L2FLOW_CONN_STATE)', () => 
     const split = await createSplitTestDbs({ migrate: false });
     try {
       const first = await migrate(split.db, { flagTable: 'md.dwh_flag' });
-      expect(first.applied).toHaveLength(8);
+      expect(first.applied).toHaveLength(9);
       expect(await schemasOf(split.dwh.pool, ['l2flow', 'md'])).toEqual(['md']);
       expect(await schemasOf(split.state.pool, ['l2flow', 'md'])).toEqual(['l2flow']);
-      expect((await split.state.pool.query('select count(*)::int as n from l2flow.schema_migrations')).rows[0].n).toBe(8);
+      expect((await split.state.pool.query('select count(*)::int as n from l2flow.schema_migrations')).rows[0].n).toBe(9);
       expect((await split.dwh.pool.query(`select nextval('md.load_id_seq')::int as n`)).rows[0].n).toBe(1);
       expect(await checkFlagTrigger(split.dwh.pool, 'md.dwh_flag')).toBeNull();
 
@@ -106,7 +106,7 @@ describe('migrations with a separate state database (L2FLOW_CONN_STATE)', () => 
         grant trigger on md.dwh_flag to ${role}`);
       restricted = new pg.Pool({ connectionString: split.dwh.uri.replace(/^postgres:\/\/[^@]*@/, `postgres://${role}@`), max: 2 });
       const db = { state: split.state.pool, dwh: restricted };
-      expect((await migrate(db, { flagTable: 'md.dwh_flag' })).applied).toHaveLength(8);
+      expect((await migrate(db, { flagTable: 'md.dwh_flag' })).applied).toHaveLength(9);
       expect((await migrate(db, { flagTable: 'md.dwh_flag' })).applied).toEqual([]);
       expect(await checkFlagTrigger(restricted, 'md.dwh_flag')).toBeNull();
       expect(await schemasOf(split.dwh.pool, ['l2flow', 'md'])).toEqual(['md']);

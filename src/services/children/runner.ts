@@ -74,6 +74,9 @@ const KILL_IDLE_SESSIONS_RECORDED = `with recorded as materialized (
 
 const CANCEL_GRACE_MS = 5_000;
 
+/** sql/009: the guard of a transactional child found the step already recorded. */
+const UNRECORDED_SQLSTATE = 'L2F02';
+
 /** Runs child workflows from configuration, once per run attempt, cancelling their queries on the server on abort/timeout. */
 export function createChildRunner(opts: {
   /** l2flow's own tables: memos, airflow claims. */
@@ -243,10 +246,12 @@ export function createChildRunner(opts: {
   }
 
   /**
-   * One database, a transactional child: `begin` and the memo read are one round trip, the memo insert and `commit`
-   * another (simple queries: the key and output are literals quoted by pg). A memo found at the start: nothing runs,
-   * the recorded output (resumed). The memo insert has no `on conflict`: when another invocation recorded the child
-   * meanwhile, it fails on the memo's key, ours is rolled back, and theirs is the result.
+   * One database, a transactional child, in two round trips: `begin` with its guard (sql/009: no memo yet, and the run
+   * still ours) and the child's statement are sent together (the connection pipelines), the memo insert and `commit`
+   * follow (simple queries: the key and output are literals quoted by pg). A memo found by the guard aborts the
+   * transaction before the statement runs (PostgreSQL refuses it: 25P02): nothing ran, the recorded output is the
+   * result (resumed). The memo insert has no `on conflict`: when another invocation recorded the child meanwhile, it
+   * fails on the memo's key, ours is rolled back, and theirs is the result.
    */
   async function inTransactionWithMemo(
     client: pg.ClientBase,
@@ -257,18 +262,28 @@ export function createChildRunner(opts: {
   ): Promise<ChildResult> {
     const lit = (v: string) => client.escapeLiteral(v);
     if (!Number.isSafeInteger(ctx.attempt)) throw new StepError('INTERNAL', `run ${ctx.runId}: attempt ${String(ctx.attempt)} is not an integer`);
-    const key = `run_id = ${lit(ctx.runId)} and step = ${lit(step)} and attempt = ${ctx.attempt}`;
-    // The owner is asserted (sql/008) before the child runs and again by the memo insert, in its transaction.
+    // The owner is asserted (sql/008) before the child runs, by the guard, and again by the memo insert, in its transaction.
     const owner = ctx.owner === undefined ? 'null' : lit(ctx.owner);
     const fence = `l2flow.assert_owner(${lit(ctx.runId)}, ${owner})`;
-    const opened = (await client.query(`begin; select output from l2flow.step_memo where ${key} and ${fence}`)) as unknown as pg.QueryResult<{ output: ChildResult }>[];
-    const recorded = opened[1]!.rows[0]?.output;
-    if (recorded !== undefined) {
+    let guardError: unknown;
+    const guarded = client.query(`begin; select l2flow.assert_unrecorded(${lit(ctx.runId)}, ${lit(step)}, ${ctx.attempt}, ${owner})`)
+      .then(() => undefined, (err: unknown) => void (guardError = err));
+    starting();
+    let result: ChildResult;
+    try {
+      result = await work(); // sent behind the guard, without waiting for its answer
+    } catch (err) {
+      await guarded;
+      if (!guardError) throw err;
+      if ((guardError as { code?: unknown }).code !== UNRECORDED_SQLSTATE) throw guardError; // not the owner, or the connection failed
       await client.query('rollback');
+      const recorded = await readMemo<ChildResult>(client, ctx, step);
+      if (recorded === undefined) throw guardError;
+      logger.info({ step, runId: ctx.runId }, 'child workflow already recorded by an earlier invocation: not run again');
       return { ...recorded, resumed: true };
     }
-    starting();
-    const result = await work();
+    await guarded;
+    if (guardError) throw guardError; // cannot be: the statement would have been refused
     try {
       await client.query(`insert into l2flow.step_memo (run_id, step, attempt, output)
         select ${lit(ctx.runId)}, ${lit(step)}, ${ctx.attempt}, ${lit(JSON.stringify(result))}::jsonb where ${fence}; commit`);

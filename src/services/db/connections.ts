@@ -36,7 +36,10 @@ const SESSION_SETUP = `select pg_backend_pid() as pid,
 
 /** Build the dedicated-connection source of one process. */
 export function createDedicatedConnections(o: { connectionString: string; max: number; applicationName: string }): DedicatedConnections {
-  const pool = new pg.Pool({ connectionString: o.connectionString, max: o.max, application_name: o.applicationName, idleTimeoutMillis: 10_000 });
+  // Pipeline mode: statements issued without waiting for the previous one's answer go out at once (a transactional
+  // child sends its `begin` and guard, then its statement, in one round trip); statements awaited one by one behave
+  // as without it.
+  const pool = new pg.Pool({ connectionString: o.connectionString, max: o.max, application_name: o.applicationName, idleTimeoutMillis: 10_000, pipeline: true });
   // An idle connection that ends (restart, pg_terminate_backend) is replaced; without a listener it would crash us.
   pool.on('error', () => undefined);
   /** Each live connection's backend pid, known once its session is set up. */
