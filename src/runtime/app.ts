@@ -349,6 +349,9 @@ export function createApp(config: Config, logger: Logger, opts: AppOptions = {})
         await scheduler.stop();
         await deadlines.stop();
         await supervisor.stop();
+        // The sensors' last checks (reported on the next turn), held for a second before they are written: written now.
+        await new Promise((resolve) => setImmediate(resolve));
+        await recordCheck.flush();
         await pools.close();
         await locks.end();
         await childConnections.end();

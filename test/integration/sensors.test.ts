@@ -485,4 +485,20 @@ describe('the sensor check log', () => {
       await pool.end();
     }
   });
+
+  it('flush() (a graceful stop) writes the checks still held at once, not a second later or never', async () => {
+    const pool = new pg.Pool({ connectionString: db.uri, max: 1 });
+    try {
+      const record = createCheckRecorder({ pool, logger: pino({ level: 'silent' }), delayMs: 60_000 });
+      const at = performance.now();
+      record({ sensor: 'wait_for_success_end', keys: ['2024-02-01:WF'], satisfied: [], requestedAt: at, startedAt: at, finishedAt: at, ok: true, reason: 'poll' });
+      const held = async () => (await db.pool.query(`select key from l2flow.sensor_check where sensor = 'wait_for_success_end'`)).rows;
+      expect(await held()).toEqual([]);
+      await record.flush();
+      expect(await held()).toEqual([{ key: '2024-02-01:WF' }]);
+      await record.flush(); // nothing held: nothing written, resolves
+    } finally {
+      await pool.end();
+    }
+  });
 });

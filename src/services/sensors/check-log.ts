@@ -21,9 +21,15 @@ export const CHECK_RECORD_DELAY_MS = 1_000;
  * only the keys still waited on, each with its latest check, written about a second after that check, in ONE upsert
  * per sensor for every key checked meanwhile, fire and forget (a lost record only makes status older). A key that
  * held within that second (a run that parked and was released at once: a backfill's link waits ~0.3 s for its
- * predecessor) is never written: nothing waits on it any more.
+ * predecessor) is never written: nothing waits on it any more. `flush()` writes what is held now (a graceful stop).
  */
-export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger; delayMs?: number }): (e: CheckEvent<string>) => void {
+export interface CheckRecorder {
+  (e: CheckEvent<string>): void;
+  /** Write the checks held now, at once; resolves once written (or failed: logged, as always). */
+  flush(): Promise<void>;
+}
+
+export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger; delayMs?: number }): CheckRecorder {
   const warn = createRateLimitedWarn(o.logger.child({ module: 'sensor-check-log' }));
   const delayMs = o.delayMs ?? CHECK_RECORD_DELAY_MS;
   const sql = `insert into l2flow.sensor_check (sensor, key, checked_at, polled_at, ok)
@@ -36,19 +42,22 @@ export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger; delayMs?
   const pending = new Map<string, Map<string, { at: Date; polledAt: Date | null; ok: boolean }>>();
   let timer: NodeJS.Timeout | null = null;
 
-  function flush(): void {
+  function flush(): Promise<void> {
+    if (timer) clearTimeout(timer);
     timer = null;
+    const writes: Promise<unknown>[] = [];
     for (const [sensor, byKey] of pending) {
       pending.delete(sensor);
       const rows = [...byKey];
       if (rows.length === 0) continue;
       const values = [sensor, rows.map(([k]) => k), rows.map(([, r]) => r.at), rows.map(([, r]) => r.polledAt), rows.map(([, r]) => r.ok)];
-      o.pool.query({ ...prepared('l2flow_check_log', sql), values })
-        .catch((err: unknown) => warn('record', { err }, 'could not record a sensor check; status shows an older one'));
+      writes.push(o.pool.query({ ...prepared('l2flow_check_log', sql), values })
+        .catch((err: unknown) => warn('record', { err }, 'could not record a sensor check; status shows an older one')));
     }
+    return Promise.all(writes).then(() => undefined);
   }
 
-  return (e) => {
+  const record = (e: CheckEvent<string>): void => {
     const held = new Set(e.satisfied);
     const byKey = pending.get(e.sensor) ?? pending.set(e.sensor, new Map()).get(e.sensor)!;
     // A key that held released every waiter of it: its earlier check is not worth writing any more.
@@ -63,10 +72,11 @@ export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger; delayMs?
       byKey.set(k, { at, polledAt: polled ? at : (byKey.get(k)?.polledAt ?? null), ok: e.ok });
     }
     if (!timer) {
-      timer = setTimeout(flush, delayMs);
+      timer = setTimeout(() => void flush(), delayMs);
       timer.unref();
     }
   };
+  return Object.assign(record, { flush });
 }
 
 /** The recorded last checks of `sensor` for `keys`. */
