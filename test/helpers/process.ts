@@ -12,7 +12,8 @@ export const TEST_HTTP_ENV: Readonly<Record<string, string>> = { L2FLOW_HTTP_POR
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.join(ROOT, 'bin/l2flow.js');
-const CLI_JS = path.join(ROOT, 'dist/src/runtime/cli.js');
+/** What bin/l2flow.js runs: the bundle, written last by `npm run build` (after tsc), so it is never older than dist/src. */
+const CLI_JS = path.join(ROOT, 'dist/cli.cjs');
 
 function newestSource(dir: string): number {
   let newest = 0;
