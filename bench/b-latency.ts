@@ -5,7 +5,7 @@
  * - full-run: flag INSERT → run `success` committed.
  */
 import { startSap, atMost, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, benchConfig, benchSettings, type Bench, type Probe } from './harness.js';
-import { runProbe } from './run-probe.js';
+import { runProbe, type SensorPath } from './run-probe.js';
 import { graphileProbe } from './peer.js';
 import { countedProbe, installCounters, perRun, type QueryCounts } from './counters.js';
 
@@ -27,7 +27,10 @@ async function interleaved(tag: string, until: 'sensor' | 'success', rounds: num
     try {
       const samples = await sampleInterleaved(probes, rounds, warmup);
       // The warm-up rounds' runs (first connections, first prepared statements) are left out of the counts.
-      return { samples, probes: probes.map((p) => p.name), succeeded: run.succeeded(), sapPosts: sap.requests(), counts: perRun(perRunCounts.slice(warmup)) };
+      return {
+        samples, probes: probes.map((p) => p.name), succeeded: run.succeeded(), sapPosts: sap.requests(), counts: perRun(perRunCounts.slice(warmup)),
+        paths: run.paths().filter((p) => p.sample >= warmup),
+      };
     } finally {
       await app.stop();
     }
@@ -36,6 +39,14 @@ async function interleaved(tag: string, until: 'sensor' | 'success', rounds: num
     await sap.close();
     await db.drop();
   }
+}
+
+/** Where l2flow's sensor time went, p50 over the samples (the check that let each run go). */
+function pathNote(paths: SensorPath[]): string {
+  const p50 = (f: (p: SensorPath) => number) => percentiles(paths.map(f)).p50.toFixed(3);
+  return `l2flow's path, p50 of ${paths.length} samples: flag INSERT sent → confirming check sent ${p50((p) => p.checkSent)} ms, ` +
+    `the check's round trip ${p50((p) => p.checkRoundTrip)} ms, its answer → the run leaves the sensor ${p50((p) => p.answerToLeft)} ms ` +
+    '(`node dist/bench/diag-sensor.js` and `diag-transition.js` split them further; BENCHMARKS.md, round 5)';
 }
 
 const fmt = (o: Record<string, number>) => Object.entries(o).map(([k, v]) => `${k} ${v}`).join(', ');
@@ -65,6 +76,7 @@ export const sensorBench: Bench = {
       notes: [
         `times from the INSERT / add_job being sent; floor p90 ${floor.p90}, l2flow p90 ${l2.p90} / max ${l2.max}, graphile-worker p90 ${peer.p90} / max ${peer.max} ms`,
         `${r.succeeded} runs finished success, SAP got ${r.sapPosts} POSTs; idle protocol: 5 ms settle before, 10 ms after each sample`,
+        pathNote(r.paths),
       ],
     };
   },

@@ -15,7 +15,18 @@ import { addDaysIso, within, type BenchDb, type Probe } from './harness.js';
 
 const SENSOR_STEP = 'wait_for_l2_full_load';
 
-export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: string; until: 'sensor' | 'success'; name: string }): Promise<Probe & { succeeded(): number }> {
+/**
+ * Where one sample's time went on the sensor's path (ms, performance clock): from the flag INSERT sent to the
+ * confirming check sent, the check's round trip, and from its answer to the run leaving the sensor (events$).
+ */
+export interface SensorPath {
+  sample: number;
+  checkSent: number;
+  checkRoundTrip: number;
+  answerToLeft: number;
+}
+
+export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: string; until: 'sensor' | 'success'; name: string }): Promise<Probe & { succeeded(): number; paths(): SensorPath[] }> {
   const { app, db } = o;
   const checks = noteFlagChecks(app.pool);
   const checksSub = app.sensorChecks$.subscribe(checks.onCheck);
@@ -32,13 +43,17 @@ export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: st
   });
   await listener.query('listen l2flow_run');
   let succeeded = 0;
+  const paths: SensorPath[] = [];
   return {
     name: o.name,
     succeeded: () => succeeded,
+    paths: () => paths,
     async arm(i) {
       const businessDate = addDaysIso(o.firstBusinessDate, i);
       const logicalDate = addDaysIso(businessDate, 1);
       let parked = false;
+      let firedAt = NaN;
+      let leftAt = NaN;
       let onParked!: () => void;
       let onLeft!: (t: number) => void;
       let onEnd!: (e: RunEvent) => void;
@@ -53,6 +68,7 @@ export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: st
           parked = true;
           onParked();
         } else if (parked && !e.steps.includes(SENSOR_STEP)) {
+          if (Number.isNaN(leftAt)) leftAt = t;
           onLeft(t);
         }
         if (e.type === 'finished' || e.type === 'released') {
@@ -71,12 +87,20 @@ export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: st
       parkedSaved.delete(logicalDate);
       await checks.quiet(businessDate, 10_000);
       return {
-        fire: () => db.insertFlag(businessDate),
+        fire: () => {
+          firedAt = performance.now();
+          return db.insertFlag(businessDate);
+        },
         seen: o.until === 'sensor' ? left : committed,
         async done() {
           const e = await within(ended, 30_000, `run ${logicalDate} finishing`);
           if (o.until === 'success') await within(committed, 30_000, `run ${logicalDate} success committed`);
           successAt.delete(logicalDate);
+          // The check that let the run go: the last one covering its date, sent after the INSERT.
+          const check = checks.lastCheck(businessDate);
+          if (check && check.sent > firedAt && !Number.isNaN(leftAt)) {
+            paths.push({ sample: i, checkSent: check.sent - firedAt, checkRoundTrip: check.done - check.sent, answerToLeft: leftAt - check.done });
+          }
           checks.forget(businessDate);
           if (e.status !== 'success') {
             const row = await getRunByDate(app.pool, app.config.workflowId, logicalDate);
