@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { StepError, throwIfAborted } from '../../lib/errors.js';
 import { abortableSleep } from '../../lib/time.js';
-import { ASYNC_COMMIT, commitWithMemo, isMemoConflict, ownerOf, placeholdersIn, prepared, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
+import { ASYNC_COMMIT, commitWithMemo, isAlreadyRecorded, isMemoConflict, ownerOf, placeholdersIn, prepared, readMemo, recordedOutput, separateState, writeMemo, type DedicatedConnections } from '../db/index.js';
 import type { Logger, StepContext, StepFn } from '../types.js';
 import { createAirflowChild, type AirflowChildConfig, type AirflowOutcome } from './airflow/child.js';
 import { parseAirflowConnection } from './airflow/connection.js';
@@ -73,9 +73,6 @@ const KILL_IDLE_SESSIONS_RECORDED = `with recorded as materialized (
   union all select null, null, null, null, output from written`;
 
 const CANCEL_GRACE_MS = 5_000;
-
-/** sql/009: the guard of a transactional child found the step already recorded. */
-const UNRECORDED_SQLSTATE = 'L2F02';
 
 /** Runs child workflows from configuration, once per run attempt, cancelling their queries on the server on abort/timeout. */
 export function createChildRunner(opts: {
@@ -275,15 +272,14 @@ export function createChildRunner(opts: {
     } catch (err) {
       await guarded;
       if (!guardError) throw err;
-      if ((guardError as { code?: unknown }).code !== UNRECORDED_SQLSTATE) throw guardError; // not the owner, or the connection failed
+      if (!isAlreadyRecorded(guardError)) throw guardError; // not the owner, or the connection failed
       await client.query('rollback');
       const recorded = await readMemo<ChildResult>(client, ctx, step);
       if (recorded === undefined) throw guardError;
       logger.info({ step, runId: ctx.runId }, 'child workflow already recorded by an earlier invocation: not run again');
       return { ...recorded, resumed: true };
     }
-    await guarded;
-    if (guardError) throw guardError; // cannot be: the statement would have been refused
+    // The statement ran, so the guard passed (a refused guard aborts the transaction and the statement with it).
     try {
       await client.query(`insert into l2flow.step_memo (run_id, step, attempt, output)
         select ${lit(ctx.runId)}, ${lit(step)}, ${ctx.attempt}, ${lit(JSON.stringify(result))}::jsonb where ${fence}; commit`);

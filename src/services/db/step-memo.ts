@@ -226,6 +226,14 @@ export interface StepStatement {
 export const RECORDED = 'l2flow_recorded';
 
 
+/**
+ * True for the refusal of l2flow.assert_unrecorded (sql/009, SQLSTATE L2F02): the step already has its memo for this
+ * attempt, so the statement sent behind the guard did not run.
+ */
+export function isAlreadyRecorded(err: unknown): boolean {
+  return (err as { code?: unknown } | undefined)?.code === 'L2F02';
+}
+
 /** True for the unique violation of a memo that already exists. */
 export function isMemoConflict(err: unknown): boolean {
   const e = err as { code?: unknown; table?: unknown; schema?: unknown };
