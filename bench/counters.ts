@@ -72,7 +72,7 @@ function knownLabel(text: string): string | undefined {
   if (t.includes('pg_try_advisory_lock') && t.includes('generate_series')) return 'lock: max_active_runs slot';
   if (t.includes('pg_try_advisory_lock')) return 'lock: try';
   if (t.includes('pg_advisory_unlock')) return 'lock: unlock';
-  if (t.startsWith('select distinct to_char(bussines_date')) return 'sensor: flag check';
+  if (t.startsWith('select to_char(bussines_date')) return 'sensor: flag check';
   if (t.startsWith('begin; select l2flow.assert_unrecorded(')) return 'child: begin + guard';
   if (t.includes('unnest($2::date[]) as k(d) left join l2flow.run')) return 'sensor: previous run check';
   if (t.includes('l2flow.sensor_check')) return 'sensor: check log';

@@ -42,9 +42,10 @@ async function rejection(p: Promise<unknown>): Promise<StepError> {
 /** A pool whose flag queries are counted with the number of dates each asked about. */
 function countingPool(pool: pg.Pool, calls: number[]): pg.Pool {
   return {
-    // The check is a named statement: { name, text, values }.
-    query: (q: pg.QueryConfig<[string, string[]]>) => {
-      calls.push(q.values![1].length);
+    // The check is a named statement: { name, text, values }, of one date (a string) or of several (an array).
+    query: (q: pg.QueryConfig<[string, string | string[]]>) => {
+      const dates = q.values![1];
+      calls.push(Array.isArray(dates) ? dates.length : 1);
       return pool.query(q);
     },
   } as unknown as pg.Pool;
@@ -111,20 +112,29 @@ describe('sensors', () => {
     expect(lines.slice(before).filter((l) => /onCheck listener threw/.test(l.msg))).toHaveLength(1); // rate-limited
   });
 
-  it('the flag check is planned once per connection, not at every check (its generic plan is kept)', async () => {
-    // One connection, so every check runs the same prepared statement; PostgreSQL 14+ counts its plans.
+  it('the flag checks are planned once per connection, not at every check (their generic plans are kept)', async () => {
+    // One connection, so every check runs the same prepared statements; PostgreSQL 14+ counts their plans.
     const one = new pg.Pool({ connectionString: db.uri, max: 1, application_name: 'l2flow-test-plans' });
     try {
       const sensor = flagSensor({ dwh: one });
-      const dates = Array.from({ length: 12 }, () => nextDate());
+      const dates = Array.from({ length: 24 }, () => nextDate());
       for (const d of dates) await insertFlag(d);
-      for (const d of dates) expect((await sensor(input(d), signal)).checks).toBe(1);
-      const { rows } = await one.query<{ custom_plans: string; generic_plans: string }>(
-        `select custom_plans, generic_plans from pg_prepared_statements where statement like '%bussines_date = any%'`);
-      expect(rows).toHaveLength(1);
+      // A check of one date (a new run's registration) …
+      for (const d of dates.slice(0, 12)) expect((await sensor(input(d), signal)).checks).toBe(1);
+      // … and of several at once (waits registered in the same tick share one check).
+      for (let i = 12; i < 24; i += 2) {
+        const both = await Promise.all([sensor(input(dates[i]!), signal), sensor(input(dates[i + 1]!), signal)]);
+        expect(both.map((o) => o.checks)).toEqual([1, 1]);
+      }
+      const { rows } = await one.query<{ statement: string; custom_plans: string; generic_plans: string }>(
+        `select statement, custom_plans, generic_plans from pg_prepared_statements where statement like '%bussines_date = %' order by statement`);
+      expect(rows.map((r) => [/any\(/.test(r.statement) ? 'dates' : 'one date', Number(r.custom_plans) + Number(r.generic_plans)])).toEqual([
+        ['one date', 12],
+        ['dates', 6],
+      ]);
       // PostgreSQL tries five custom plans, then keeps the generic one when it is no dearer.
-      expect(Number(rows[0]!.custom_plans)).toBeLessThanOrEqual(5);
-      expect(Number(rows[0]!.generic_plans)).toBeGreaterThanOrEqual(dates.length - 5);
+      for (const r of rows) expect(Number(r.custom_plans)).toBeLessThanOrEqual(5);
+      expect(Number(rows[0]!.generic_plans)).toBeGreaterThanOrEqual(12 - 5);
     } finally {
       await one.end();
     }
@@ -137,6 +147,25 @@ describe('sensors', () => {
     const out = await flagSensor()(input(d), signal);
     expect(performance.now() - t0).toBeLessThan(50);
     expect(out.checks).toBe(1);
+  });
+
+  it('a flag written twice (flag tables rarely have a key) releases its waiters once, and names the date once', async () => {
+    const [d, other] = [nextDate(), nextDate()];
+    await insertFlag(d);
+    await insertFlag(d);
+    await sleep(50); // their NOTIFYs are delivered before the sensor listens: only its registration check runs
+    const checks: SensorCheck[] = [];
+    const sensor = flagSensor({ onCheck: (c) => checks.push(c) });
+    const ac = new AbortController();
+    const waits = [sensor(input(d), signal), sensor(input(d), signal), sensor(input(other), ac.signal)];
+    const [a, b] = await Promise.all(waits.slice(0, 2));
+    expect([a!.checks, b!.checks]).toEqual([1, 1]);
+    expect(await stateAfter(waits[2]!, 100)).toBe('pending');
+    // The three waits registered in the same tick share one check, which found the date once.
+    expect(checks).toHaveLength(1);
+    expect(checks[0]).toMatchObject({ keys: expect.arrayContaining([d, other]), satisfied: [d], ok: true });
+    ac.abort();
+    expect((await rejection(waits[2]!)).code).toBe('ABORTED');
   });
 
   it('a flag for another date or another flag code does not satisfy the wait', async () => {

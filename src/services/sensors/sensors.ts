@@ -74,18 +74,24 @@ export function createFlagSensor(
   },
 ): StepFn<SensorInput, SensorOutput> {
   const { flagTable, flagCode } = opts;
-  // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024. The dates are sent as text[]
-  // and cast in the statement: against a date[] parameter PostgreSQL finds a custom plan for the array's length
-  // cheaper than the generic one and plans the statement again at every check (~0.15 ms of the sensor's reaction);
-  // the cast (stable: it depends on DateStyle; an ISO date reads the same under every DateStyle) is not folded into
-  // a custom plan, so the generic plan is kept after the first five (pg_stat_statements: plans 6 per connection, not
-  // one per call).
-  const sql = `select distinct to_char(bussines_date, 'YYYY-MM-DD') as d from ${quoteQualified(flagTable)}
-    where flag_cd = $1 and bussines_date = any($2::text[]::date[])`;
+  // to_char, not ::text: a warehouse with DateStyle 'SQL, DMY' would print 01/12/2024. Dates are sent as text and
+  // cast in the statement: against a date[] parameter PostgreSQL finds a custom plan for the array's length cheaper
+  // than the generic one and plans the statement again at every check (~0.15 ms of the sensor's reaction); the cast
+  // (stable: it depends on DateStyle; an ISO date reads the same under every DateStyle) is not folded into a custom
+  // plan, so the generic plan is kept after the first five (pg_stat_statements: plans 6 per connection, not one per
+  // call). A check of one date (a notification's, a new run's) has its own statement: no array to read, a plain
+  // index scan, ~0.06 ms less of an idle backend's round trip than the array form. No `distinct`: a flag written
+  // twice comes back twice into the Set, and the sort it needed cost ~0.03 ms of every check.
+  const from = `select to_char(bussines_date, 'YYYY-MM-DD') as d from ${quoteQualified(flagTable)} where flag_cd = $1`;
+  const one = prepared('l2flow_flag_check_one', `${from} and bussines_date = $2::text::date`);
+  const many = prepared('l2flow_flag_check', `${from} and bussines_date = any($2::text[]::date[])`);
   const waiter = createConditionWaiter<string>({
     name: 'wait_for_l2_full_load',
     describeKey: (date) => `flag '${flagCode}' in ${flagTable} for business date ${date}`,
-    check: async (dates) => new Set((await opts.dwh.query<{ d: string }>({ ...prepared('l2flow_flag_check', sql), values: [flagCode, dates] })).rows.map((r) => r.d)),
+    check: async (dates) => {
+      const query = dates.length === 1 ? { ...one, values: [flagCode, dates[0]] } : { ...many, values: [flagCode, dates] };
+      return new Set((await opts.dwh.query<{ d: string }>(query)).rows.map((r) => r.d));
+    },
     hints$: flagDates(opts.notifications$, flagCode).pipe(map((date) => [date])),
     reconnects$: opts.reconnects$,
     pollIntervalMs: opts.pokeIntervalMs,
