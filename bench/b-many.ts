@@ -84,7 +84,8 @@ export const manyBench: Bench = {
         return {
           samples: n,
           figures: [
-            atMost('RSS, runs parked', mem.rss / 2 ** 20, 'MiB', 150, '≤ 150 MB'),
+            // The target is in MB (10^6 bytes), the stricter reading of it: 150 MB = 143.05 MiB.
+            atMost('RSS, runs parked', mem.rss / 1e6, 'MB', 150, '≤ 150 MB'),
             atMost('connections (pg_stat_activity)', connections, 'count', config.poolSize + 2, `≤ pool size (${config.poolSize}) + 2`),
             atMost('CPU while idle', cpuPct, '%', 1, '≤ 1 % of a core'),
             atMost('fallback poll queries per interval', inWindow.length / Math.max(1, Math.round(intervals)), 'count', 1, '1 query per interval for all runs'),
@@ -93,7 +94,8 @@ export const manyBench: Bench = {
             report('time to park all runs from start', parkedMs, 'ms'),
           ],
           notes: [
-            `${n} runs; RSS is the whole bench process (runtime + harness), heap used ${(mem.heapUsed / 2 ** 20).toFixed(1)} MiB; ` +
+            `${n} runs; RSS is the whole process of this benchmark (runtime + harness): ${(mem.rss / 2 ** 20).toFixed(1)} MiB, ` +
+              `heap used ${(mem.heapUsed / 2 ** 20).toFixed(1)} MiB of ${(mem.heapTotal / 2 ** 20).toFixed(1)}, external ${(mem.external / 2 ** 20).toFixed(1)} MiB; ` +
               `connections by application_name: ${rows.map((r) => `${r.app} ${r.n}`).join(', ')}`,
             `idle window ${(windowMs / 1000).toFixed(1)} s with the fallback poll every ${pollS} s: ${inWindow.length} poll queries ` +
               `(counted from App.sensorChecks$; pg_stat_statements is not preloaded here), CPU ${cpuPct.toFixed(2)} % of a core`,

@@ -24,7 +24,7 @@ export const VIEW = 'wk_export.ds_client_segmentation_last_v';
 export interface Figure {
   name: string;
   value: number;
-  unit: 'ms' | 's' | 'MiB' | 'bytes' | 'count' | '%' | 'ratio';
+  unit: 'ms' | 's' | 'MiB' | 'MB' | 'bytes' | 'count' | '%' | 'ratio';
   /** The target as text ("≤ floor p50 + 0.7 ms") and its limit in the figure's unit. */
   target?: string;
   limit?: number;
@@ -41,6 +41,8 @@ export interface BenchResult {
   figures: Figure[];
   notes: string[];
   durationS: number;
+  /** The process the benchmark ran in (each one runs in its own). */
+  pid?: number;
 }
 
 export interface BenchContext {

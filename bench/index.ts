@@ -1,9 +1,11 @@
 /**
  * The benchmark suite: `npm run bench [-- NAME…] [--smoke]`. Prints a table, writes bench/results/latest.json
  * and regenerates the table in BENCHMARKS.md between its markers. Never fails on a missed target (exit 0);
- * exit 1 only when a benchmark itself broke.
+ * exit 1 only when a benchmark itself broke. Each benchmark runs in a process of its own: what one leaves behind
+ * (the peer's modules and pools, a heap grown by 500 runs) is not in the next one's memory or timings.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -66,6 +68,32 @@ export function regenerate(file: string, table: string): void {
   writeFileSync(file, next);
 }
 
+type Measured = Omit<BenchResult, 'name' | 'title' | 'durationS'>;
+
+/** Run one benchmark in a new Node process (this file with `--child`), its output inherited; its result comes back in a file. */
+async function runIsolated(name: string, smoke: boolean): Promise<Measured> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'l2flow-bench-'));
+  const file = path.join(dir, 'result.json');
+  try {
+    const code = await new Promise<number | null>((resolve, reject) => {
+      const proc = spawn(process.execPath, [fileURLToPath(import.meta.url), '--child', name, '--result', file, ...(smoke ? ['--smoke'] : [])], { stdio: 'inherit' });
+      proc.on('error', reject);
+      proc.on('exit', (c, signal) => resolve(signal ? -1 : c));
+    });
+    let result: Measured | { error: string } | undefined;
+    try {
+      result = JSON.parse(readFileSync(file, 'utf8')) as Measured | { error: string };
+    } catch {
+      throw new Error(`the benchmark's process exited with ${code} without writing its result`);
+    }
+    if ('error' in result) throw new Error(result.error);
+    return result;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Run the suite from the compiled file (dist/bench/index.js): each benchmark is that file run again with `--child`. */
 export async function runSuite(o: { names: string[]; smoke: boolean; out?: string; markdown?: string | null; log?: (s: string) => void }): Promise<SuiteResult> {
   const log = o.log ?? ((s: string) => console.log(s));
   const unknown = o.names.filter((n) => !BENCHES.some((b) => b.name === n));
@@ -85,7 +113,7 @@ export async function runSuite(o: { names: string[]; smoke: boolean; out?: strin
     log(`${b.name}: ${b.title} …`);
     const t = performance.now();
     try {
-      const r = await b.run({ smoke: o.smoke, n: (full, smoke) => (o.smoke ? smoke : full) });
+      const r = await runIsolated(b.name, o.smoke);
       result.benchmarks.push({ name: b.name, title: b.title, ...r, durationS: Math.round((performance.now() - t) / 100) / 10 });
     } catch (err) {
       log(`${b.name} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
@@ -117,11 +145,27 @@ export async function runSuite(o: { names: string[]; smoke: boolean; out?: strin
   return result;
 }
 
+/** `--child NAME --result FILE`: run one benchmark here and write what it measured (or its error) to FILE. */
+async function runChild(name: string, file: string, smoke: boolean): Promise<number> {
+  const b = BENCHES.find((x) => x.name === name);
+  const context = { smoke, n: (full: number, small: number) => (smoke ? small : full) };
+  try {
+    if (!b) throw new Error(`unknown benchmark ${name}`);
+    writeFileSync(file, JSON.stringify({ ...(await b.run(context)), pid: process.pid }));
+    return 0;
+  } catch (err) {
+    writeFileSync(file, JSON.stringify({ error: err instanceof Error ? (err.stack ?? err.message) : String(err) }));
+    return 1;
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   const smoke = argv.includes('--smoke');
-  const outAt = argv.indexOf('--out');
-  const out = outAt >= 0 ? argv[outAt + 1] : undefined;
-  const names = argv.filter((a, i) => !a.startsWith('--') && !(outAt >= 0 && i === outAt + 1));
+  const valueOf = (flag: string) => (argv.includes(flag) ? argv[argv.indexOf(flag) + 1] : undefined);
+  const childName = valueOf('--child');
+  if (childName) return runChild(childName, valueOf('--result') ?? '', smoke);
+  const out = valueOf('--out');
+  const names = argv.filter((a, i) => !a.startsWith('--') && argv[i - 1] !== '--out');
   // A smoke run never rewrites BENCHMARKS.md: its figures are not measurements.
   const r = await runSuite({ names, smoke, ...(out ? { out } : {}), markdown: smoke || argv.includes('--no-markdown') ? null : undefined });
   return r.benchmarks.some((b) => b.error) ? 1 : 0;

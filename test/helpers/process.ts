@@ -24,9 +24,10 @@ function newestSource(dir: string): number {
   return newest;
 }
 
-/** Compile dist/ when it is missing or older than src/ (npm test builds first; this covers running vitest alone). */
+/** Compile dist/ when it is missing or older than src/ or bench/ (npm test builds first; this covers running vitest alone). */
 export function ensureBuilt(): void {
-  if (existsSync(CLI_JS) && statSync(CLI_JS).mtimeMs >= newestSource(path.join(ROOT, 'src'))) return;
+  const newest = Math.max(newestSource(path.join(ROOT, 'src')), newestSource(path.join(ROOT, 'bench')));
+  if (existsSync(CLI_JS) && statSync(CLI_JS).mtimeMs >= newest) return;
   const r = spawnSync('npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`npm run build failed:\n${r.stdout}\n${r.stderr}`);
 }
