@@ -10,15 +10,11 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import { createPool } from '../src/runtime/databases.js';
-import { startSap, addDaysIso, atMost, benchConfig, benchEnv, benchSettings, FLAG, openDb, percentiles, report, sampleInterleaved, sleep, startApp, type Bench, type BenchDb } from './harness.js';
+import { BIN, CLI_NODE_FLAGS, startSap, addDaysIso, atMost, benchConfig, benchEnv, benchSettings, FLAG, openDb, percentiles, report, sampleInterleaved, sleep, startApp, type Bench, type BenchDb } from './harness.js';
 import { runProbe } from './run-probe.js';
 import { diff, installCounters, snapshot } from './counters.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-/** bin/l2flow.js of this checkout (bench/ in the sources, dist/bench/ once built). */
-const BIN = path.resolve(HERE, path.basename(path.resolve(HERE, '..')) === 'dist' ? '../..' : '..', 'bin', 'l2flow.js');
 
 /** The environment of an `l2flow` child process: the bench's settings as a JSON L2FLOW_CONFIG file. */
 function cliEnv(db: BenchDb, sapUrl: string, settings: object): { env: NodeJS.ProcessEnv; cleanup(): void } {
@@ -71,7 +67,7 @@ export const backfillBench: Bench = {
             if (e.type === 'finished' && e.logicalDate === last) lastSuccessAt = performance.now();
           });
           const { code, out } = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
-            const child = spawn(process.execPath, [BIN, 'backfill', '--from', from, '--to', last], { env: cli.env, stdio: ['ignore', 'pipe', 'pipe'] });
+            const child = spawn(process.execPath, [...CLI_NODE_FLAGS, BIN, 'backfill', '--from', from, '--to', last], { env: cli.env, stdio: ['ignore', 'pipe', 'pipe'] });
             let out = '';
             child.stdout.on('data', (d: Buffer) => {
               out += d.toString();
@@ -137,7 +133,7 @@ export const startupBench: Bench = {
     try {
       for (let i = 0; i < ctx.n(5, 1); i++) {
         const t0 = performance.now();
-        const child = spawn(process.execPath, [BIN, 'run'], { env: cli.env, stdio: ['ignore', 'pipe', 'pipe'] });
+        const child = spawn(process.execPath, [...CLI_NODE_FLAGS, BIN, 'run'], { env: cli.env, stdio: ['ignore', 'pipe', 'pipe'] });
         let out = '';
         const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
         await new Promise<void>((resolve, reject) => {

@@ -6,8 +6,10 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { pino } from 'pino';
 import { createApp, type App } from '../src/runtime/app.js';
@@ -19,6 +21,23 @@ import { FLAG, rawListener, sleep, type Observer } from './observers.js';
 export { FLAG, sleep };
 export const ADMIN_URI = 'postgres://root@127.0.0.1:5432/postgres';
 export const VIEW = 'wk_export.ds_client_segmentation_last_v';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** The checkout: bench/ in the sources, dist/bench/ once built. */
+export const ROOT = path.basename(path.resolve(HERE, '..')) === 'dist' ? path.resolve(HERE, '..', '..') : path.resolve(HERE, '..');
+/** bin/l2flow.js of this checkout. */
+export const BIN = path.join(ROOT, 'bin', 'l2flow.js');
+
+/** The node flags of a launcher whose first line is `#!/usr/bin/env -S node [flags]`. */
+export function launcherFlags(text: string): string[] {
+  const first = text.slice(0, text.indexOf('\n'));
+  const m = /^#!\S*env -S node(?<flags>(?:\s+-\S+)*)\s*$/.exec(first);
+  if (!m) throw new Error(`the launcher's first line is not "#!/usr/bin/env -S node [flags]": ${first}`);
+  return m.groups!.flags!.trim().split(/\s+/).filter(Boolean);
+}
+
+/** The node flags `l2flow` runs with (its launcher's first line): every benchmark runs the runtime as the CLI does. */
+export const CLI_NODE_FLAGS = launcherFlags(readFileSync(BIN, 'utf8'));
 
 /** One number a benchmark reports; with a target, `met` says whether it held. */
 export interface Figure {

@@ -11,16 +11,13 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { ADMIN_URI, type Bench, type BenchResult } from './harness.js';
+import { ADMIN_URI, CLI_NODE_FLAGS, ROOT, type Bench, type BenchResult } from './harness.js';
 import { fullRunBench, sensorBench } from './b-latency.js';
 import { manyBench } from './b-many.js';
 import { onFlagBench } from './b-onflag.js';
 import { backfillBench, persistenceBench, startupBench } from './b-process.js';
 import { markdownTable, textTable } from './table.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-/** The checkout: bench/ in the sources, dist/bench/ once built. */
-const ROOT = path.basename(path.resolve(HERE, '..')) === 'dist' ? path.resolve(HERE, '..', '..') : path.resolve(HERE, '..');
 export const BENCHES: Bench[] = [sensorBench, fullRunBench, manyBench, onFlagBench, backfillBench, persistenceBench, startupBench];
 
 export interface SuiteResult {
@@ -70,13 +67,16 @@ export function regenerate(file: string, table: string): void {
 
 type Measured = Omit<BenchResult, 'name' | 'title' | 'durationS'>;
 
-/** Run one benchmark in a new Node process (this file with `--child`), its output inherited; its result comes back in a file. */
+/**
+ * Run one benchmark in a new Node process (this file with `--child`) with the node flags `l2flow` runs with (and this
+ * process's own after them), its output inherited; its result comes back in a file.
+ */
 async function runIsolated(name: string, smoke: boolean): Promise<Measured> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'l2flow-bench-'));
   const file = path.join(dir, 'result.json');
   try {
     const code = await new Promise<number | null>((resolve, reject) => {
-      const proc = spawn(process.execPath, [fileURLToPath(import.meta.url), '--child', name, '--result', file, ...(smoke ? ['--smoke'] : [])], { stdio: 'inherit' });
+      const proc = spawn(process.execPath, [...CLI_NODE_FLAGS, ...process.execArgv, fileURLToPath(import.meta.url), '--child', name, '--result', file, ...(smoke ? ['--smoke'] : [])], { stdio: 'inherit' });
       proc.on('error', reject);
       proc.on('exit', (c, signal) => resolve(signal ? -1 : c));
     });

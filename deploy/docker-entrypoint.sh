@@ -5,7 +5,7 @@
 set -e
 cd /app
 if [ "${1:-run}" = run ]; then
-  node bin/l2flow.js migrate
+  bin/l2flow.js migrate
 fi
 # exec: node becomes PID 1 and receives docker's SIGTERM itself (l2flow stops gracefully on it).
-exec node bin/l2flow.js "$@"
+exec bin/l2flow.js "$@"
