@@ -33,7 +33,8 @@ describe('crash and resume with a separate state database', () => {
     const stuck = await h.lockWaiters('%l2flow.step_memo%');
     expect(await intents(h)).toBe(1);
     expect(await h.query(`select status_cd from md.data_load_session`)).toEqual([{ status_cd: 'start' }]);
-    const before = (await h.run(D))!;
+    // Its snapshot holds the step (written once the run was quiet there, ~20 ms): the next process restores it.
+    const before = await h.waitRun('workflow_registration to be the current step', D, (r) => r.current_step === 'workflow_registration');
 
     await h.kill();
     // Its blocked statement would turn the intent into the memo once the lock goes: end it, as a crash of the server side would.
@@ -67,7 +68,8 @@ describe('crash and resume with a separate state database', () => {
     await h.trigger(D);
     const committing = await h.activeQueries('commit');
     expect(await intents(h)).toBe(1);
-    const before = (await h.run(D))!;
+    // Its snapshot holds the step (written once the run was quiet there, ~20 ms): the next process restores it.
+    const before = await h.waitRun('workflow_registration to be the current step', D, (r) => r.current_step === 'workflow_registration');
 
     await h.kill();
     // The warehouse transaction dies without committing, as it would with its connection.
