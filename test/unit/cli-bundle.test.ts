@@ -41,7 +41,7 @@ describe('the bundled CLI', () => {
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout).toMatch(/^usage: l2flow/);
       const seen = JSON.parse(/^execArgv (.*)$/m.exec(r.stderr)![1]!) as string[];
-      expect(seen).toContain('--max-semi-space-size=4');
+      expect(seen).toContain('--max-semi-space-size=8');
       expect(seen).toEqual(CLI_NODE_FLAGS);
     } finally {
       rmSync(dir, { recursive: true, force: true });
