@@ -15,7 +15,6 @@ import { BIN, CLI_NODE_FLAGS, startSap, addDaysIso, atMost, benchConfig, benchEn
 import { runProbe } from './run-probe.js';
 import { diff, installCounters, snapshot } from './counters.js';
 
-
 /** The environment of an `l2flow` child process: the bench's settings as a JSON L2FLOW_CONFIG file. */
 function cliEnv(db: BenchDb, sapUrl: string, settings: object): { env: NodeJS.ProcessEnv; cleanup(): void } {
   const dir = mkdtempSync(path.join(tmpdir(), 'l2flow-bench-'));
