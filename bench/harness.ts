@@ -9,9 +9,9 @@ import type { AddressInfo } from 'node:net';
 import { createWriteStream, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { pino } from 'pino';
+import { packageRoot } from '../src/lib/package-root.js';
 import { createApp, type App } from '../src/runtime/app.js';
 import { loadConfig, type Config } from '../src/runtime/config.js';
 import { createLogger } from '../src/runtime/logger.js';
@@ -22,9 +22,8 @@ export { FLAG, sleep };
 export const ADMIN_URI = 'postgres://root@127.0.0.1:5432/postgres';
 export const VIEW = 'wk_export.ds_client_segmentation_last_v';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-/** The checkout: bench/ in the sources, dist/bench/ once built. */
-export const ROOT = path.basename(path.resolve(HERE, '..')) === 'dist' ? path.resolve(HERE, '..', '..') : path.resolve(HERE, '..');
+/** The checkout (from bench/ in the sources and dist/bench/ once built alike). */
+export const ROOT = packageRoot(import.meta.url);
 /** bin/l2flow.js of this checkout. */
 export const BIN = path.join(ROOT, 'bin', 'l2flow.js');
 

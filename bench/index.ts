@@ -80,7 +80,7 @@ async function runIsolated(name: string, smoke: boolean): Promise<Measured> {
       proc.on('error', reject);
       proc.on('exit', (c, signal) => resolve(signal ? -1 : c));
     });
-    let result: Measured | { error: string } | undefined;
+    let result: Measured | { error: string };
     try {
       result = JSON.parse(readFileSync(file, 'utf8')) as Measured | { error: string };
     } catch {

