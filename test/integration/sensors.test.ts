@@ -515,6 +515,61 @@ describe('the sensor check log', () => {
     }
   });
 
+  it('writes each key with the time of its own latest check in one statement; a hint after a poll keeps the poll as polled_at', async () => {
+    const pool = new pg.Pool({ connectionString: db.uri, max: 1 });
+    const statements: string[] = [];
+    const query = pool.query.bind(pool) as (...a: unknown[]) => Promise<unknown>;
+    (pool as unknown as { query: (...a: unknown[]) => Promise<unknown> }).query = (...a) => {
+      statements.push(JSON.stringify(a[0]).slice(0, 80));
+      return query(...a);
+    };
+    try {
+      const sensor = 'wait_for_l2_full_load';
+      const record = createCheckRecorder({ pool, logger: pino({ level: 'silent' }), delayMs: 60_000 });
+      const check = (keys: string[], reason: SensorCheck['reason'], ok = true): SensorCheck => {
+        const at = performance.now();
+        return { sensor, keys, satisfied: [], requestedAt: at, startedAt: at, finishedAt: at, ok, reason };
+      };
+      const wall = async () => {
+        const before = Date.now();
+        await sleep(15); // distinct millisecond times for each check below
+        return before;
+      };
+      const polls = Array.from({ length: 300 }, (_, i) => `2030-${String((i % 12) + 1).padStart(2, '0')}-${String((i % 28) + 1).padStart(2, '0')}:${i}`);
+      const t0 = await wall();
+      record(check(polls, 'poll'));
+      const t1 = await wall();
+      record(check([polls[1]!, polls[2]!], 'hint')); // notified meanwhile, still not there
+      const t2 = await wall();
+      record(check(['new-run'], 'register'));
+      const t3 = await wall();
+      record(check([polls[2]!], 'hint', false)); // a second hint, whose query failed
+      await record.flush();
+      expect(statements).toHaveLength(1);
+      const { rows } = await db.pool.query<{ key: string; checked_at: Date; polled_at: Date | null; ok: boolean }>(
+        `select key, checked_at, polled_at, ok from l2flow.sensor_check where sensor = $1 and key = any($2)`, [sensor, [...polls, 'new-run']]);
+      const byKey = new Map(rows.map((r) => [r.key, r]));
+      expect(byKey.size).toBe(301);
+      const between = (d: Date | null | undefined, from: number, to: number) => expect(d!.getTime()).toSatisfy((t: number) => t >= from && t < to);
+      for (const k of polls.slice(3)) {
+        const r = byKey.get(k)!;
+        expect(r.ok).toBe(true);
+        between(r.checked_at, t0, t1);
+        expect(r.polled_at).toEqual(r.checked_at);
+      }
+      const poll = byKey.get(polls[0]!)!.checked_at;
+      expect(byKey.get(polls[3]!)!.checked_at).toEqual(poll); // one check, one time
+      between(byKey.get(polls[1]!)!.checked_at, t1, t2);
+      expect(byKey.get(polls[1]!)!.polled_at).toEqual(poll);
+      expect(byKey.get(polls[2]!)).toMatchObject({ ok: false, polled_at: poll });
+      between(byKey.get(polls[2]!)!.checked_at, t3, Date.now() + 1);
+      between(byKey.get('new-run')!.checked_at, t2, t3);
+      expect(byKey.get('new-run')!.polled_at).toEqual(byKey.get('new-run')!.checked_at); // the first check counts as a poll
+    } finally {
+      await pool.end();
+    }
+  });
+
   it('flush() (a graceful stop) writes the checks still held at once, not a second later or never', async () => {
     const pool = new pg.Pool({ connectionString: db.uri, max: 1 });
     try {

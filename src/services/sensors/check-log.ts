@@ -29,17 +29,28 @@ export interface CheckRecorder {
   flush(): Promise<void>;
 }
 
+/** One check as recorded: shared by every key it recorded (a poll of 1,000 keys is one object and one row of `checks`). */
+interface HeldCheck {
+  at: Date;
+  polledAt: Date | null;
+  ok: boolean;
+}
+
 export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger; delayMs?: number }): CheckRecorder {
   const warn = createRateLimitedWarn(o.logger.child({ module: 'sensor-check-log' }));
   const delayMs = o.delayMs ?? CHECK_RECORD_DELAY_MS;
+  // The keys go with the number of their check; each check's times once. A fallback poll of every parked key sends
+  // its key list and one pair of timestamps, not two timestamps a key (pg formats every Date: with 1,000 parked runs
+  // that was a third of the idle process's CPU).
   const sql = `insert into l2flow.sensor_check (sensor, key, checked_at, polled_at, ok)
-      select $1, k.key, k.at, k.polled_at, k.ok
-        from unnest($2::text[], $3::timestamptz[], $4::timestamptz[], $5::boolean[]) as k(key, at, polled_at, ok)
+      select $1, k.key, c.at, c.polled_at, c.ok
+        from unnest($2::text[], $3::int8[]) as k(key, i)
+        join unnest($4::timestamptz[], $5::timestamptz[], $6::boolean[]) with ordinality as c(at, polled_at, ok, i) using (i)
     on conflict (sensor, key) do update set checked_at = excluded.checked_at, ok = excluded.ok,
       polled_at = coalesce(excluded.polled_at, l2flow.sensor_check.polled_at)
     returning ${ASYNC_COMMIT}`;
   /** By sensor and key: the latest check of a key still waited on, not written yet. */
-  const pending = new Map<string, Map<string, { at: Date; polledAt: Date | null; ok: boolean }>>();
+  const pending = new Map<string, Map<string, HeldCheck>>();
   let timer: NodeJS.Timeout | null = null;
 
   function flush(): Promise<void> {
@@ -48,9 +59,18 @@ export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger; delayMs?
     const writes: Promise<unknown>[] = [];
     for (const [sensor, byKey] of pending) {
       pending.delete(sensor);
-      const rows = [...byKey];
-      if (rows.length === 0) continue;
-      const values = [sensor, rows.map(([k]) => k), rows.map(([, r]) => r.at), rows.map(([, r]) => r.polledAt), rows.map(([, r]) => r.ok)];
+      if (byKey.size === 0) continue;
+      const checks = new Map<HeldCheck, number>();
+      const keys: string[] = [];
+      const numbers: number[] = [];
+      for (const [key, check] of byKey) {
+        let i = checks.get(check);
+        if (i === undefined) checks.set(check, (i = checks.size + 1));
+        keys.push(key);
+        numbers.push(i);
+      }
+      const held = [...checks.keys()];
+      const values = [sensor, keys, numbers, held.map((c) => c.at), held.map((c) => c.polledAt), held.map((c) => c.ok)];
       writes.push(o.pool.query({ ...prepared('l2flow_check_log', sql), values })
         .catch((err: unknown) => warn('record', { err }, 'could not record a sensor check; status shows an older one')));
     }
@@ -67,9 +87,19 @@ export function createCheckRecorder(o: { pool: pg.Pool; logger: Logger; delayMs?
     // startedAt is on the performance clock: the wall time the check began.
     const at = new Date(Date.now() - (performance.now() - e.startedAt));
     const polled = e.reason === 'poll' || e.reason === 'register';
+    const check: HeldCheck = { at, polledAt: polled ? at : null, ok: e.ok };
+    /** A later hint check keeps the time of an earlier poll not yet written (the next poll is due from it). */
+    let afterPoll: Map<HeldCheck, HeldCheck> | undefined;
     for (const k of keys) {
-      // A later hint check keeps the time of an earlier poll not yet written (the next poll is due from it).
-      byKey.set(k, { at, polledAt: polled ? at : (byKey.get(k)?.polledAt ?? null), ok: e.ok });
+      const earlier = polled ? undefined : byKey.get(k);
+      if (!earlier?.polledAt) {
+        byKey.set(k, check);
+        continue;
+      }
+      afterPoll ??= new Map();
+      let kept = afterPoll.get(earlier);
+      if (!kept) afterPoll.set(earlier, (kept = { at, polledAt: earlier.polledAt, ok: e.ok }));
+      byKey.set(k, kept);
     }
     if (!timer) {
       timer = setTimeout(() => void flush(), delayMs);
