@@ -73,15 +73,15 @@ describe('sensors', () => {
     await db?.drop();
   });
 
-  it('a flag inserted after the wait started is seen through NOTIFY within ~100 ms (60 s poll)', async () => {
+  it('a flag inserted after the wait started is seen through NOTIFY, long before the 60 s poll', async () => {
     const d = nextDate();
     const p = flagSensor()(input(d), signal);
     await sleep(30);
     await insertFlag(d);
     const committed = performance.now();
     const out = await p;
-    expect(performance.now() - committed).toBeLessThan(100);
-    expect(out.checks).toBe(2); // at registration, then on the hint
+    expect(performance.now() - committed).toBeLessThan(DEFAULTS.flagSensor.pokeIntervalMs);
+    expect(out.checks).toBe(2); // at registration, then on the hint: no poll ran
     expect(Number.isNaN(Date.parse(out.satisfiedAt))).toBe(false);
   });
 
@@ -145,8 +145,8 @@ describe('sensors', () => {
     await insertFlag(d);
     const t0 = performance.now();
     const out = await flagSensor()(input(d), signal);
-    expect(performance.now() - t0).toBeLessThan(50);
-    expect(out.checks).toBe(1);
+    expect(performance.now() - t0).toBeLessThan(DEFAULTS.flagSensor.pokeIntervalMs);
+    expect(out.checks).toBe(1); // the registration's check: no poll, no notification
   });
 
   it('a flag written twice (flag tables rarely have a key) releases its waiters once, and names the date once', async () => {
@@ -212,7 +212,7 @@ describe('sensors', () => {
       await reconnected;
       const t = performance.now();
       await p;
-      expect(performance.now() - t).toBeLessThan(100);
+      expect(performance.now() - t).toBeLessThan(DEFAULTS.flagSensor.pokeIntervalMs); // the reconnect's check, not a poll
     } finally {
       await allow(true);
       held.release();
@@ -226,10 +226,8 @@ describe('sensors', () => {
     const p = flagSensor({ flagTable: 'md.quiet_flag', pokeIntervalMs: 150 })(input(d), signal);
     await sleep(30);
     await insertFlag(d, FLAG, 'md.quiet_flag');
-    const t = performance.now();
     const out = await p;
-    expect(performance.now() - t).toBeLessThan(400);
-    expect(out.checks).toBeGreaterThanOrEqual(2);
+    expect(out.checks).toBeGreaterThanOrEqual(2); // the registration's check, then the poll(s) until the flag
   });
 
   it('fails with SENSOR_TIMEOUT at about the deadline, naming the sensor, the date and the wait', async () => {
@@ -239,7 +237,7 @@ describe('sensors', () => {
     const took = performance.now() - t0;
     expect(err.code).toBe('SENSOR_TIMEOUT');
     expect(took).toBeGreaterThanOrEqual(295);
-    expect(took).toBeLessThan(450);
+    expect(took).toBeLessThan(5_000); // the deadline's last check, not the next 60 s poll nor its 5 s grace
     expect(err.message).toMatch(/^wait_for_l2_full_load timed out/);
     expect(err.message).toContain(`business date ${d}`);
     expect(err.message).toMatch(/after waiting \d+ ms/);
@@ -258,8 +256,10 @@ describe('sensors', () => {
   it('a deadline already past fails at once after one last check, which can still succeed', async () => {
     const d = nextDate();
     const t0 = performance.now();
-    expect((await rejection(flagSensor()(input(d, -1_000), signal))).code).toBe('SENSOR_TIMEOUT');
-    expect(performance.now() - t0).toBeLessThan(50);
+    const late = await rejection(flagSensor()(input(d, -1_000), signal));
+    expect(late.code).toBe('SENSOR_TIMEOUT');
+    expect(late.details?.checks).toBe(1); // one last check, then at once: not after its 5 s grace
+    expect(performance.now() - t0).toBeLessThan(5_000);
     await insertFlag(d);
     expect((await flagSensor()(input(d, -1_000), signal)).checks).toBe(1);
   });
@@ -271,7 +271,7 @@ describe('sensors', () => {
     const t0 = performance.now();
     ac.abort(new Error('run cancelled'));
     expect((await rejection(p)).code).toBe('ABORTED');
-    expect(performance.now() - t0).toBeLessThan(20);
+    expect(performance.now() - t0).toBeLessThan(DEFAULTS.flagSensor.pokeIntervalMs); // at once, not at a poll
     expect((await rejection(flagSensor()(input(nextDate()), ac.signal))).code).toBe('ABORTED');
   });
 
@@ -357,7 +357,8 @@ describe('sensors', () => {
       await db.pool.query(`update l2flow.run set status = 'success' where workflow_id = $1 and logical_date = $2`, [WF, run.businessDate]);
       const t = performance.now();
       const out = await p;
-      expect(performance.now() - t).toBeLessThan(100);
+      expect(performance.now() - t).toBeLessThan(DEFAULTS.successEndSensor.pokeIntervalMs);
+      // Registration, then the run-table trigger's hint: no poll ran.
       expect(out).toMatchObject({ skipped: false, checks: 2, previousLogicalDate: run.businessDate });
     });
 
