@@ -152,7 +152,7 @@ describe('connections break under a running l2flow', () => {
             `connections were allowed again; reconnect-to-recheck (listener re-established -> run left wait_for_l2_full_load): ${recheckMs} ms`,
         );
         expect(left.time).toBeGreaterThanOrEqual(reconnected.time);
-        expect(recheckMs).toBeLessThan(1_000);
+        expect(recheckMs).toBeLessThan(15_000); // the reconnect's recheck, not the 60 s poll
         expect(leftAt - insertedAt).toBeLessThan(15_000); // nowhere near the 60 s poll
         const attempts = logs().filter((l) => /reconnect attempt \d+$/.test(l.msg));
         expect(attempts.length).toBeGreaterThanOrEqual(1);

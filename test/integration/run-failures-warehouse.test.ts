@@ -145,6 +145,6 @@ describe('run level: the flag sensor (poke interval 60 s)', () => {
     expect(await fx.finished(D)).toMatchObject({ status: 'success', error: null });
     const step = (await stepOf(D, 'wait_for_l2_full_load'))!;
     expect(step.status).toBe('success');
-    expect(step.finished_at!.getTime() - step.started_at.getTime()).toBeLessThan(1000);
+    expect(step.finished_at!.getTime() - step.started_at.getTime()).toBeLessThan(30_000); // its first check, long before the 60 s poke
   });
 });
