@@ -61,6 +61,8 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
   let lastBuilt: pg.Client | undefined;
   let listening = false;
   let reconnecting = false;
+  /** Set while pg-listen reconnects: resolves once that reconnect got its connection or gave up (stop() waits for it). */
+  let reconnectDone: { promise: Promise<void>; resolve: () => void } | null = null;
   let initialDone = false;
   let started = false;
   let stopped = false;
@@ -128,6 +130,8 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
       client?.on('error', () => undefined);
       listening = false;
       reconnecting = true;
+      let resolve!: () => void;
+      reconnectDone = { promise: new Promise<void>((r) => (resolve = r)), resolve };
       lostAt = Date.now();
     }
     log.warn({ attempt, downMs: Date.now() - lostAt }, `LISTEN connection lost; reconnect attempt ${attempt}`);
@@ -135,14 +139,22 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
 
   /** A reconnect that got its connection after stop(): pg-listen's close() ended the client before it, not this one. */
   function closeLate(): void {
-    void lastBuilt?.end().catch(() => undefined);
+    const done = reconnectDone;
+    reconnectDone = null;
+    void (lastBuilt?.end() ?? Promise.resolve()).catch(() => undefined).finally(() => done?.resolve());
+  }
+
+  function reconnected(): void {
+    reconnecting = false;
+    reconnectDone?.resolve();
+    reconnectDone = null;
   }
 
   function onConnected(): void {
     if (!initialDone) return; // the first connect is announced by start(), after our own LISTENs
     if (stopped) return closeLate();
     client = lastBuilt;
-    reconnecting = false;
+    reconnected();
     listening = true;
     log.info({ downMs: Date.now() - lostAt }, `LISTEN connection re-established after ${formatDuration(Date.now() - lostAt)}`);
     connected.next();
@@ -157,7 +169,7 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
     // heartbeat sees the missing channel and forces another reconnect.
     if (reconnecting) {
       client = lastBuilt;
-      reconnecting = false;
+      reconnected();
     }
     log.error({ err }, 'listener error; the heartbeat will repair the connection');
   }
@@ -224,6 +236,14 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
         );
         clearTimeout(timer);
         client?.connection.stream.destroy();
+        // A reconnect under way gets its connection (closed at once) or gives up: stop() resolves after that, so it
+        // leaves no connection behind. Bounded like the close above.
+        const pending = reconnectDone?.promise;
+        if (pending) {
+          let wait: NodeJS.Timeout | undefined;
+          await Promise.race([pending, new Promise((r) => (wait = setTimeout(r, 2_000)))]);
+          clearTimeout(wait);
+        }
       }
       raw$.complete();
       connected.complete();

@@ -11,6 +11,9 @@ export interface PgProxy {
   uri: string;
   /** Notifications dropped so far. */
   dropped(): number;
+  /** Client connections accepted so far, and open now. */
+  accepted(): number;
+  open(): number;
   freeze(): void;
   close(): Promise<void>;
 }
@@ -40,7 +43,9 @@ export async function startPgProxy(target: string, opts: { dropNotifications?: b
   const to = new URL(target);
   const pairs = new Set<{ frozen: boolean; down: net.Socket; up: net.Socket }>();
   let dropped = 0;
+  let accepted = 0;
   const server = net.createServer((down) => {
+    accepted += 1;
     const up = net.connect(Number(to.port || 5432), to.hostname);
     const pair = { frozen: false, down, up };
     pairs.add(pair);
@@ -61,6 +66,8 @@ export async function startPgProxy(target: string, opts: { dropNotifications?: b
   return {
     uri: uri.toString(),
     dropped: () => dropped,
+    accepted: () => accepted,
+    open: () => pairs.size,
     freeze: () => pairs.forEach((p) => (p.frozen = true)),
     close: async () => {
       pairs.forEach((p) => (p.down.destroy(), p.up.destroy()));

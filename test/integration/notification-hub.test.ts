@@ -155,17 +155,31 @@ describe('notification hub', () => {
     }
   });
 
-  it('stop() during a reconnect leaves no connection behind (the one being built is closed once it is up)', async () => {
-    let stopping: Promise<void> | undefined;
-    let h: NotificationHub | undefined;
-    // pino writes to this destination synchronously: stop() runs inside the first reconnect attempt's callback.
-    const logger = pino({ level: 'debug' }, { write: (s: string) => void (/reconnect attempt 1"/.test(s) && (stopping ??= h!.stop())) });
-    h = hub = createNotificationHub({ connectionString: db.uri, channels: CHANNELS, logger });
-    await h.start();
-    await terminateListener();
-    await until('stop() to be called during the reconnect', async () => stopping !== undefined);
-    await stopping;
-    await until('no listener connection left', async () => (await listeners()) === 0, 5_000);
+  it('stop() during a reconnect resolves once the connection being built is closed: none is left, none comes later', async () => {
+    // Through a proxy that counts the connections it is asked for.
+    const proxy = await startPgProxy(db.uri);
+    try {
+      let stopping: Promise<void> | undefined;
+      let h: NotificationHub | undefined;
+      // pino writes to this destination synchronously: stop() runs inside the first reconnect attempt's callback,
+      // before pg-listen builds that attempt's connection.
+      const logger = pino({ level: 'debug' }, { write: (s: string) => void (/reconnect attempt 1"/.test(s) && (stopping ??= h!.stop())) });
+      h = hub = createNotificationHub({ connectionString: proxy.uri, channels: CHANNELS, logger });
+      await h.start();
+      expect(proxy.accepted()).toBe(1);
+      await terminateListener();
+      await until('stop() to be called during the reconnect', async () => stopping !== undefined);
+      await stopping;
+      const accepted = proxy.accepted();
+      expect(accepted).toBe(2); // the reconnect's connection: built, then closed before stop() resolved
+      expect(proxy.open()).toBe(0);
+      await sleep(300);
+      expect(proxy.accepted()).toBe(accepted); // nothing connects after stop() resolved
+      expect(proxy.open()).toBe(0);
+      await until('no listener connection left on the server', async () => (await listeners()) === 0, 5_000);
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('stop() closes the listener connection and completes its streams', async () => {
