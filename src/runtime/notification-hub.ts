@@ -60,9 +60,9 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
   let client: pg.Client | undefined; // the connection pg-listen currently listens on
   let lastBuilt: pg.Client | undefined;
   let listening = false;
-  let reconnecting = false;
   /** Set while pg-listen reconnects: resolves once that reconnect got its connection or gave up (stop() waits for it). */
   let reconnectDone: { promise: Promise<void>; resolve: () => void } | null = null;
+  const reconnecting = () => reconnectDone !== null;
   let initialDone = false;
   let started = false;
   let stopped = false;
@@ -95,7 +95,7 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
   }
 
   function forceReconnect(c: pg.Client, why: string, extra: Record<string, unknown>): void {
-    if (c !== client || stopped || reconnecting) return;
+    if (c !== client || stopped || reconnecting()) return;
     log.warn(extra, `listener connection unhealthy (${why}); forcing a reconnect`);
     listening = false;
     // Destroying the socket makes pg emit 'error', on which pg-listen reconnects and re-LISTENs.
@@ -104,7 +104,7 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
 
   async function heartbeat(): Promise<void> {
     const c = client;
-    if (!c || stopped || reconnecting || heartbeatRunning) return;
+    if (!c || stopped || reconnecting() || heartbeatRunning) return;
     heartbeatRunning = true;
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -129,7 +129,6 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
       // pg-listen dropped its listeners from the old client; a late second 'error' from it must not crash us.
       client?.on('error', () => undefined);
       listening = false;
-      reconnecting = true;
       let resolve!: () => void;
       reconnectDone = { promise: new Promise<void>((r) => (resolve = r)), resolve };
       lostAt = Date.now();
@@ -145,7 +144,6 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
   }
 
   function reconnected(): void {
-    reconnecting = false;
     reconnectDone?.resolve();
     reconnectDone = null;
   }
@@ -167,7 +165,7 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
     }
     // With retryTimeout Infinity this means a reconnect got a connection but a re-LISTEN failed: the
     // heartbeat sees the missing channel and forces another reconnect.
-    if (reconnecting) {
+    if (reconnecting()) {
       client = lastBuilt;
       reconnected();
     }
@@ -229,21 +227,12 @@ export function createNotificationHub(opts: NotificationHubOptions): Notificatio
       const sub = subscriber;
       subscriber = undefined;
       if (sub) {
-        let timer: NodeJS.Timeout | undefined;
         // close() waits for the socket's end, which a half-open socket never sends.
-        await Promise.race([sub.close(), new Promise((r) => (timer = setTimeout(r, 2_000)))]).catch((err: unknown) =>
-          log.warn({ err }, 'closing the listener connection failed'),
-        );
-        clearTimeout(timer);
+        await atMost(sub.close(), 2_000).catch((err: unknown) => log.warn({ err }, 'closing the listener connection failed'));
         client?.connection.stream.destroy();
         // A reconnect under way gets its connection (closed at once) or gives up: stop() resolves after that, so it
-        // leaves no connection behind. Bounded like the close above.
-        const pending = reconnectDone?.promise;
-        if (pending) {
-          let wait: NodeJS.Timeout | undefined;
-          await Promise.race([pending, new Promise((r) => (wait = setTimeout(r, 2_000)))]);
-          clearTimeout(wait);
-        }
+        // leaves no connection behind.
+        if (reconnectDone) await atMost(reconnectDone.promise, 2_000);
       }
       raw$.complete();
       connected.complete();
@@ -291,4 +280,14 @@ function serializeListens(c: pg.Client): void {
     tail = sent.catch(() => undefined);
     return sent;
   };
+}
+
+/** Wait for `p`, at most `ms`; a rejection of `p` is the caller's. */
+async function atMost(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([p, new Promise((r) => (timer = setTimeout(r, ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
