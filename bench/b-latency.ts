@@ -12,18 +12,20 @@ import { countedProbe, installCounters, perRun, type QueryCounts } from './count
 /** Floor, the run probe and optionally the peer, interleaved; returns every probe's samples. */
 async function interleaved(tag: string, until: 'sensor' | 'success', rounds: number, warmup: number, peer: boolean) {
   const db = await openDb(tag);
+  // Each probe in a database of its own (see floorProbe in harness.ts): a trigger wakes only the listener it times.
+  const floorDb = await openDb(`${tag}_floor`);
+  const peerDb = peer ? await openDb(`${tag}_peer`) : null;
   const sap = await startSap();
   const probes: Probe[] = [];
   const perRunCounts: QueryCounts[] = [];
   installCounters();
   try {
-    // Disjoint business dates: the floor's flags never satisfy a run's wait.
-    probes.push(await floorProbe(db, '2001-01-01'));
+    probes.push(await floorProbe(floorDb, '2001-01-01'));
     const firstBusinessDate = '2021-01-01';
     const app = await startApp(benchConfig(db.uri, sap.url, benchSettings('2021-01-02')));
     const run = await runProbe({ app, db, firstBusinessDate, until, name: until === 'sensor' ? 'l2flow run leaves the sensor' : 'l2flow run success committed' });
     probes.push(countedProbe(run, (c) => perRunCounts.push(c)));
-    if (peer) probes.push(await graphileProbe(db));
+    if (peerDb) probes.push(await graphileProbe(peerDb));
     try {
       const samples = await sampleInterleaved(probes, rounds, warmup);
       // The warm-up rounds' runs (first connections, first prepared statements) are left out of the counts.
@@ -38,6 +40,8 @@ async function interleaved(tag: string, until: 'sensor' | 'success', rounds: num
     for (const p of probes) await p.close().catch(() => undefined);
     await sap.close();
     await db.drop();
+    await floorDb.drop();
+    await peerDb?.drop();
   }
 }
 

@@ -4,7 +4,6 @@
  * interleaved with the floor; the moment the run row was committed (its l2flow_run NOTIFY) is reported too.
  */
 import { performance } from 'node:perf_hooks';
-import pg from 'pg';
 import { filter } from 'rxjs';
 import { FLAG_SENSOR } from './observers.js';
 import { startSap, addDaysIso, atMost, benchConfig, benchSettings, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, until, within, type Bench, type Probe } from './harness.js';
@@ -20,23 +19,24 @@ export const onFlagBench: Bench = {
     installCounters();
     /** Statements of the runtime from the flag INSERT to the run leaving the sensor, per sample. */
     const paths: QueryCounts[] = [];
+    // The floor in a database of its own (see floorDb in harness.ts): the flag INSERT wakes only the runtime's listener.
     const db = await openDb('onflag');
+    const floorDb = await openDb('onflag_floor');
     const sap = await startSap();
     const probes: Probe[] = [];
-    const listener = new pg.Client({ connectionString: db.uri, application_name: 'l2flow-bench-runlisten' });
     try {
-      await listener.connect();
-      const createdAt = new Map<string, number>();
-      listener.on('notification', (n) => {
-        const p = JSON.parse(n.payload ?? '{}') as { logical_date?: string; status?: string };
-        // The row's insert is the date's first NOTIFY: queued, or running when the leader created it taken.
-        if (p.logical_date && !createdAt.has(p.logical_date)) createdAt.set(p.logical_date, performance.now());
-      });
-      await listener.query('listen l2flow_run');
-      probes.push(await floorProbe(db, '2001-01-01'));
+      probes.push(await floorProbe(floorDb, '2001-01-01'));
       const settings = benchSettings(addDaysIso(FIRST_BUSINESS, 1), { schedule: { onFlag: { enabled: true } } });
       const app = await startApp(benchConfig(db.uri, sap.url, settings));
       const created: number[] = [];
+      // When the run row's commit reached the runtime: the row's insert is the date's first l2flow_run NOTIFY
+      // (queued, or running when the leader created it taken), heard on the runtime's own LISTEN connection.
+      const createdAt = new Map<string, number>();
+      const heard = app.hub.notifications$.pipe(filter((n) => n.channel === 'l2flow_run')).subscribe((n) => {
+        const t = performance.now();
+        const d = (n.payload as { logical_date?: unknown } | null)?.logical_date;
+        if (typeof d === 'string' && !createdAt.has(d)) createdAt.set(d, t);
+      });
       try {
         await until(() => app.supervisor.isLeader(), 30_000, 'this process becoming the leader');
         let sentAt = 0;
@@ -104,13 +104,14 @@ export const onFlagBench: Bench = {
           ],
         };
       } finally {
+        heard.unsubscribe();
         await app.stop();
       }
     } finally {
       for (const p of probes) await p.close().catch(() => undefined);
-      await listener.end().catch(() => undefined);
       await sap.close();
       await db.drop();
+      await floorDb.drop();
     }
   },
 };

@@ -4,6 +4,8 @@
  * INSERT being sent: a bare LISTEN client's NOTIFY (the floor), the runtime hub's NOTIFY, the confirming check
  * (asked for, sent, answered) and the run leaving the sensor (events$). Prints the medians and p90s.
  * `node dist/bench/diag-sensor.js [N]` (default 200); LOG_LEVEL (default info, as the suite's sensor benchmark).
+ * Here the floor shares the runtime's database, so one INSERT times both: the raw listener connects after the
+ * runtime's and is signalled after it, which puts its figure ~0.1–0.16 ms late (the suite gives the floor its own database).
  */
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';

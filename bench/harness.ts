@@ -207,6 +207,13 @@ export interface Probe {
 }
 
 /** The floor: a bare pg client LISTENing on the flag channel; the INSERT is the trigger. */
+/**
+ * The floor: a committed flag INSERT → its trigger's NOTIFY at a bare `pg` LISTEN client. Give it a database of its
+ * own (as the peer gets): PostgreSQL signals every listening backend of the INSERT's database, lowest backend id
+ * first, and the first one signalled sees the NOTIFY ~0.1–0.16 ms sooner on this 2-core VM (diag-sensor, the raw
+ * listener connected before or after the runtime's). Sharing a database would make one probe's trigger wake
+ * the others' listeners and put whichever connected first ahead of the rest.
+ */
 export async function floorProbe(db: BenchDb, firstBusinessDate: string): Promise<Probe> {
   return flagProbe(db, await rawListener(db.uri, firstBusinessDate), 'floor: raw INSERT → NOTIFY');
 }
