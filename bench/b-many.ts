@@ -3,7 +3,7 @@
  * RSS, its connections, its CPU over an idle window and the fallback poll's queries — then one statement inserts
  * the N flags and every run must leave the sensor.
  */
-import { performance } from 'node:perf_hooks';
+import { constants, performance, PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
 import { createRuns } from '../src/runtime/run-store.js';
 import { FLAG_SENSOR } from './observers.js';
 import { startSap, addDaysIso, atMost, benchConfig, benchSettings, FLAG, openDb, report, sleep, startApp, until, type Bench } from './harness.js';
@@ -63,10 +63,14 @@ export const manyBench: Bench = {
         const connections = rows.reduce((t, r) => t + r.n, 0);
         // Idle window: nothing happens but the claim loop, the mail poll and the fallback poll.
         const pollsBefore = polls.length;
+        const gcs: PerformanceEntry[] = [];
+        const gcObserver = new PerformanceObserver((list) => gcs.push(...list.getEntries()));
+        gcObserver.observe({ entryTypes: ['gc'] });
         const cpu0 = process.cpuUsage();
         const w0 = performance.now();
         await sleep(idleS * 1000);
         const cpu = process.cpuUsage(cpu0);
+        gcObserver.disconnect();
         const windowMs = performance.now() - w0;
         const cpuPct = ((cpu.user + cpu.system) / 1000 / windowMs) * 100;
         const inWindow = polls.slice(pollsBefore);
@@ -98,7 +102,8 @@ export const manyBench: Bench = {
               `heap used ${(mem.heapUsed / 2 ** 20).toFixed(1)} MiB of ${(mem.heapTotal / 2 ** 20).toFixed(1)}, external ${(mem.external / 2 ** 20).toFixed(1)} MiB; ` +
               `connections by application_name: ${rows.map((r) => `${r.app} ${r.n}`).join(', ')}`,
             `idle window ${(windowMs / 1000).toFixed(1)} s with the fallback poll every ${pollS} s: ${inWindow.length} poll queries ` +
-              `(counted from App.sensorChecks$; pg_stat_statements is not preloaded here), CPU ${cpuPct.toFixed(2)} % of a core`,
+              `(counted from App.sensorChecks$; pg_stat_statements is not preloaded here), CPU ${cpuPct.toFixed(2)} % of a core; ` +
+              `garbage collections in it: ${gcNote(gcs)}`,
             `release: the INSERT of ${n} flags took ${(acked - sent).toFixed(1)} ms to commit; last run left ${releaseMs.toFixed(1)} ms after it was sent`,
           ],
         };
@@ -112,3 +117,19 @@ export const manyBench: Bench = {
     }
   },
 };
+
+/** The GC pauses of a window by kind (main thread; V8's concurrent marking threads count in the CPU, not here). */
+function gcNote(entries: PerformanceEntry[]): string {
+  if (entries.length === 0) return 'none';
+  const kinds: Record<number, string> = {
+    [constants.NODE_PERFORMANCE_GC_MAJOR]: 'major', [constants.NODE_PERFORMANCE_GC_MINOR]: 'minor',
+    [constants.NODE_PERFORMANCE_GC_INCREMENTAL]: 'incremental', [constants.NODE_PERFORMANCE_GC_WEAKCB]: 'weak callbacks',
+  };
+  const by = new Map<string, { n: number; ms: number }>();
+  for (const e of entries) {
+    const kind = kinds[((e as { detail?: { kind?: number } }).detail)?.kind ?? -1] ?? 'other';
+    const k = by.get(kind) ?? { n: 0, ms: 0 };
+    by.set(kind, { n: k.n + 1, ms: k.ms + e.duration });
+  }
+  return [...by].map(([kind, { n, ms }]) => `${n} ${kind} (${ms.toFixed(1)} ms)`).join(', ');
+}

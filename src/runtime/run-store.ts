@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import type { StepId, StepRecord, StepTryRecord } from '../machines/workflow.js';
 import type { ErrorCode, ErrorInfo } from '../lib/errors.js';
@@ -96,6 +97,43 @@ export async function unfinishedRunIds(db: pg.Pool, workflowId: string): Promise
     values: [workflowId],
   });
   return rows.map((r) => r.run_id);
+}
+
+/** What a claim round's look returns: see {@link claimLook}. */
+export interface ClaimLook {
+  /** Unfinished runs that are not running under this owner (queued, or running elsewhere), oldest logical date first. */
+  others: string[];
+  /** {@link runIdsDigest} of the runs running under this owner. */
+  mine: string;
+}
+
+/**
+ * A claim round's look, sized by the runs to claim rather than by the runs executing here: with 1,000 runs parked in a
+ * sensor, the look is one row (no 1,000 ids sent or returned every round). The caller compares `mine` with the
+ * digest of the runs it executes: equal, each of them is still running under this owner and no run of this owner is
+ * left unexecuted; different (a run finished elsewhere whose NOTIFY was missed, a run let go here), it looks run by
+ * run with {@link runsNoLongerActive} and {@link unfinishedRunIds}. The digest is SHA-256 (not MD5: FIPS servers
+ * refuse it) of the ids in byte order, newline-separated; a server whose encoding is not UTF-8 never matches, which
+ * only costs the run-by-run look.
+ */
+export async function claimLook(db: pg.Pool, workflowId: string, owner: string): Promise<ClaimLook> {
+  const { rows } = await db.query<{ others: string[]; mine: string }>({
+    ...prepared('l2flow_claim_look', `select
+        coalesce(array_agg(run_id order by logical_date) filter (where status = 'queued' or owner is distinct from $2), '{}') as others,
+        encode(sha256(convert_to(coalesce(string_agg(run_id, E'\\n' order by run_id collate "C")
+          filter (where status = 'running' and owner = $2), ''), 'UTF8')), 'hex') as mine
+      from l2flow.run where workflow_id = $1 and status in ('queued', 'running')`),
+    values: [workflowId, owner],
+  });
+  return { others: rows[0]?.others ?? [], mine: rows[0]?.mine ?? '' };
+}
+
+const NEWLINE = Buffer.from('\n');
+
+/** The digest {@link claimLook} computes of this owner's running runs, of the given ids. */
+export function runIdsDigest(runIds: Iterable<string>): string {
+  const sorted = [...runIds].map((id) => Buffer.from(id, 'utf8')).sort(Buffer.compare);
+  return createHash('sha256').update(Buffer.concat(sorted.flatMap((b, i) => (i === 0 ? [b] : [NEWLINE, b])))).digest('hex');
 }
 
 /** Mark a locked run as ours and running; null when it finished meanwhile (then it must not be executed). */

@@ -8,7 +8,7 @@ import { createLeadership } from './leadership.js';
 import { startLiveRun, type LiveRun, type LiveRunHost, type RunEvent } from './live-run.js';
 import type { Logger } from './logger.js';
 import type { LockEpoch, RunLocks } from './run-locks.js';
-import { failRun, FINAL_STATUSES, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
+import { claimLook, failRun, FINAL_STATUSES, runIdsDigest, runsNoLongerActive, takeRun, unfinishedRunIds, type RunRow, type RunStatus } from './run-store.js';
 
 export type { RunEvent } from './live-run.js';
 
@@ -69,10 +69,30 @@ export interface Supervisor {
   leadership$: Observable<boolean>;
 }
 
+/** The runs executing here by id, with the digest of their ids ({@link claimLook}) kept until the set changes. */
+class LiveRuns extends Map<string, LiveRun> {
+  #digest: string | null = null;
+  override set(runId: string, run: LiveRun): this {
+    this.#digest = null;
+    return super.set(runId, run);
+  }
+  override delete(runId: string): boolean {
+    this.#digest = null;
+    return super.delete(runId);
+  }
+  override clear(): void {
+    this.#digest = null;
+    super.clear();
+  }
+  digest(): string {
+    return (this.#digest ??= runIdsDigest(this.keys()));
+  }
+}
+
 /** Build the supervisor for one process. */
 export function createSupervisor(o: SupervisorOptions): Supervisor {
   const { locks, logger } = o;
-  const live = new Map<string, LiveRun>();
+  const live = new LiveRuns();
   /** Runs stopped here whose last snapshot is still being written: not claimable until that write settles. */
   const releasing = new Set<string>();
   /** Runs being claimed or adopted right now: advisory locks are re-entrant, so one session must not take a run twice. */
@@ -158,10 +178,7 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
 
   async function claimOnce({ sweep }: { sweep: boolean }): Promise<void> {
     await leadership.tryLead();
-    // The safety net for a missed cancel NOTIFY runs on the fallback interval and after a listener reconnect, not
-    // on the rounds a queued run's NOTIFY or a finished run asked for (one round trip less before a claim).
-    if (sweep) await cancelStale();
-    if (sweep || candidates === null) candidates = new Set(await unfinishedRunIds(o.pool, o.workflowId));
+    if (sweep || candidates === null) candidates = await look(sweep);
     for (const runId of [...candidates]) {
       if (stopping) return;
       if (live.has(runId) || releasing.has(runId) || taking.has(runId)) continue;
@@ -235,6 +252,19 @@ export function createSupervisor(o: SupervisorOptions): Supervisor {
     } finally {
       taking.delete(runId);
     }
+  }
+
+  /**
+   * The runs to try, in one statement of one row while the runs executing here are exactly those running under this
+   * owner. Otherwise (a run of this owner let go here, or finished elsewhere while its NOTIFY was missed) run by run:
+   * on a sweep (the fallback interval, a listener reconnect) the live runs no longer active are cancelled first, the
+   * safety net for a missed cancel NOTIFY; not on the rounds a queued run's NOTIFY asked for.
+   */
+  async function look(sweep: boolean): Promise<Set<string>> {
+    const { others, mine } = await claimLook(o.pool, o.workflowId, o.owner);
+    if (mine === live.digest()) return new Set(others);
+    if (sweep) await cancelStale();
+    return new Set(await unfinishedRunIds(o.pool, o.workflowId));
   }
 
   /** Safety net for a missed cancel notification: live runs whose row is no longer queued/running. */

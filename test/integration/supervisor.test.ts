@@ -7,7 +7,7 @@ import { firstValueFrom, filter } from 'rxjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createApp, type App } from '../../src/runtime/app.js';
 import { loadConfig } from '../../src/runtime/config.js';
-import { cancelRun, createRun, getRunByDate } from '../../src/runtime/run-store.js';
+import { cancelRun, claimLook, createRun, getRunByDate, runIdsDigest } from '../../src/runtime/run-store.js';
 import { createSegmentationView, createTestDb, type TestDb } from '../helpers/db.js';
 import { until } from '../helpers/process.js';
 import { startSapServer, type TestSapServer } from '../helpers/sap-server.js';
@@ -210,6 +210,93 @@ describe('supervisor', () => {
     await until('2024-09-03 to take the freed slot', async () => (await byStatus()).includes('2024-09-03 running'));
     expect(await byStatus()).toEqual(['2024-09-01 cancelled', '2024-09-02 running', '2024-09-03 running', '2024-09-04 queued']);
     expect(app.supervisor.activeRunIds().length).toBe(2);
+  });
+
+  it("a claim round's look is one row while the runs here are those running under this process; a cancel whose NOTIFY was missed and a run of this process not executing here are still found", async () => {
+    const app = makeApp({ L2FLOW_MAX_ACTIVE_RUNS: '5', L2FLOW_START_DATE: '2024-11-01' }, 60_000);
+    await app.start();
+    // No flag rows for these dates: every started run parks in its sensor.
+    const dates = ['2024-11-01', '2024-11-02', '2024-11-03'];
+    for (const d of dates) await createRun(db.pool, { workflowId: WF, logicalDate: d, businessDate: d, triggeredBy: 'manual' });
+    const ids = dates.map((d) => `manual__${d}`);
+    await until('three runs to start', async () => app.supervisor.activeRunIds().length === 3);
+    // Every statement of the runtime's pool during a claim round, with its parameters (the real pg client, wrapped).
+    const proto = pg.Client.prototype as unknown as { query: (...a: unknown[]) => unknown };
+    const original = proto.query;
+    const seen: { sql: string; values: unknown[] }[] = [];
+    proto.query = function (this: pg.Client & { connectionParameters?: { application_name?: string } }, ...args: unknown[]) {
+      const q = args[0] as string | { name?: string; text?: string; values?: unknown[] } | undefined;
+      if (this.connectionParameters?.application_name === 'l2flow' && q !== undefined) {
+        seen.push(typeof q === 'string' ? { sql: q, values: (args[1] as unknown[] | undefined) ?? [] } : { sql: q.text ?? '', values: q.values ?? [] });
+      }
+      return original.apply(this, args);
+    };
+    const claimRound = async () => {
+      seen.length = 0;
+      await app.supervisor.claim();
+      // The round's looks at the runs (not the parked runs' own snapshot writes, which may land meanwhile).
+      return seen
+        .filter((s) => /from l2flow\.run where/.test(s.sql) && /status (not )?in \(/.test(s.sql))
+        .map((s) => ({ ...s, ids: ids.filter((id) => JSON.stringify(s.values).includes(id)) }));
+    };
+    try {
+      // All three run here: one look, no run id sent to the server.
+      const quiet = await claimRound();
+      expect(quiet).toHaveLength(1);
+      expect(quiet[0]!.sql).toContain('sha256');
+      expect(quiet[0]!.ids).toEqual([]);
+
+      // A cancel whose NOTIFY never comes (triggers off for that transaction): the next sweep stops the run here.
+      const c = await db.pool.connect();
+      try {
+        await c.query(`begin; set local session_replication_role = replica;
+          update l2flow.run set status = 'cancelled' where run_id = '${ids[0]}'; commit`);
+      } finally {
+        c.release();
+      }
+      expect(app.supervisor.activeRunIds()).toContain(ids[0]);
+      const sweep = await claimRound();
+      expect(sweep.some((s) => s.ids.length === 3)).toBe(true); // looked run by run
+      await until('the cancelled run to stop here', async () => !app.supervisor.activeRunIds().includes(ids[0]!));
+      expect((await getRunByDate(db.pool, WF, dates[0]!))!.status).toBe('cancelled');
+      expect((await claimRound()).map((s) => s.ids)).toEqual([[]]); // back to the one-row look
+
+      // A run of this process that no live run here executes (as after its lock was lost): the look sees it.
+      await db.pool.query(
+        `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, status, owner) values ('manual__2024-11-09', $1, '2024-11-09', '2024-11-09', 'running', $2)`,
+        [WF, app.owner],
+      );
+      expect(app.supervisor.activeRunIds()).not.toContain('manual__2024-11-09');
+      await claimRound();
+      await until('the run to be executed here', async () => app.supervisor.activeRunIds().includes('manual__2024-11-09'));
+    } finally {
+      proto.query = original;
+    }
+  });
+
+  it("the look's digest of this owner's running runs is the one the process computes, whatever the run ids; the others are the rest, oldest first", async () => {
+    const wf = 'WF_LOOK_DIGEST';
+    const rows: [string, string, string, string | null][] = [
+      ['manual__2024-12-03', '2024-12-03', 'running', 'me'],
+      ['Zürich é 2024-12-01', '2024-12-01', 'running', 'me'],
+      ['😀 2024-12-02', '2024-12-02', 'running', 'me'],
+      ['a', '2024-12-04', 'running', 'me'],
+      ['ab', '2024-12-05', 'running', 'me'],
+      ['queued mine', '2024-12-07', 'queued', 'me'],
+      ['elsewhere', '2024-12-06', 'running', 'another process'],
+      ['nobody', '2024-12-08', 'running', null],
+      ['done', '2024-12-09', 'success', 'me'],
+    ];
+    for (const [id, d, status, owner] of rows) {
+      await db.pool.query(`insert into l2flow.run (run_id, workflow_id, logical_date, business_date, status, owner) values ($1, $2, $3, $3, $4, $5)`, [id, wf, d, status, owner]);
+    }
+    const look = await claimLook(db.pool, wf, 'me');
+    const mine = rows.filter((r) => r[2] === 'running' && r[3] === 'me').map((r) => r[0]);
+    expect(look.mine).toBe(runIdsDigest(mine));
+    expect(look.mine).toBe(runIdsDigest([...mine].reverse()));
+    expect(look.mine).not.toBe(runIdsDigest(mine.slice(1)));
+    expect(look.others).toEqual(['elsewhere', 'queued mine', 'nobody']);
+    expect((await claimLook(db.pool, wf, 'someone else')).mine).toBe(runIdsDigest([]));
   });
 
   it('a run timeout fails the run at its original deadline, also across a restart of the runtime', async () => {
