@@ -5,7 +5,6 @@
  * leaving the sensor (events$) or its `success` being committed (the l2flow_run NOTIFY of that status).
  */
 import { performance } from 'node:perf_hooks';
-import pg from 'pg';
 import { filter } from 'rxjs';
 import type { App } from '../src/runtime/app.js';
 import { createRun, getRunByDate } from '../src/runtime/run-store.js';
@@ -30,18 +29,16 @@ export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: st
   const { app, db } = o;
   const checks = noteFlagChecks(app.pool);
   const checksSub = app.sensorChecks$.subscribe(checks.onCheck);
-  // Committed success: the run row's trigger notifies after commit.
-  const listener = new pg.Client({ connectionString: db.uri, application_name: 'l2flow-bench-runlisten' });
-  await listener.connect();
+  // Committed success: the run row's trigger notifies after commit. Heard on the runtime's own LISTEN connection: a
+  // listener of the bench's in the runtime's database would be woken by every flag INSERT too (see floorProbe).
   const successAt = new Map<string, (t: number) => void>();
   const parkedSaved = new Map<string, () => void>();
-  listener.on('notification', (n) => {
+  const runNotifications = app.hub.notifications$.pipe(filter((n) => n.channel === 'l2flow_run')).subscribe((n) => {
     const t = performance.now();
-    const p = JSON.parse(n.payload ?? '{}') as { logical_date?: string; status?: string; current_step?: string };
+    const p = (n.payload ?? {}) as { logical_date?: string; status?: string; current_step?: string };
     if (p.status === 'success' && p.logical_date) successAt.get(p.logical_date)?.(t);
     if (p.status === 'running' && p.current_step === SENSOR_STEP && p.logical_date) parkedSaved.get(p.logical_date)?.();
   });
-  await listener.query('listen l2flow_run');
   let succeeded = 0;
   const paths: SensorPath[] = [];
   return {
@@ -113,7 +110,7 @@ export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: st
     async close() {
       checksSub.unsubscribe();
       checks.stop();
-      await listener.end().catch(() => undefined);
+      runNotifications.unsubscribe();
     },
   };
 }
