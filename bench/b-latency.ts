@@ -12,7 +12,8 @@ import { countedProbe, installCounters, perRun, type QueryCounts } from './count
 /** Floor, the run probe and optionally the peer, interleaved; returns every probe's samples. */
 async function interleaved(tag: string, until: 'sensor' | 'success', rounds: number, warmup: number, peer: boolean) {
   const db = await openDb(tag);
-  // Each probe in a database of its own (see floorProbe in harness.ts): a trigger wakes only the listener it times.
+  // The floor and the peer each in a database of their own (see floorProbe in harness.ts): a trigger wakes only the
+  // listener it times.
   const floorDb = await openDb(`${tag}_floor`);
   const peerDb = peer ? await openDb(`${tag}_peer`) : null;
   const sap = await startSap();

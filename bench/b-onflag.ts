@@ -19,7 +19,7 @@ export const onFlagBench: Bench = {
     installCounters();
     /** Statements of the runtime from the flag INSERT to the run leaving the sensor, per sample. */
     const paths: QueryCounts[] = [];
-    // The floor in a database of its own (see floorDb in harness.ts): the flag INSERT wakes only the runtime's listener.
+    // The floor in a database of its own (see floorProbe in harness.ts): the flag INSERT wakes only the runtime's listener.
     const db = await openDb('onflag');
     const floorDb = await openDb('onflag_floor');
     const sap = await startSap();

@@ -206,7 +206,6 @@ export interface Probe {
   close(): Promise<void>;
 }
 
-/** The floor: a bare pg client LISTENing on the flag channel; the INSERT is the trigger. */
 /**
  * The floor: a committed flag INSERT → its trigger's NOTIFY at a bare `pg` LISTEN client. Give it a database of its
  * own (as the peer gets): PostgreSQL signals every listening backend of the INSERT's database, lowest backend id

@@ -1,7 +1,7 @@
 /**
- * The peer: graphile-worker 0.17 (a devDependency used only here), given a database of its own (see floorProbe
- * in harness.ts). A sample sends
- * `select graphile_worker.add_job('bench', …)` from the bench's inserter connection; "seen" is the task's start.
+ * The peer: graphile-worker 0.17 (a devDependency used only here), given a database of its own (see floorProbe in
+ * harness.ts). A sample sends `select graphile_worker.add_job('bench', …)` from the bench's inserter connection;
+ * "seen" is the task's start.
  */
 import { performance } from 'node:perf_hooks';
 import { Logger, run, type Runner } from 'graphile-worker';
