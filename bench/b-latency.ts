@@ -60,7 +60,9 @@ export const sensorBench: Bench = {
   name: 'sensor',
   title: 'sensor reaction (+ peer, same run)',
   async run(ctx) {
-    const rounds = ctx.n(500, 10);
+    // 1,000 (the issue asks for at least 500): the p99 is then the tenth-slowest sample, not the fifth, and one burst of
+    // late NOTIFYs or a stalled backend moves it less (the slowest samples are those, for every probe alike).
+    const rounds = ctx.n(1000, 10);
     const r = await interleaved('sensor', 'sensor', rounds, ctx.n(20, 2), true);
     const [floorName, runName, peerName] = r.probes as [string, string, string];
     const floor = percentiles(r.samples.get(floorName)!);
