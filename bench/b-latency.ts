@@ -12,21 +12,18 @@ import { countedProbe, installCounters, perRun, type QueryCounts } from './count
 /** Floor, the run probe and optionally the peer, interleaved; returns every probe's samples. */
 async function interleaved(tag: string, until: 'sensor' | 'success', rounds: number, warmup: number, peer: boolean) {
   const db = await openDb(tag);
-  // The floor and the peer each in a database of their own (see floorProbe in harness.ts): a trigger wakes only the
-  // listener it times.
-  const floorDb = await openDb(`${tag}_floor`);
-  const peerDb = peer ? await openDb(`${tag}_peer`) : null;
   const sap = await startSap();
   const probes: Probe[] = [];
   const perRunCounts: QueryCounts[] = [];
   installCounters();
   try {
-    probes.push(await floorProbe(floorDb, '2001-01-01'));
+    // The floor and the peer each in a database of their own: a trigger wakes only the listener it times.
+    probes.push(await floorProbe(tag, '2001-01-01'));
     const firstBusinessDate = '2021-01-01';
     const app = await startApp(benchConfig(db.uri, sap.url, benchSettings('2021-01-02')));
     const run = await runProbe({ app, db, firstBusinessDate, until, name: until === 'sensor' ? 'l2flow run leaves the sensor' : 'l2flow run success committed' });
     probes.push(countedProbe(run, (c) => perRunCounts.push(c)));
-    if (peerDb) probes.push(await graphileProbe(peerDb));
+    if (peer) probes.push(await graphileProbe(tag));
     try {
       const samples = await sampleInterleaved(probes, rounds, warmup);
       // The warm-up rounds' runs (first connections, first prepared statements) are left out of the counts.
@@ -41,8 +38,6 @@ async function interleaved(tag: string, until: 'sensor' | 'success', rounds: num
     for (const p of probes) await p.close().catch(() => undefined);
     await sap.close();
     await db.drop();
-    await floorDb.drop();
-    await peerDb?.drop();
   }
 }
 

@@ -5,6 +5,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { filter } from 'rxjs';
+import { RUN_CHANNEL } from '../src/services/sensors/sensors.js';
 import { FLAG_SENSOR } from './observers.js';
 import { startSap, addDaysIso, atMost, benchConfig, benchSettings, floorProbe, openDb, percentiles, report, sampleInterleaved, startApp, until, within, type Bench, type Probe } from './harness.js';
 import { diff, installCounters, perRun, snapshot, type QueryCounts } from './counters.js';
@@ -19,20 +20,19 @@ export const onFlagBench: Bench = {
     installCounters();
     /** Statements of the runtime from the flag INSERT to the run leaving the sensor, per sample. */
     const paths: QueryCounts[] = [];
-    // The floor in a database of its own (see floorProbe in harness.ts): the flag INSERT wakes only the runtime's listener.
     const db = await openDb('onflag');
-    const floorDb = await openDb('onflag_floor');
     const sap = await startSap();
     const probes: Probe[] = [];
     try {
-      probes.push(await floorProbe(floorDb, '2001-01-01'));
+      // The floor in a database of its own: the flag INSERT wakes only the runtime's listener.
+      probes.push(await floorProbe('onflag', '2001-01-01'));
       const settings = benchSettings(addDaysIso(FIRST_BUSINESS, 1), { schedule: { onFlag: { enabled: true } } });
       const app = await startApp(benchConfig(db.uri, sap.url, settings));
       const created: number[] = [];
       // When the run row's commit reached the runtime: the row's insert is the date's first l2flow_run NOTIFY
       // (queued, or running when the leader created it taken), heard on the runtime's own LISTEN connection.
       const createdAt = new Map<string, number>();
-      const heard = app.hub.notifications$.pipe(filter((n) => n.channel === 'l2flow_run')).subscribe((n) => {
+      const heard = app.hub.notifications$.pipe(filter((n) => n.channel === RUN_CHANNEL)).subscribe((n) => {
         const t = performance.now();
         const d = (n.payload as { logical_date?: unknown } | null)?.logical_date;
         if (typeof d === 'string' && !createdAt.has(d)) createdAt.set(d, t);
@@ -111,7 +111,6 @@ export const onFlagBench: Bench = {
       for (const p of probes) await p.close().catch(() => undefined);
       await sap.close();
       await db.drop();
-      await floorDb.drop();
     }
   },
 };

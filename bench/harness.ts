@@ -207,14 +207,28 @@ export interface Probe {
 }
 
 /**
- * The floor: a committed flag INSERT → its trigger's NOTIFY at a bare `pg` LISTEN client. Give it a database of its
- * own (as the peer gets): PostgreSQL signals every listening backend of the INSERT's database, lowest backend id
- * first, and the first one signalled sees the NOTIFY ~0.1–0.16 ms sooner on this 2-core VM (diag-sensor, the raw
- * listener connected before or after the runtime's). Sharing a database would make one probe's trigger wake
- * the others' listeners and put whichever connected first ahead of the rest.
+ * A probe in a throwaway database of its own (`tag`), dropped by its close(). PostgreSQL signals every listening
+ * backend of the INSERT's database, lowest backend id first, and the first one signalled sees the NOTIFY ~0.1–0.16 ms
+ * sooner on this 2-core VM (diag-sensor, the raw listener connected before or after the runtime's): in a shared
+ * database one probe's trigger would wake the others' listeners and put whichever connected first ahead of the rest.
  */
-export async function floorProbe(db: BenchDb, firstBusinessDate: string): Promise<Probe> {
-  return flagProbe(db, await rawListener(db.uri, firstBusinessDate), 'floor: raw INSERT → NOTIFY');
+export async function probeInOwnDb(tag: string, make: (db: BenchDb) => Promise<Probe>): Promise<Probe> {
+  const db = await openDb(tag);
+  const probe = await make(db).catch(async (err: unknown) => {
+    await db.drop();
+    throw err;
+  });
+  return {
+    ...probe,
+    async close() {
+      await probe.close().finally(() => db.drop());
+    },
+  };
+}
+
+/** The floor: a committed flag INSERT → its trigger's NOTIFY at a bare `pg` LISTEN client, in a database of its own. */
+export function floorProbe(tag: string, firstBusinessDate: string): Promise<Probe> {
+  return probeInOwnDb(`${tag}_floor`, async (db) => flagProbe(db, await rawListener(db.uri, firstBusinessDate), 'floor: raw INSERT → NOTIFY'));
 }
 
 /** Any Observer of observers.ts as a probe whose trigger is the flag INSERT of business date first + i. */

@@ -1,13 +1,17 @@
 /**
- * The peer: graphile-worker 0.17 (a devDependency used only here), given a database of its own (see floorProbe in
+ * The peer: graphile-worker 0.17 (a devDependency used only here), in a database of its own (probeInOwnDb in
  * harness.ts). A sample sends `select graphile_worker.add_job('bench', …)` from the bench's inserter connection;
  * "seen" is the task's start.
  */
 import { performance } from 'node:perf_hooks';
 import { Logger, run, type Runner } from 'graphile-worker';
-import type { BenchDb, Probe } from './harness.js';
+import { probeInOwnDb, type BenchDb, type Probe } from './harness.js';
 
-export async function graphileProbe(db: BenchDb): Promise<Probe> {
+export function graphileProbe(tag: string): Promise<Probe> {
+  return probeInOwnDb(`${tag}_peer`, inDb);
+}
+
+async function inDb(db: BenchDb): Promise<Probe> {
   const started = new Map<number, (t: number) => void>();
   const runner: Runner = await run({
     connectionString: db.uri,

@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { filter } from 'rxjs';
 import type { App } from '../src/runtime/app.js';
 import { createRun, getRunByDate } from '../src/runtime/run-store.js';
+import { RUN_CHANNEL } from '../src/services/sensors/sensors.js';
 import type { RunEvent } from '../src/runtime/supervisor.js';
 import { noteFlagChecks } from './observers.js';
 import { addDaysIso, within, type BenchDb, type Probe } from './harness.js';
@@ -30,10 +31,10 @@ export async function runProbe(o: { app: App; db: BenchDb; firstBusinessDate: st
   const checks = noteFlagChecks(app.pool);
   const checksSub = app.sensorChecks$.subscribe(checks.onCheck);
   // Committed success: the run row's trigger notifies after commit. Heard on the runtime's own LISTEN connection: a
-  // listener of the bench's in the runtime's database would be woken by every flag INSERT too (see floorProbe).
+  // listener of the bench's in the runtime's database would be woken by every flag INSERT too (see probeInOwnDb in harness.ts).
   const successAt = new Map<string, (t: number) => void>();
   const parkedSaved = new Map<string, () => void>();
-  const runNotifications = app.hub.notifications$.pipe(filter((n) => n.channel === 'l2flow_run')).subscribe((n) => {
+  const runNotifications = app.hub.notifications$.pipe(filter((n) => n.channel === RUN_CHANNEL)).subscribe((n) => {
     const t = performance.now();
     const p = (n.payload ?? {}) as { logical_date?: string; status?: string; current_step?: string };
     if (p.status === 'success' && p.logical_date) successAt.get(p.logical_date)?.(t);

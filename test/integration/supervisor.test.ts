@@ -77,6 +77,26 @@ describe('supervisor', () => {
     return app;
   }
 
+  /** The statements sent on the connections named `applicationName` while `fn` runs, with their parameters (pg's client query, wrapped for the call). */
+  async function statementsOn(applicationName: string, fn: () => Promise<unknown>): Promise<{ sql: string; values: unknown[] }[]> {
+    const proto = pg.Client.prototype as unknown as { query: (...a: unknown[]) => unknown };
+    const original = proto.query;
+    const seen: { sql: string; values: unknown[] }[] = [];
+    proto.query = function (this: pg.Client & { connectionParameters?: { application_name?: string } }, ...args: unknown[]) {
+      const q = args[0] as string | { text?: string; values?: unknown[] } | undefined;
+      if (this.connectionParameters?.application_name === applicationName && q !== undefined) {
+        seen.push(typeof q === 'string' ? { sql: q, values: (args[1] as unknown[] | undefined) ?? [] } : { sql: q.text ?? '', values: q.values ?? [] });
+      }
+      return original.apply(this, args);
+    };
+    try {
+      await fn();
+    } finally {
+      proto.query = original;
+    }
+    return seen;
+  }
+
   it('persists every transition and resumes a stopped run from its snapshot in a new runtime', async () => {
     const date = '2024-05-01';
     await db.pool.query(`insert into md.dwh_flag values ('l1_to_l2_load_successfull', '2024-04-30')`);
@@ -186,21 +206,11 @@ describe('supervisor', () => {
       await createRun(db.pool, { workflowId: WF, logicalDate: d, businessDate: d, triggeredBy: 'manual' });
     }
     await until('two runs to start', async () => app.supervisor.activeRunIds().length === 2);
-    // Count the statements that try run locks or slots on the runtime's lock connection (the real pg client, wrapped).
-    const proto = pg.Client.prototype as unknown as { query: (...a: unknown[]) => unknown };
-    const original = proto.query;
-    let slotTries = 0;
-    proto.query = function (this: pg.Client & { connectionParameters?: { application_name?: string } }, ...args: unknown[]) {
-      const q = args[0] as string | { text?: string } | undefined;
-      const text = typeof q === 'string' ? q : (q?.text ?? '');
-      if (this.connectionParameters?.application_name === 'l2flow-locks' && text.includes('pg_try_advisory_lock') && text.includes('generate_series')) slotTries++;
-      return original.apply(this, args);
-    };
-    try {
+    // Count the statements that try run locks or slots on the runtime's lock connection.
+    const onLocks = await statementsOn('l2flow-locks', async () => {
       for (let i = 0; i < 3; i++) await app.supervisor.claim();
-    } finally {
-      proto.query = original;
-    }
+    });
+    const slotTries = onLocks.filter((s) => s.sql.includes('pg_try_advisory_lock') && s.sql.includes('generate_series')).length;
     expect(slotTries).toBe(0);
     const byStatus = async () => (await db.pool.query<{ logical_date: string; status: string }>(
       `select logical_date::text, status from l2flow.run where logical_date >= '2024-09-01' order by logical_date`)).rows.map((r) => `${r.logical_date} ${r.status}`);
@@ -220,58 +230,41 @@ describe('supervisor', () => {
     for (const d of dates) await createRun(db.pool, { workflowId: WF, logicalDate: d, businessDate: d, triggeredBy: 'manual' });
     const ids = dates.map((d) => `manual__${d}`);
     await until('three runs to start', async () => app.supervisor.activeRunIds().length === 3);
-    // Every statement of the runtime's pool during a claim round, with its parameters (the real pg client, wrapped).
-    const proto = pg.Client.prototype as unknown as { query: (...a: unknown[]) => unknown };
-    const original = proto.query;
-    const seen: { sql: string; values: unknown[] }[] = [];
-    proto.query = function (this: pg.Client & { connectionParameters?: { application_name?: string } }, ...args: unknown[]) {
-      const q = args[0] as string | { name?: string; text?: string; values?: unknown[] } | undefined;
-      if (this.connectionParameters?.application_name === 'l2flow' && q !== undefined) {
-        seen.push(typeof q === 'string' ? { sql: q, values: (args[1] as unknown[] | undefined) ?? [] } : { sql: q.text ?? '', values: q.values ?? [] });
-      }
-      return original.apply(this, args);
-    };
-    const claimRound = async () => {
-      seen.length = 0;
-      await app.supervisor.claim();
-      // The round's looks at the runs (not the parked runs' own snapshot writes, which may land meanwhile).
-      return seen
+    // The statements of the runtime's pool during a claim round: its looks at the runs (not the parked runs' own
+    // snapshot writes, which may land meanwhile), each with the run ids among its parameters.
+    const claimRound = async () =>
+      (await statementsOn('l2flow', () => app.supervisor.claim()))
         .filter((s) => /from l2flow\.run where/.test(s.sql) && /status (not )?in \(/.test(s.sql))
         .map((s) => ({ ...s, ids: ids.filter((id) => JSON.stringify(s.values).includes(id)) }));
-    };
+    // All three run here: one look, no run id sent to the server.
+    const quiet = await claimRound();
+    expect(quiet).toHaveLength(1);
+    expect(quiet[0]!.sql).toContain('sha256');
+    expect(quiet[0]!.ids).toEqual([]);
+
+    // A cancel whose NOTIFY never comes (triggers off for that transaction): the next sweep stops the run here.
+    const c = await db.pool.connect();
     try {
-      // All three run here: one look, no run id sent to the server.
-      const quiet = await claimRound();
-      expect(quiet).toHaveLength(1);
-      expect(quiet[0]!.sql).toContain('sha256');
-      expect(quiet[0]!.ids).toEqual([]);
-
-      // A cancel whose NOTIFY never comes (triggers off for that transaction): the next sweep stops the run here.
-      const c = await db.pool.connect();
-      try {
-        await c.query(`begin; set local session_replication_role = replica;
-          update l2flow.run set status = 'cancelled' where run_id = '${ids[0]}'; commit`);
-      } finally {
-        c.release();
-      }
-      expect(app.supervisor.activeRunIds()).toContain(ids[0]);
-      const sweep = await claimRound();
-      expect(sweep.some((s) => s.ids.length === 3)).toBe(true); // looked run by run
-      await until('the cancelled run to stop here', async () => !app.supervisor.activeRunIds().includes(ids[0]!));
-      expect((await getRunByDate(db.pool, WF, dates[0]!))!.status).toBe('cancelled');
-      expect((await claimRound()).map((s) => s.ids)).toEqual([[]]); // back to the one-row look
-
-      // A run of this process that no live run here executes (as after its lock was lost): the look sees it.
-      await db.pool.query(
-        `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, status, owner) values ('manual__2024-11-09', $1, '2024-11-09', '2024-11-09', 'running', $2)`,
-        [WF, app.owner],
-      );
-      expect(app.supervisor.activeRunIds()).not.toContain('manual__2024-11-09');
-      await claimRound();
-      await until('the run to be executed here', async () => app.supervisor.activeRunIds().includes('manual__2024-11-09'));
+      await c.query(`begin; set local session_replication_role = replica;
+        update l2flow.run set status = 'cancelled' where run_id = '${ids[0]}'; commit`);
     } finally {
-      proto.query = original;
+      c.release();
     }
+    expect(app.supervisor.activeRunIds()).toContain(ids[0]);
+    const sweep = await claimRound();
+    expect(sweep.some((s) => s.ids.length === 3)).toBe(true); // looked run by run
+    await until('the cancelled run to stop here', async () => !app.supervisor.activeRunIds().includes(ids[0]!));
+    expect((await getRunByDate(db.pool, WF, dates[0]!))!.status).toBe('cancelled');
+    expect((await claimRound()).map((s) => s.ids)).toEqual([[]]); // back to the one-row look
+
+    // A run of this process that no live run here executes (as after its lock was lost): the look sees it.
+    await db.pool.query(
+      `insert into l2flow.run (run_id, workflow_id, logical_date, business_date, status, owner) values ('manual__2024-11-09', $1, '2024-11-09', '2024-11-09', 'running', $2)`,
+      [WF, app.owner],
+    );
+    expect(app.supervisor.activeRunIds()).not.toContain('manual__2024-11-09');
+    await claimRound();
+    await until('the run to be executed here', async () => app.supervisor.activeRunIds().includes('manual__2024-11-09'));
   });
 
   it("the look's digest of this owner's running runs is the one the process computes, whatever the run ids; the others are the rest, oldest first", async () => {
