@@ -230,6 +230,13 @@ describe('supervisor', () => {
     for (const d of dates) await createRun(db.pool, { workflowId: WF, logicalDate: d, businessDate: d, triggeredBy: 'manual' });
     const ids = dates.map((d) => `manual__${d}`);
     await until('three runs to start', async () => app.supervisor.activeRunIds().length === 3);
+    // Their parked snapshots written and the pool idle: a snapshot write that came after the cancel below would find
+    // the run cancelled and stop it itself, and the sweep would have nothing left to find.
+    await until('the three parked snapshots written', async () => {
+      const { rows } = await db.pool.query<{ n: number }>(
+        `select count(*)::int as n from l2flow.run where run_id = any($1) and current_step = 'wait_for_l2_full_load'`, [ids]);
+      return rows[0]!.n === 3 && app.pool.waitingCount === 0 && app.pool.idleCount === app.pool.totalCount;
+    });
     // The statements of the runtime's pool during a claim round: its looks at the runs (not the parked runs' own
     // snapshot writes, which may land meanwhile), each with the run ids among its parameters.
     const claimRound = async () =>
